@@ -1,0 +1,18 @@
+# Two commands for a new user: `make demo` (the main job on a local QEMU test host)
+# and `make test` (every test and quality gate; installs what it needs).
+.PHONY: test demo bootstrap collection clean
+
+test:
+	bash scripts/test.sh
+
+demo:
+	bash scripts/demo.sh
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+collection:
+	bash scripts/bootstrap.sh && bash scripts/install-collection.sh
+
+clean:
+	rm -rf .cache .venv

@@ -1,0 +1,60 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    # Options shared by every module that reads the kernel.
+    DOCUMENTATION = r'''
+options:
+  sysfs_root:
+    description:
+      - Where the kernel's sysfs tree is mounted.
+      - The proc and dev trees are taken from the same parent directory, so C(/host/sys) means
+        C(/host/proc) and C(/host/dev). This lets the module read a host's kernel from a container
+        that mounts it elsewhere, and lets tests point it at a simulated tree.
+    type: path
+    default: /sys
+  timeout:
+    description:
+      - Seconds to wait for one sysfs access that may block on a device lock (for example
+        C(driver_override) of a device whose driver is stuck in its probe).
+      - A device whose access does not return in time is reported as stuck instead of hanging the play.
+    type: float
+    default: 5.0
+'''
+
+    # Attributes of a module that only reads and never changes anything.
+    INFO_MODULE = r'''
+attributes:
+  check_mode:
+    support: full
+    details: This module never changes anything.
+  diff_mode:
+    support: N/A
+    details: This module never changes anything.
+'''
+
+    FACTS_MODULE = r'''
+attributes:
+  check_mode:
+    support: full
+    details: This module never changes anything.
+  diff_mode:
+    support: N/A
+    details: This module never changes anything.
+  facts:
+    support: full
+'''
+
+    # Attributes of a module that changes the host.
+    ACTION_MODULE = r'''
+attributes:
+  check_mode:
+    support: full
+    details: Check mode returns the plan of what would change and writes nothing.
+  diff_mode:
+    support: full
+'''

@@ -1,0 +1,306 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The one seam between fleetgpu.passthrough and the kernel.
+
+PRIVATE to the fleetgpu.passthrough collection: not a public API, may change
+without notice.
+
+Every read and write of ``/sys``, ``/proc`` and ``/dev`` made by the modules
+goes through one :class:`Sysfs` object rooted at ``sysfs_root``.  The proc and
+dev roots are the siblings of the sysfs root (``/host/sys`` -> ``/host/proc``,
+``/host/dev``), so a container that mounts a host's kernel trees under one
+directory, or a test that builds a simulated tree, only passes one path.
+
+Some sysfs attributes take the device lock (``driver_override`` for one).  A
+driver stuck in its probe holds that lock forever and any access to the
+attribute never returns.  Such accesses go through :meth:`Sysfs.read_bounded`
+and :meth:`Sysfs.write`, which run the system call in a forked child process
+that holds none of the module's file descriptors, wait for it with a time
+bound, and report the path as stuck instead of hanging the play.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import time
+
+DEFAULT_TIMEOUT = 5.0
+
+_MISSING = object()
+
+
+class SysfsError(Exception):
+    """A kernel interface could not be read or written."""
+
+    def __init__(self, msg: str, path: str | None = None, err: int | None = None) -> None:
+        super().__init__(msg)
+        self.path = path
+        self.errno = err
+
+
+class SysfsTimeout(SysfsError):
+    """A read or write did not return within its time bound."""
+
+
+class PathEscapeError(SysfsError):
+    """A relative path tried to leave its root."""
+
+
+class Sysfs:
+    """Rooted, time-bounded access to /sys, /proc and /dev."""
+
+    def __init__(
+        self,
+        sysfs_root: str = '/sys',
+        proc_root: str | None = None,
+        dev_root: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        root = os.path.abspath(sysfs_root)
+        base = os.path.dirname(root)
+        self.sys_root = root
+        self.host_root = base
+        self.proc_root = os.path.abspath(proc_root) if proc_root else os.path.join(base, 'proc')
+        self.dev_root = os.path.abspath(dev_root) if dev_root else os.path.join(base, 'dev')
+        self.timeout = float(timeout)
+
+    # ------------------------------------------------------------------ paths
+    @staticmethod
+    def _join(root: str, parts: tuple[str, ...]) -> str:
+        rel = os.path.normpath(os.path.join(*parts)) if parts else '.'
+        if rel.startswith('/'):
+            rel = rel.lstrip('/')
+        if rel == '..' or rel.startswith('../'):
+            raise PathEscapeError('path %r leaves %s' % ('/'.join(parts), root))
+        return root if rel == '.' else os.path.join(root, rel)
+
+    def sys(self, *parts: str) -> str:
+        """Absolute path of ``/sys/<parts>`` under the configured root."""
+        return self._join(self.sys_root, parts)
+
+    def proc(self, *parts: str) -> str:
+        return self._join(self.proc_root, parts)
+
+    def dev(self, *parts: str) -> str:
+        return self._join(self.dev_root, parts)
+
+    def host(self, *parts: str) -> str:
+        """A path of the host's file system next to its kernel trees (``/lib/modules``)."""
+        return self._join(self.host_root, parts)
+
+    # ------------------------------------------------------------------ reads
+    def read(self, path: str, default: object = _MISSING) -> str:
+        """Read a small attribute, stripped.  Missing file -> ``default`` or error."""
+        try:
+            with open(path, 'rb') as handle:
+                data = handle.read()
+        except OSError as exc:
+            if default is not _MISSING and exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENODEV, errno.EINVAL):
+                return default  # type: ignore[return-value]
+            raise SysfsError('cannot read %s: %s' % (path, os.strerror(exc.errno or 0)), path, exc.errno) from None
+        return data.decode('utf-8', 'replace').strip()
+
+    def read_int(self, path: str, base: int = 0, default: object = _MISSING) -> int:
+        text = self.read(path, default=None)
+        if text is None or text == '':
+            if default is _MISSING:
+                raise SysfsError('cannot read %s: missing' % path, path, errno.ENOENT)
+            return default  # type: ignore[return-value]
+        try:
+            return int(text, base)
+        except ValueError:
+            if default is _MISSING:
+                raise SysfsError('unexpected content %r in %s' % (text, path), path) from None
+            return default  # type: ignore[return-value]
+
+    def readlink(self, path: str) -> str | None:
+        try:
+            return os.readlink(path)
+        except OSError:
+            return None
+
+    def link_name(self, path: str) -> str | None:
+        """Basename of a symlink's target (``driver`` -> ``vfio-pci``), or None."""
+        target = self.readlink(path)
+        return os.path.basename(target.rstrip('/')) if target else None
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except OSError:
+            return []
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def cpu_vendor(self) -> str | None:
+        """``GenuineIntel`` / ``AuthenticAMD`` from /proc/cpuinfo."""
+        info = self.read(self.proc('cpuinfo'), default='')
+        for line in info.splitlines():
+            if line.startswith('vendor_id'):
+                return line.split(':', 1)[1].strip()
+        return None
+
+    def cpu_flags(self) -> set[str]:
+        info = self.read(self.proc('cpuinfo'), default='')
+        for line in info.splitlines():
+            if line.startswith('flags'):
+                return set(line.split(':', 1)[1].split())
+        return set()
+
+    def cmdline(self) -> str:
+        return self.read(self.proc('cmdline'), default='').replace('\x00', ' ').strip()
+
+    def fd_targets(self) -> list[tuple[int, str]]:
+        """(pid, link target) for every open file descriptor that can be read."""
+        found: list[tuple[int, str]] = []
+        for entry in self.listdir(self.proc_root):
+            if not entry.isdigit():
+                continue
+            fd_dir = self.proc(entry, 'fd')
+            for fd in self.listdir(fd_dir):
+                target = self.readlink(os.path.join(fd_dir, fd))
+                if target:
+                    found.append((int(entry), target))
+        return found
+
+    def process_name(self, pid: int) -> str:
+        return self.read(self.proc(str(pid), 'comm'), default='?')
+
+    # ------------------------------------------------- bounded reads / writes
+    def read_bounded(self, paths: list[str], timeout: float | None = None) -> tuple[dict[str, str | None], list[str]]:
+        """Read attributes that may block on a device lock.
+
+        Returns ``(values, stuck)``: ``values[path]`` is the stripped content,
+        or None when the file is missing or unreadable; ``stuck`` lists the
+        paths whose read did not return within ``timeout`` seconds.
+        """
+        ops = [{'op': 'r', 'path': p} for p in paths]
+        results, stuck = self._run_bounded(ops, self.timeout if timeout is None else timeout)
+        values: dict[str, str | None] = {}
+        for index, path in enumerate(paths):
+            res = results.get(index)
+            values[path] = res.get('value') if res else None
+        return values, [paths[i] for i in stuck]
+
+    def write(self, path: str, value: str, timeout: float | None = None) -> None:
+        """Write one value to a kernel attribute with a time bound.
+
+        Raises :class:`SysfsTimeout` when the write does not return and
+        :class:`SysfsError` (with ``errno``) when the kernel refuses it.
+        """
+        limit = self.timeout if timeout is None else timeout
+        results, stuck = self._run_bounded([{'op': 'w', 'path': path, 'data': value}], limit)
+        if stuck:
+            raise SysfsTimeout('writing %r to %s did not return within %gs' % (value, path, limit), path)
+        res = results.get(0, {})
+        err = res.get('errno')
+        if err:
+            raise SysfsError('writing %r to %s failed: %s' % (value, path, os.strerror(err)), path, err)
+
+    def _run_bounded(self, ops: list[dict], timeout: float) -> tuple[dict[int, dict], list[int]]:
+        results: dict[int, dict] = {}
+        stuck: list[int] = []
+        start = 0
+        while start < len(ops):
+            done_upto = self._child_batch(ops, start, timeout, results)
+            if done_upto >= len(ops):
+                break
+            stuck.append(done_upto)
+            start = done_upto + 1
+        return results, stuck
+
+    def _child_batch(self, ops: list[dict], start: int, timeout: float, results: dict[int, dict]) -> int:
+        """Run ops[start:] in a forked child; return the index of the first op not done."""
+        rfd, wfd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: hold nothing of the parent's but the pipe
+            try:
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                os.closerange(3, wfd)
+                os.closerange(wfd + 1, 65536)
+                for index in range(start, len(ops)):
+                    os.write(wfd, _encode(index, _do_op(ops[index])))
+            finally:
+                os._exit(0)
+        os.close(wfd)
+        nxt = start
+        buf = b''
+        deadline = time.monotonic() + timeout
+        try:
+            while nxt < len(ops):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                ready, _w, _x = select.select([rfd], [], [], remaining)
+                if not ready:
+                    break
+                chunk = os.read(rfd, 65536)
+                if not chunk:
+                    break
+                buf += chunk
+                while b'\n' in buf:
+                    line, buf = buf.split(b'\n', 1)
+                    msg = json.loads(line)
+                    results[msg['i']] = msg
+                    nxt = msg['i'] + 1
+                    deadline = time.monotonic() + timeout
+        finally:
+            os.close(rfd)
+            if nxt < len(ops):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                _reap_later(pid)
+            else:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+        return nxt
+
+
+def _do_op(op: dict) -> dict:
+    try:
+        if op['op'] == 'r':
+            with open(op['path'], 'rb') as handle:
+                return {'value': handle.read().decode('utf-8', 'replace').strip()}
+        fd = os.open(op['path'], os.O_WRONLY | os.O_TRUNC)
+        try:
+            os.write(fd, op['data'].encode('utf-8'))
+        finally:
+            os.close(fd)
+        return {}
+    except OSError as exc:
+        return {'errno': exc.errno or errno.EIO}
+
+
+def _encode(index: int, res: dict) -> bytes:
+    res = dict(res)
+    res['i'] = index
+    return (json.dumps(res) + '\n').encode('utf-8')
+
+
+def _reap_later(pid: int) -> None:
+    """Collect a killed child if it is already gone; a child stuck in the
+    kernel (D state) is left to init once this process exits."""
+    for _attempt in range(5):
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done:
+            return
+        time.sleep(0.01)

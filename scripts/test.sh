@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The project's test command (called by `make test` and .ci/run).
+# Every phase runs; the run fails if any phase failed. Phase times are printed.
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+bash scripts/bootstrap.sh || exit 1
+export PATH="$here/.venv/bin:$PATH"
+export ANSIBLE_COLLECTIONS_PATH="$here/.cache/collections"
+export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 ANSIBLE_NOCOLOR=1
+failed=()
+times=()
+phase() {
+  local name=$1; shift
+  local t0=$SECONDS
+  echo
+  echo "=== phase: $name"
+  if "$@"; then status=ok; else status=FAILED; failed+=("$name"); fi
+  times+=("$(printf '%-28s %5ss  %s' "$name" $((SECONDS - t0)) "$status")")
+}
+sanity() {
+  (cd .cache/src/ansible_collections/fleetgpu/passthrough &&
+    ansible-test sanity --python 3.11 --color no \
+      --skip-test pylint --skip-test mypy --skip-test pep8 --skip-test validate-modules \
+      && ansible-test sanity --python 3.11 --color no --test validate-modules --test pep8)
+}
+lint() { ansible-lint --profile production --offline -q; }
+docs() {
+  local m r
+  for m in $(ls plugins/modules/*.py 2>/dev/null | xargs -n1 basename | sed 's/\.py$//'); do
+    ansible-doc "fleetgpu.passthrough.$m" >/dev/null || { echo "ansible-doc failed for module $m"; return 1; }
+  done
+  for r in $(ls roles 2>/dev/null); do
+    ansible-doc -t role "fleetgpu.passthrough.$r" >/dev/null || { echo "ansible-doc failed for role $r"; return 1; }
+  done
+  echo "ansible-doc renders every module and role"
+}
+phase install-collection bash scripts/install-collection.sh
+phase sanity sanity
+phase ansible-lint lint
+phase ansible-doc docs
+phase unit pytest -q -p no:cacheprovider tests/unit
+phase integration pytest -q -p no:cacheprovider tests/integration
+[ -x tests/testbed/e2e.sh ] && phase e2e-real-kernels tests/testbed/e2e.sh
+echo
+echo "=== phase times"
+printf '%s\n' "${times[@]}"
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "FAILED phases: ${failed[*]}"
+  exit 1
+fi
+echo "all phases passed"

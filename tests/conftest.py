@@ -1,0 +1,109 @@
+"""Shared pytest set-up.
+
+* Makes ``ansible_collections.fleetgpu.passthrough`` importable from the working tree
+  (a symlink under .cache/pyroot), so unit tests exercise the live code.
+* ``installed_collection``: builds and installs the collection the way users do
+  (``ansible-galaxy collection build`` + ``install``) once per session, for tests that run
+  ``ansible-playbook``.
+* ``run_playbook``: runs ansible-playbook against the installed collection and returns
+  the completed process (stdout holds the JSON callback output when asked).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = REPO / '.cache'
+PYROOT = CACHE / 'pyroot'
+COLLECTIONS = CACHE / 'collections'
+VENV_BIN = REPO / '.venv' / 'bin'
+
+_link = PYROOT / 'ansible_collections' / 'fleetgpu' / 'passthrough'
+if not _link.exists():
+    _link.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _link.symlink_to(REPO)
+    except FileExistsError:
+        pass
+for _init in (PYROOT / 'ansible_collections' / '__init__.py', PYROOT / 'ansible_collections' / 'fleetgpu' / '__init__.py'):
+    _init.touch(exist_ok=True)
+if str(PYROOT) not in sys.path:
+    sys.path.insert(0, str(PYROOT))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def tool(name: str) -> str:
+    """Path of a command from the project's virtual environment, else from PATH."""
+    cand = VENV_BIN / name
+    return str(cand) if cand.exists() else name
+
+
+@pytest.fixture(scope='session')
+def installed_collection() -> Path:
+    """Build and install the collection once per test session; returns the collections path."""
+    if not os.environ.get('FLEETGPU_COLLECTION_INSTALLED'):
+        subprocess.run(['bash', str(REPO / 'scripts' / 'install-collection.sh')], check=True,
+                       stdout=subprocess.DEVNULL)
+        os.environ['FLEETGPU_COLLECTION_INSTALLED'] = '1'
+    return COLLECTIONS
+
+
+def playbook_env(collections: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        'ANSIBLE_COLLECTIONS_PATH': str(collections),
+        'ANSIBLE_NOCOLOR': '1',
+        'ANSIBLE_FORCE_COLOR': '0',
+        'ANSIBLE_RETRY_FILES_ENABLED': '0',
+        'ANSIBLE_LOCALHOST_WARNING': '0',
+        'ANSIBLE_INVENTORY_UNPARSED_WARNING': '0',
+        'ANSIBLE_PYTHON_INTERPRETER': sys.executable,
+        'PATH': '%s:%s' % (VENV_BIN, env.get('PATH', '')),
+    })
+    if extra:
+        env.update(extra)
+    return env
+
+
+@pytest.fixture()
+def run_playbook(installed_collection: Path, tmp_path: Path):
+    """run_playbook(playbook_text_or_path, extra_vars=None, args=(), json_output=True)."""
+
+    def _run(playbook: str | Path, extra_vars: dict | None = None, args: tuple = (),
+             json_output: bool = True, inventory: str | None = None, env: dict | None = None,
+             timeout: int = 600) -> subprocess.CompletedProcess:
+        path = Path(playbook)
+        if not (isinstance(playbook, Path) or (len(str(playbook)) < 4096 and path.suffix in ('.yml', '.yaml') and path.exists())):
+            path = tmp_path / 'playbook.yml'
+            path.write_text(str(playbook))
+        cmd = [tool('ansible-playbook'), str(path), '-i', inventory or 'localhost,', '-c', 'local']
+        if extra_vars:
+            ev = tmp_path / 'extra_vars.json'
+            ev.write_text(json.dumps(extra_vars))
+            cmd += ['-e', '@%s' % ev]
+        cmd += list(args)
+        extra_env: dict[str, str] = {}
+        if json_output:
+            extra_env['ANSIBLE_CALLBACK_PLUGINS'] = str(REPO / 'tests' / 'callback_plugins')
+            extra_env['ANSIBLE_STDOUT_CALLBACK'] = 'fleetgpu_json'
+        if env:
+            extra_env.update(env)
+        return subprocess.run(cmd, capture_output=True, text=True, env=playbook_env(installed_collection, extra_env),
+                              timeout=timeout, cwd=str(tmp_path))
+
+    return _run
+
+
+def playbook_json(proc: subprocess.CompletedProcess) -> dict:
+    """The fleetgpu_json callback's document from a run's stdout."""
+    start = proc.stdout.find('{"tasks"')
+    if start < 0:
+        raise AssertionError('no JSON result in ansible-playbook output:\n%s\n%s' % (proc.stdout, proc.stderr))
+    return json.JSONDecoder().raw_decode(proc.stdout[start:])[0]
