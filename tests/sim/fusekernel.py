@@ -1,0 +1,566 @@
+#!/usr/bin/env python3
+"""A simulated kernel that behaves: PCI driver binding over a FUSE mount.
+
+``tests/sim/simkernel.py`` materializes a static tree shaped like the kernel's
+(``sys``, ``proc``, ``dev``, and ``.sim/devices.json``).  This file serves such a
+tree through FUSE (a pass-through over the backing directory) and gives the
+PCI control files the kernel's behaviour, processed synchronously inside the
+``write()`` call as the kernel does:
+
+* ``sys/bus/pci/drivers/NAME/unbind`` (ADDR): removes the ``driver`` link of the
+  device and the driver's link to it; ENODEV when the device is not bound to NAME.
+* ``sys/bus/pci/drivers/NAME/bind`` (ADDR): EBUSY when the device already has a
+  driver, ENODEV when the driver does not match it (``driver_override`` names
+  another driver, or neither the default driver nor a ``new_id`` matches).
+* ``sys/bus/pci/drivers_probe`` (ADDR): binds an unbound device to its
+  ``driver_override`` if set (and that driver is loaded), else to a driver whose
+  ``new_id`` matches, else to the device's ``default_driver``.
+* ``.../ADDR/driver_override``: stores the value up to the first newline; an
+  empty value clears it to ``(null)``.
+* ``new_id`` / ``remove_id``: recorded; ``new_id`` also binds every unbound
+  device that matches, as the kernel does (why callers must not use it).
+* The first bind of a group's device to a vfio driver creates ``dev/vfio/N`` and
+  ``dev/vfio/vfio``; when the group's last vfio device is unbound, ``dev/vfio/N``
+  goes away.
+
+Every control write is appended to ``.sim/ops.log`` (one JSON object a line).
+
+Fault injection: ``.sim/faults.json`` in the backing tree (a list, or
+``{"faults": [...]}``), re-read on every operation.  Each fault matches on
+``op`` (``unbind``, ``bind``, ``drivers_probe``, ``driver_override``,
+``new_id``, ``remove_id``, or ``read`` with ``attr``), optionally ``device``
+and ``driver``; ``skip`` lets that many matching operations pass first and
+``times`` limits how often it fires.  Effects: ``error`` (an errno name such
+as ``EBUSY``), ``hang`` (the call does not return until unmount),
+``wrong_driver`` (a probe binds that driver instead), ``vanish`` (the device's
+directories and links disappear, the write fails with ENODEV).
+
+Use ``with mounted(backing, mountpoint): ...`` from tests, or run
+``python tests/sim/fusekernel.py BACKING MOUNTPOINT`` (foreground).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Iterator
+
+_ADDR = r'[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]'
+_DRIVER_CTL_RE = re.compile(r'^/sys/bus/pci/drivers/([^/]+)/(bind|unbind|new_id|remove_id)$')
+_PROBE_RE = re.compile(r'^/sys/bus/pci/drivers_probe$')
+_OVERRIDE_RE = re.compile(r'^/sys/(?:devices/.*|bus/pci/devices)/(%s)/driver_override$' % _ADDR)
+_ATTR_RE = re.compile(r'^/sys/(?:devices/.*|bus/pci/devices)/(%s)/([^/]+)$' % _ADDR)
+
+NULL = '(null)'
+
+
+def _is_vfio(driver: str | None) -> bool:
+    return bool(driver) and 'vfio' in str(driver)
+
+
+class KernelError(OSError):
+    """An errno returned to the writer, as the kernel would."""
+
+    def __init__(self, err: int) -> None:
+        super().__init__(err, os.strerror(err))
+
+
+class SimKernel:
+    """The kernel's PCI binding semantics over a backing directory (no FUSE here).
+
+    Paths given to :meth:`control_write` are relative to the mount root and
+    start with ``/`` (``/sys/bus/pci/drivers/vfio-pci/bind``).
+    """
+
+    def __init__(self, backing: str) -> None:
+        self.root = os.path.abspath(backing)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.dynids: dict[str, set[tuple[str, str]]] = {}
+        self._fired: dict[str, int] = {}
+        self._seen: dict[str, int] = {}
+
+    # ------------------------------------------------------------ helpers
+    def b(self, rel: str) -> str:
+        """Backing path of a mount-relative path."""
+        return os.path.join(self.root, rel.lstrip('/'))
+
+    def _default_drivers(self) -> dict[str, str | None]:
+        try:
+            with open(self.b('.sim/devices.json'), encoding='utf-8') as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        if isinstance(data, dict) and 'devices' in data:
+            data = data['devices']
+        out: dict[str, str | None] = {}
+        if isinstance(data, dict):
+            for addr, info in data.items():
+                out[addr] = info.get('default_driver') if isinstance(info, dict) else info
+        elif isinstance(data, list):
+            for info in data:
+                if isinstance(info, dict) and 'address' in info:
+                    out[info['address']] = info.get('default_driver')
+        return out
+
+    def _faults(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.b('.sim/faults.json'), encoding='utf-8') as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            return []
+        if isinstance(data, dict):
+            data = data.get('faults', [])
+        return [f for f in data if isinstance(f, dict)] if isinstance(data, list) else []
+
+    def fault(self, op: str, device: str | None, driver: str | None = None, attr: str | None = None) -> dict[str, Any] | None:
+        """The first fault that fires for this operation (counting skips and times)."""
+        for index, spec in enumerate(self._faults()):
+            if spec.get('op') not in (op, '*'):
+                continue
+            if spec.get('device') and spec['device'] != device:
+                continue
+            if spec.get('driver') and spec['driver'] != driver:
+                continue
+            if spec.get('attr') and spec['attr'] != attr:
+                continue
+            key = '%d:%s' % (index, json.dumps(spec, sort_keys=True))
+            self._seen[key] = self._seen.get(key, 0) + 1
+            if self._seen[key] <= int(spec.get('skip', 0)):
+                continue
+            if 'times' in spec and self._fired.get(key, 0) >= int(spec['times']):
+                continue
+            self._fired[key] = self._fired.get(key, 0) + 1
+            return spec
+        return None
+
+    def hang(self) -> None:
+        """Block like a write stuck on a device lock, until the file system goes away."""
+        while not self.stop.wait(0.2):
+            pass
+        raise KernelError(errno.EIO)
+
+    def device_dir(self, addr: str) -> str | None:
+        link = self.b('/sys/bus/pci/devices/%s' % addr)
+        if not os.path.lexists(link):
+            return None
+        real = os.path.realpath(link)
+        return real if os.path.isdir(real) else None
+
+    def driver_dir(self, name: str) -> str:
+        return self.b('/sys/bus/pci/drivers/%s' % name)
+
+    def current_driver(self, dev: str) -> str | None:
+        target = os.readlink(os.path.join(dev, 'driver')) if os.path.islink(os.path.join(dev, 'driver')) else None
+        return os.path.basename(target.rstrip('/')) if target else None
+
+    def override(self, dev: str) -> str | None:
+        try:
+            with open(os.path.join(dev, 'driver_override'), encoding='utf-8') as handle:
+                value = handle.read().strip()
+        except OSError:
+            return None
+        return None if value in ('', NULL) else value
+
+    def ids(self, dev: str) -> tuple[str, str]:
+        def rd(name: str) -> str:
+            try:
+                with open(os.path.join(dev, name), encoding='utf-8') as handle:
+                    return handle.read().strip().lower().replace('0x', '')
+            except OSError:
+                return ''
+        return rd('vendor'), rd('device')
+
+    def group(self, dev: str) -> str | None:
+        link = os.path.join(dev, 'iommu_group')
+        return os.path.basename(os.readlink(link).rstrip('/')) if os.path.islink(link) else None
+
+    def log(self, entry: dict[str, Any]) -> None:
+        os.makedirs(self.b('.sim'), exist_ok=True)
+        with open(self.b('.sim/ops.log'), 'a', encoding='utf-8') as handle:
+            handle.write(json.dumps(entry, sort_keys=True) + '\n')
+
+    # ------------------------------------------------------------ binding
+    def matches(self, dev: str, addr: str, driver: str) -> bool:
+        """pci_match_device(): override first, then dynamic ids, then the id table."""
+        if not os.path.isdir(self.driver_dir(driver)):
+            return False
+        override = self.override(dev)
+        if override is not None:
+            return override == driver
+        if self.ids(dev) in self.dynids.get(driver, set()):
+            return True
+        return self._default_drivers().get(addr) == driver
+
+    def attach(self, dev: str, addr: str, driver: str) -> None:
+        drv = self.driver_dir(driver)
+        os.symlink(os.path.relpath(drv, dev), os.path.join(dev, 'driver'))
+        link = os.path.join(drv, addr)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(os.path.relpath(dev, drv), link)
+        if _is_vfio(driver):
+            group = self.group(dev)
+            if group is not None:
+                os.makedirs(self.b('/dev/vfio'), exist_ok=True)
+                for name in ('vfio', group):
+                    path = self.b('/dev/vfio/%s' % name)
+                    if not os.path.exists(path):
+                        with open(path, 'w', encoding='utf-8'):
+                            pass
+                        os.chmod(path, 0o600)
+
+    def detach(self, dev: str, addr: str, driver: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(dev, 'driver'))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.driver_dir(driver), addr))
+        if _is_vfio(driver):
+            group = self.group(dev)
+            if group is not None and not self._group_has_vfio(group):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.b('/dev/vfio/%s' % group))
+
+    def _group_has_vfio(self, group: str) -> bool:
+        members = self.b('/sys/kernel/iommu_groups/%s/devices' % group)
+        for name in os.listdir(members) if os.path.isdir(members) else []:
+            real = os.path.realpath(os.path.join(members, name))
+            if _is_vfio(self.current_driver(real)):
+                return True
+        return False
+
+    def vanish(self, addr: str) -> None:
+        """The device leaves the bus: its directory and every link to it disappear."""
+        dev = self.device_dir(addr)
+        group = self.group(dev) if dev else None
+        driver = self.current_driver(dev) if dev else None
+        for link in (self.b('/sys/bus/pci/devices/%s' % addr),
+                     self.b('/sys/bus/pci/drivers/%s/%s' % (driver, addr)) if driver else '',
+                     self.b('/sys/kernel/iommu_groups/%s/devices/%s' % (group, addr)) if group else ''):
+            if link and os.path.lexists(link):
+                os.unlink(link)
+        if dev:
+            shutil.rmtree(dev, ignore_errors=True)
+
+    def probe(self, dev: str, addr: str, wrong: str | None = None) -> str | None:
+        """device_attach(): the driver it bound to, or None."""
+        if wrong:
+            if os.path.isdir(self.driver_dir(wrong)):
+                self.attach(dev, addr, wrong)
+                return wrong
+            return None
+        override = self.override(dev)
+        candidates: list[str] = []
+        if override is not None:
+            candidates = [override]
+        else:
+            vid = self.ids(dev)
+            candidates = sorted(d for d, ids in self.dynids.items() if vid in ids)
+            default = self._default_drivers().get(addr)
+            if default:
+                candidates.append(default)
+        for driver in candidates:
+            if self.matches(dev, addr, driver):
+                self.attach(dev, addr, driver)
+                return driver
+        return None
+
+    # ------------------------------------------------------------ entry points
+    def is_control(self, path: str) -> bool:
+        return bool(_DRIVER_CTL_RE.match(path) or _PROBE_RE.match(path) or _OVERRIDE_RE.match(path))
+
+    def control_write(self, path: str, data: bytes) -> int:
+        text = data.decode('utf-8', 'replace')
+        value = text.split('\n', 1)[0].strip()
+        m_drv = _DRIVER_CTL_RE.match(path)
+        m_ovr = _OVERRIDE_RE.match(path)
+        if m_drv:
+            driver, op = m_drv.group(1), m_drv.group(2)
+            device = value if op in ('bind', 'unbind') else None
+        elif m_ovr:
+            driver, op, device = None, 'driver_override', m_ovr.group(1)
+        else:
+            driver, op, device = None, 'drivers_probe', value
+        entry: dict[str, Any] = {'op': op, 'device': device, 'driver': driver, 'value': value}
+        spec = self.fault(op, device, driver)
+        if spec and spec.get('hang'):
+            self.log(dict(entry, result='hang'))
+            self.hang()
+        with self.lock:
+            try:
+                result = self._apply(op, device, driver, value, spec)
+            except KernelError as exc:
+                self.log(dict(entry, result=errno.errorcode.get(exc.errno or 0, str(exc.errno))))
+                raise
+            self.log(dict(entry, result=result))
+        return len(data)
+
+    def _apply(self, op: str, device: str | None, driver: str | None, value: str, spec: dict[str, Any] | None) -> str:
+        if spec and spec.get('vanish') and device:
+            self.vanish(device)
+            raise KernelError(errno.ENODEV)
+        if spec and spec.get('error'):
+            raise KernelError(getattr(errno, str(spec['error']), errno.EIO))
+        if op in ('new_id', 'remove_id'):
+            return self._dynid(op, str(driver), value)
+        dev = self.device_dir(device) if device else None
+        if dev is None:
+            raise KernelError(errno.EINVAL if op == 'drivers_probe' else errno.ENODEV)
+        current = self.current_driver(dev)
+        if op == 'driver_override':
+            if len(value) >= 4096:
+                raise KernelError(errno.EINVAL)
+            with open(os.path.join(dev, 'driver_override'), 'w', encoding='utf-8') as handle:
+                handle.write((value or NULL) + '\n')
+            return 'ok'
+        if op == 'unbind':
+            if current != driver:
+                raise KernelError(errno.ENODEV)
+            self.detach(dev, str(device), str(driver))
+            return 'ok'
+        if op == 'bind':
+            if current is not None:
+                raise KernelError(errno.EBUSY)
+            if not self.matches(dev, str(device), str(driver)):
+                raise KernelError(errno.ENODEV)
+            self.attach(dev, str(device), str(driver))
+            return 'ok'
+        # drivers_probe: a bound device is left alone, an unmatched one stays unbound.
+        if current is not None:
+            return 'bound:%s' % current
+        bound = self.probe(dev, str(device), spec.get('wrong_driver') if spec else None)
+        return 'bound:%s' % bound if bound else 'unbound'
+
+    def _dynid(self, op: str, driver: str, value: str) -> str:
+        fields = value.split()
+        if len(fields) < 2 or not os.path.isdir(self.driver_dir(driver)):
+            raise KernelError(errno.EINVAL)
+        pair = (fields[0].lower().replace('0x', ''), fields[1].lower().replace('0x', ''))
+        ids = self.dynids.setdefault(driver, set())
+        if op == 'remove_id':
+            if pair not in ids:
+                raise KernelError(errno.ENODEV)
+            ids.discard(pair)
+            return 'ok'
+        if pair in ids:
+            raise KernelError(errno.EEXIST)
+        ids.add(pair)
+        bound = []
+        for addr in sorted(os.listdir(self.b('/sys/bus/pci/devices'))):
+            dev = self.device_dir(addr)
+            if dev and self.current_driver(dev) is None and self.ids(dev) == pair and self.matches(dev, addr, driver):
+                self.attach(dev, addr, driver)
+                bound.append(addr)
+        return 'captured:%s' % ','.join(bound)
+
+    def read_fault(self, path: str) -> None:
+        match = _ATTR_RE.match(path)
+        if not match:
+            return
+        spec = self.fault('read', match.group(1), attr=match.group(2))
+        if spec and spec.get('hang'):
+            self.hang()
+        if spec and spec.get('error'):
+            raise KernelError(getattr(errno, str(spec['error']), errno.EIO))
+
+
+def _operations(kernel: SimKernel) -> Any:
+    from fuse import FuseOSError, Operations  # pylint: disable=import-outside-toplevel
+
+    class KernelFS(Operations):
+        use_ns = True
+
+        def __call__(self, op: str, path: str, *args: Any) -> Any:
+            try:
+                return getattr(self, op)(path, *args)
+            except OSError as exc:
+                raise FuseOSError(exc.errno or errno.EIO) from None
+
+        def getattr(self, path: str, fh: Any = None) -> dict[str, Any]:
+            st = os.lstat(kernel.b(path))
+            out = {key: getattr(st, key) for key in (
+                'st_mode', 'st_nlink', 'st_uid', 'st_gid', 'st_size', 'st_atime_ns', 'st_mtime_ns', 'st_ctime_ns')}
+            for key in ('st_atime', 'st_mtime', 'st_ctime'):
+                out[key] = out.pop(key + '_ns')
+            return out
+
+        def access(self, path: str, amode: int) -> int:
+            if not os.path.lexists(kernel.b(path)):
+                raise OSError(errno.ENOENT, path)
+            return 0
+
+        def readdir(self, path: str, fh: Any) -> list[str]:
+            return ['.', '..'] + sorted(os.listdir(kernel.b(path)))
+
+        def readlink(self, path: str) -> str:
+            return os.readlink(kernel.b(path))
+
+        def statfs(self, path: str) -> dict[str, int]:
+            st = os.statvfs(kernel.b(path))
+            return {key: getattr(st, key) for key in (
+                'f_bavail', 'f_bfree', 'f_blocks', 'f_bsize', 'f_favail', 'f_ffree', 'f_files', 'f_flag',
+                'f_frsize', 'f_namemax')}
+
+        def open(self, path: str, fi: Any) -> int:
+            if not os.path.exists(kernel.b(path)):
+                raise OSError(errno.ENOENT, path)
+            fi.direct_io = 1
+            return 0
+
+        def create(self, path: str, mode: int, fi: Any = None) -> int:
+            fd = os.open(kernel.b(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            os.close(fd)
+            if fi is not None:
+                fi.direct_io = 1
+            return 0
+
+        def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
+            kernel.read_fault(path)
+            with open(kernel.b(path), 'rb') as handle:
+                handle.seek(offset)
+                return handle.read(size)
+
+        def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+            if kernel.is_control(path):
+                return kernel.control_write(path, data)
+            with open(kernel.b(path), 'r+b') as handle:
+                handle.seek(offset)
+                handle.write(data)
+            return len(data)
+
+        def truncate(self, path: str, length: int, fh: Any = None) -> int:
+            if not kernel.is_control(path):
+                os.truncate(kernel.b(path), length)
+            return 0
+
+        def unlink(self, path: str) -> int:
+            os.unlink(kernel.b(path))
+            return 0
+
+        def rmdir(self, path: str) -> int:
+            os.rmdir(kernel.b(path))
+            return 0
+
+        def mkdir(self, path: str, mode: int) -> int:
+            os.mkdir(kernel.b(path), mode)
+            return 0
+
+        def symlink(self, target: str, source: str) -> int:
+            os.symlink(source, kernel.b(target))
+            return 0
+
+        def rename(self, old: str, new: str) -> int:
+            os.rename(kernel.b(old), kernel.b(new))
+            return 0
+
+        def chmod(self, path: str, mode: int) -> int:
+            os.chmod(kernel.b(path), mode)
+            return 0
+
+        def chown(self, path: str, uid: int, gid: int) -> int:
+            os.lchown(kernel.b(path), uid, gid)
+            return 0
+
+        def utimens(self, path: str, times: Any = None) -> int:
+            os.utime(kernel.b(path), ns=times, follow_symlinks=False) if times else os.utime(kernel.b(path))
+            return 0
+
+        def flush(self, path: str, fh: Any) -> int:
+            return 0
+
+        def release(self, path: str, fh: Any) -> int:
+            return 0
+
+        def fsync(self, path: str, datasync: int, fh: Any) -> int:
+            return 0
+
+        def destroy(self, path: str) -> None:
+            kernel.stop.set()
+
+    return KernelFS()
+
+
+def serve(backing: str, mountpoint: str) -> None:
+    """Mount and serve in the foreground until unmounted or signalled."""
+    import warnings  # pylint: disable=import-outside-toplevel
+
+    from fuse import FUSE  # pylint: disable=import-outside-toplevel
+
+    kernel = SimKernel(backing)
+    warnings.simplefilter('ignore', DeprecationWarning)
+    FUSE(_operations(kernel), mountpoint, raw_fi=True, foreground=True, nothreads=False,
+         entry_timeout=0, attr_timeout=0, negative_timeout=0, fsname='fleetgpu-simkernel')
+    kernel.stop.set()
+
+
+def is_mounted(mountpoint: str) -> bool:
+    target = os.path.realpath(mountpoint)
+    try:
+        with open('/proc/self/mountinfo', encoding='utf-8') as handle:
+            return any(line.split()[4] == target for line in handle)
+    except OSError:
+        return os.path.ismount(mountpoint)
+
+
+def unmount(mountpoint: str) -> None:
+    """Detach the mount even when a writer is blocked inside it."""
+    for cmd in (['fusermount', '-u', '-z', mountpoint], ['umount', '-l', mountpoint]):
+        if not is_mounted(mountpoint):
+            return
+        if shutil.which(cmd[0]):
+            subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+@contextlib.contextmanager
+def mounted(backing: str | os.PathLike[str], mountpoint: str | os.PathLike[str], wait: float = 20.0) -> Iterator[str]:
+    """Serve ``backing`` at ``mountpoint`` in a child process for the block's duration.
+
+    Always unmounts and ends the child, also when the block raises.
+    """
+    backing, mountpoint = os.fspath(backing), os.fspath(mountpoint)
+    os.makedirs(mountpoint, exist_ok=True)
+    log_path = os.path.join(backing, '.sim', 'fuse.log')
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, 'ab') as log:
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), backing, mountpoint],
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + wait
+        while not is_mounted(mountpoint):
+            if proc.poll() is not None:
+                raise RuntimeError('simulated kernel exited with %s before mounting %s (see %s)'
+                                   % (proc.returncode, mountpoint, log_path))
+            if time.monotonic() > deadline:
+                raise RuntimeError('simulated kernel did not mount %s within %gs' % (mountpoint, wait))
+            time.sleep(0.05)
+        yield mountpoint
+    finally:
+        unmount(mountpoint)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(1)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        unmount(mountpoint)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        sys.stderr.write('usage: %s BACKING MOUNTPOINT\n' % argv[0])
+        return 2
+    serve(argv[1], argv[2])
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv))
