@@ -1,0 +1,143 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Managed configuration files: atomic writes with the previous version kept.
+
+PRIVATE to the fleetgpu.passthrough collection: not a public API, may change
+without notice.
+
+Every file the collection writes starts with a header saying it is managed,
+is mode 0644 (0755 for scripts the boot tooling executes) and owned by root
+when the process runs as root, and replaces the old content atomically
+(temporary file in the same directory, fsync, rename).  The previous content
+is kept next to it as ``<name>.fleetgpu.bak`` so a failed follow-up command can
+put it back.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+HEADER = 'managed by fleetgpu.passthrough: changes made here are overwritten'
+BACKUP_SUFFIX = '.fleetgpu.bak'
+
+
+class FileError(Exception):
+    """A managed file could not be read, written or restored."""
+
+
+def header(comment: str = '#') -> str:
+    return '%s %s\n' % (comment, HEADER)
+
+
+def rooted(root: str, path: str) -> str:
+    """``path`` (absolute, as on the target host) below ``root``."""
+    if not path.startswith('/'):
+        raise FileError('path %r must be absolute' % path)
+    if root in ('', '/'):
+        return path
+    return os.path.join(os.path.abspath(root), path.lstrip('/'))
+
+
+def read(path: str) -> str | None:
+    """Content of a text file, None when it does not exist."""
+    try:
+        with open(path, 'r', encoding='utf-8', errors='replace') as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise FileError('cannot read %s: %s' % (path, exc.strerror)) from None
+
+
+class FileChange:
+    """One planned change of one file: ``after`` None means the file is removed."""
+
+    def __init__(self, path: str, before: str | None, after: str | None, mode: int = 0o644) -> None:
+        self.path = path
+        self.before = before
+        self.after = after
+        self.mode = mode
+        self.applied = False
+        self.had_backup = False
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+    def diff(self) -> dict[str, str]:
+        return {
+            'before_header': self.path if self.before is not None else '%s (absent)' % self.path,
+            'after_header': self.path if self.after is not None else '%s (absent)' % self.path,
+            'before': self.before or '',
+            'after': self.after or '',
+        }
+
+    def apply(self) -> None:
+        if not self.changed:
+            return
+        if self.after is None:
+            remove(self.path)
+        else:
+            write(self.path, self.after, self.mode)
+        self.applied = True
+
+    def revert(self) -> None:
+        """Put the content from before :meth:`apply` back."""
+        if not self.applied:
+            return
+        if self.before is None:
+            remove(self.path, keep_backup=False)
+        else:
+            write(self.path, self.before, self.mode, keep_backup=False)
+        self.applied = False
+
+
+def plan(path: str, content: str | None, mode: int = 0o644) -> FileChange:
+    return FileChange(path, read(path), content, mode)
+
+
+def write(path: str, content: str, mode: int = 0o644, keep_backup: bool = True) -> None:
+    """Write ``content`` atomically; the old content (if any) is kept as ``path + BACKUP_SUFFIX``."""
+    directory = os.path.dirname(path) or '.'
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        if keep_backup and os.path.isfile(path):
+            old = read(path)
+            if old is not None:
+                _write_atomic(path + BACKUP_SUFFIX, old, 0o644)
+        _write_atomic(path, content, mode)
+    except OSError as exc:
+        raise FileError('cannot write %s: %s' % (path, exc.strerror)) from None
+
+
+def remove(path: str, keep_backup: bool = True) -> None:
+    try:
+        if keep_backup and os.path.isfile(path):
+            old = read(path)
+            if old is not None:
+                _write_atomic(path + BACKUP_SUFFIX, old, 0o644)
+        if os.path.lexists(path):
+            os.unlink(path)
+    except OSError as exc:
+        raise FileError('cannot remove %s: %s' % (path, exc.strerror)) from None
+
+
+def _write_atomic(path: str, content: str, mode: int) -> None:
+    directory = os.path.dirname(path) or '.'
+    fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        if os.geteuid() == 0:
+            os.chown(tmp, 0, 0)
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
