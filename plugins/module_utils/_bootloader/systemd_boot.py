@@ -1,0 +1,62 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""/etc/kernel/cmdline backends: systemd-boot (kernel-install) and proxmox-boot-tool.
+
+PRIVATE to the fleetgpu.passthrough collection: not a public API, may change
+without notice.
+
+/etc/kernel/cmdline is read whole by kernel-install and proxmox-boot-tool, so
+it cannot carry a comment header: it holds the arguments on one line.  When it
+does not exist yet it is seeded from the running command line (what
+kernel-install itself would use), without ``BOOT_IMAGE=`` and ``initrd=``.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import Bootloader, BootloaderError, Plan, from_running
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, split
+
+CMDLINE = '/etc/kernel/cmdline'
+
+
+class KernelCmdlineFile(Bootloader):
+    """Shared logic: the arguments live in /etc/kernel/cmdline."""
+
+    def current(self) -> list[str]:
+        text = _files.read(self.path(CMDLINE))
+        if text is None:
+            return from_running(self.running)
+        return split(' '.join(line for line in text.splitlines() if not line.lstrip().startswith('#')))
+
+    def refresh_commands(self) -> list[list[str]]:
+        raise NotImplementedError
+
+    def plan(self, change: Change) -> Plan:
+        before = self.current()
+        after = change.apply(before)
+        plan = Plan(before, after)
+        file_change = _files.plan(self.path(CMDLINE), ' '.join(after) + '\n')
+        if file_change.changed:
+            plan.files.append(file_change)
+            plan.commands.extend(self.refresh_commands())
+        return plan
+
+
+class SystemdBoot(KernelCmdlineFile):
+    name = 'systemd-boot'
+
+    def refresh_commands(self) -> list[list[str]]:
+        versions = self.kernel_versions()
+        if not versions:
+            raise BootloaderError('systemd-boot: no installed kernel found under %s' % self.path('/lib/modules'))
+        return [['kernel-install', 'add', version, self.kernel_image(version)] for version in versions]
+
+
+class ProxmoxBootTool(KernelCmdlineFile):
+    name = 'proxmox-boot-tool'
+
+    def refresh_commands(self) -> list[list[str]]:
+        return [['proxmox-boot-tool', 'refresh']]
