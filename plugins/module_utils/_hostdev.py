@@ -1,0 +1,411 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""The libvirt domain XML ``<hostdev>`` model: match, merge, remove, place, diff.
+
+PRIVATE to the fleetgpu.passthrough collection: not a public API, may change
+without notice.
+
+Pure lxml, no libvirt connection: the module reads a domain's XML, this model
+plans the change on the parsed tree (adding, updating or removing PCI
+``<hostdev>`` entries matched by their *source* address), and the caller
+defines the result.  Guest placement mirrors real hardware: the functions of
+one host slot (a GPU and its HDMI audio) land on one guest slot, function 0
+carrying ``multifunction='on'``.
+"""
+
+from __future__ import annotations
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError
+
+try:
+    from lxml import etree
+    HAS_LXML = True
+    LXML_IMPORT_ERROR = None
+except ImportError as _exc:  # pragma: no cover - depends on the managed host
+    HAS_LXML = False
+    LXML_IMPORT_ERROR = _exc
+
+
+class HostdevError(Exception):
+    """Base of the errors of the hostdev model."""
+
+
+class DomainXmlError(HostdevError):
+    """The domain XML cannot be parsed or has an unexpected shape."""
+
+
+class PlacementError(HostdevError):
+    """No guest PCI address can be found or the requested one is taken."""
+
+
+def _int(text: str | None) -> int:
+    """libvirt writes ``0x1f``; accept decimal too."""
+    if text is None or text == '':
+        return 0
+    text = text.strip()
+    return int(text, 16) if text.lower().startswith('0x') else int(text, 10)
+
+
+def _addr_from(elem: object) -> PciAddress | None:
+    """A PciAddress from an ``<address domain= bus= slot= function=>`` element."""
+    if elem is None:
+        return None
+    try:
+        return PciAddress(_int(elem.get('domain')), _int(elem.get('bus')),  # type: ignore[attr-defined]
+                          _int(elem.get('slot')), _int(elem.get('function')))  # type: ignore[attr-defined]
+    except (ValueError, PciAddressError):
+        return None
+
+
+def _set_addr(elem: object, addr: PciAddress, guest: bool) -> None:
+    attrs = elem.attrib  # type: ignore[attr-defined]
+    if guest:
+        attrs['type'] = 'pci'
+    attrs['domain'] = '0x%04x' % addr.domain
+    attrs['bus'] = '0x%02x' % addr.bus
+    attrs['slot'] = '0x%02x' % addr.slot
+    attrs['function'] = '0x%x' % addr.function
+
+
+class RomSpec:
+    """``<rom bar='on|off' file='...'/>`` of a hostdev; None fields are left as they are."""
+
+    def __init__(self, file: str | None = None, bar: bool | None = None) -> None:
+        self.file = file
+        self.bar = bar
+
+    @property
+    def empty(self) -> bool:
+        return self.file is None and self.bar is None
+
+
+class Hostdev:
+    """One PCI ``<hostdev>`` element of a domain."""
+
+    def __init__(self, elem: object) -> None:
+        self.elem = elem
+
+    @property
+    def source(self) -> PciAddress | None:
+        return _addr_from(self.elem.find('source/address'))  # type: ignore[attr-defined]
+
+    @property
+    def guest(self) -> PciAddress | None:
+        addr = self.elem.find('address')  # type: ignore[attr-defined]
+        if addr is None or addr.get('type') != 'pci':
+            return None
+        return _addr_from(addr)
+
+    @property
+    def managed(self) -> bool:
+        return self.elem.get('managed') == 'yes'  # type: ignore[attr-defined]
+
+    @property
+    def multifunction(self) -> bool:
+        addr = self.elem.find('address')  # type: ignore[attr-defined]
+        return addr is not None and addr.get('multifunction') == 'on'
+
+    @property
+    def rom(self) -> dict[str, str] | None:
+        rom = self.elem.find('rom')  # type: ignore[attr-defined]
+        return dict(rom.attrib) if rom is not None else None
+
+    def to_dict(self) -> dict[str, object]:
+        guest = self.guest
+        return {
+            'address': str(self.source) if self.source else None,
+            'guest_address': str(guest) if guest else None,
+            'managed': self.managed,
+            'multifunction': self.multifunction,
+            'rom': self.rom,
+        }
+
+    def xml(self) -> str:
+        return etree.tostring(self.elem, encoding='unicode').strip()
+
+
+class Change:
+    """One planned change of the domain definition."""
+
+    def __init__(self, address: PciAddress, action: str, guest: PciAddress | None = None,
+                 companion_of: PciAddress | None = None, detail: str = '') -> None:
+        self.address = address
+        self.action = action  # added | updated | removed | unchanged
+        self.guest = guest
+        self.companion_of = companion_of
+        self.detail = detail
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            'address': str(self.address),
+            'action': self.action,
+            'guest_address': str(self.guest) if self.guest else None,
+            'companion_of': str(self.companion_of) if self.companion_of else None,
+            'detail': self.detail,
+        }
+
+
+class SlotRequest:
+    """The host functions of one slot that must be in the domain.
+
+    ``functions``: every host function to attach (the listed devices and
+    their companions); ``listed``: the ones the user named (ROM options apply
+    to those only).
+    """
+
+    def __init__(self, functions: list[PciAddress], listed: list[PciAddress]) -> None:
+        self.functions = sorted(set(functions))
+        self.listed = sorted(set(listed))
+        slots = {a.slot_key for a in self.functions}
+        if len(slots) != 1:
+            raise HostdevError('a slot request holds functions of several slots: %s'
+                               % ', '.join(str(a) for a in self.functions))
+
+    def guest_function(self, host: PciAddress) -> int:
+        """Guest functions mirror host functions when host function 0 is attached;
+        otherwise they are numbered from 0 in host order (a guest slot needs function 0)."""
+        if any(a.function == 0 for a in self.functions):
+            return host.function
+        return self.functions.index(host)
+
+    def companion_of(self, host: PciAddress) -> PciAddress | None:
+        if host in self.listed:
+            return None
+        return self.listed[0] if self.listed else None
+
+
+class DomainDefinition:
+    """A parsed domain XML with the operations the module plans with."""
+
+    def __init__(self, xml: str) -> None:
+        if not HAS_LXML:
+            raise DomainXmlError('lxml is not installed')
+        try:
+            parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
+            self.root = etree.fromstring(xml.encode('utf-8'), parser)
+        except etree.XMLSyntaxError as exc:
+            raise DomainXmlError('domain XML cannot be parsed: %s' % exc) from None
+        if self.root.tag != 'domain':
+            raise DomainXmlError('expected a <domain> document, got <%s>' % self.root.tag)
+        devices = self.root.find('devices')
+        if devices is None:
+            devices = etree.SubElement(self.root, 'devices')
+        self.devices = devices
+
+    # ---------------------------------------------------------------- reads
+    @property
+    def name(self) -> str:
+        return self.root.findtext('name') or ''
+
+    def hostdevs(self) -> list[Hostdev]:
+        out = []
+        for elem in self.devices.findall('hostdev'):
+            if elem.get('mode', 'subsystem') == 'subsystem' and elem.get('type') == 'pci':
+                dev = Hostdev(elem)
+                if dev.source is not None:
+                    out.append(dev)
+        return out
+
+    def sources(self) -> list[PciAddress]:
+        return sorted(h.source for h in self.hostdevs() if h.source is not None)
+
+    def find(self, source: PciAddress) -> Hostdev | None:
+        for dev in self.hostdevs():
+            if dev.source == source:
+                return dev
+        return None
+
+    def is_pcie(self) -> bool:
+        for ctl in self.devices.findall('controller'):
+            if ctl.get('type') == 'pci' and ctl.get('model') == 'pcie-root':
+                return True
+        return False
+
+    def _guest_addresses(self) -> list[PciAddress]:
+        out = []
+        for elem in self.devices.iter('address'):
+            if elem.get('type') != 'pci':
+                continue
+            addr = _addr_from(elem)
+            if addr is not None:
+                out.append(addr)
+        return out
+
+    def _pci_controllers(self) -> list[object]:
+        return [c for c in self.devices.findall('controller') if c.get('type') == 'pci']
+
+    def to_xml(self) -> str:
+        return canonical(self.root)
+
+    # ------------------------------------------------------------- changes
+    def _new_hostdev(self, source: PciAddress, managed: bool) -> Hostdev:
+        elem = etree.Element('hostdev', mode='subsystem', type='pci', managed='yes' if managed else 'no')
+        src = etree.SubElement(elem, 'source')
+        _set_addr(etree.SubElement(src, 'address'), source, guest=False)
+        # After the last existing hostdev, else at the end of <devices>.
+        existing = self.devices.findall('hostdev')
+        if existing:
+            existing[-1].addnext(elem)
+        else:
+            self.devices.append(elem)
+        return Hostdev(elem)
+
+    @staticmethod
+    def _apply_settings(dev: Hostdev, managed: bool, rom: RomSpec | None) -> None:
+        dev.elem.set('managed', 'yes' if managed else 'no')  # type: ignore[attr-defined]
+        if rom is not None and not rom.empty:
+            elem = dev.elem.find('rom')  # type: ignore[attr-defined]
+            if elem is None:
+                elem = etree.Element('rom')
+                # <rom> goes after <source> (and after a boot element if any).
+                src = dev.elem.find('source')  # type: ignore[attr-defined]
+                src.addnext(elem)
+            if rom.bar is not None:
+                elem.set('bar', 'on' if rom.bar else 'off')
+            if rom.file is not None:
+                elem.set('file', rom.file)
+
+    @staticmethod
+    def _set_guest(dev: Hostdev, guest: PciAddress, multifunction: bool) -> None:
+        addr = dev.elem.find('address')  # type: ignore[attr-defined]
+        if addr is None:
+            addr = etree.SubElement(dev.elem, 'address')
+        for key in list(addr.attrib):
+            del addr.attrib[key]
+        _set_addr(addr, guest, guest=True)
+        if multifunction:
+            addr.set('multifunction', 'on')
+
+    def _allocate_slot(self) -> tuple[int, int, int]:
+        """A free guest (domain, bus, slot) for one multifunction device."""
+        used = self._guest_addresses()
+        if self.is_pcie():
+            used_buses = {a.bus for a in used if a.domain == 0}
+            ports = sorted(_int(c.get('index')) for c in self._pci_controllers() if c.get('model') == 'pcie-root-port')
+            for index in ports:
+                if index not in used_buses:
+                    return (0, index, 0)
+            indices = [_int(c.get('index')) for c in self._pci_controllers()]
+            index = max(indices) + 1 if indices else 1
+            if index > 0xff:
+                raise PlacementError('no PCI bus index left for a new pcie-root-port in domain %r' % self.name)
+            ctl = etree.Element('controller', type='pci', index=str(index), model='pcie-root-port')
+            controllers = self.devices.findall('controller')
+            if controllers:
+                controllers[-1].addnext(ctl)
+            else:
+                self.devices.insert(0, ctl)
+            return (0, index, 0)
+        used_slots = {a.slot for a in used if a.domain == 0 and a.bus == 0}
+        for slot in range(1, 0x20):
+            if slot not in used_slots:
+                return (0, 0, slot)
+        raise PlacementError('no free guest PCI slot on bus 0 of domain %r: give guest_address' % self.name)
+
+    def _guest_taken(self, guest: PciAddress, allowed: set[PciAddress]) -> bool:
+        """True when another device (not one of ``allowed`` hostdev sources) sits at ``guest``."""
+        for elem in self.devices.iter('address'):
+            if elem.get('type') != 'pci' or _addr_from(elem) != guest:
+                continue
+            owner = elem.getparent()
+            if owner.tag == 'hostdev':
+                src = Hostdev(owner).source
+                if src in allowed:
+                    continue
+            return True
+        return False
+
+    def plan_present(self, slot: SlotRequest, managed: bool, rom: RomSpec | None = None,
+                     guest_address: PciAddress | None = None) -> list[Change]:
+        """Make every function of ``slot`` a hostdev of this domain; returns the changes."""
+        before = {a: (self.find(a).xml() if self.find(a) else None) for a in slot.functions}
+        existing = {a: self.find(a) for a in slot.functions}
+        missing = [a for a in slot.functions if existing[a] is None]
+        allowed = set(slot.functions)
+
+        # Where the guest slot is: asked for, else where a sibling already sits, else a free one.
+        target: tuple[int, int, int] | None = None
+        relocate = False
+        if guest_address is not None:
+            target = (guest_address.domain, guest_address.bus, guest_address.slot)
+            relocate = True
+        else:
+            for addr in slot.functions:
+                dev = existing[addr]
+                if dev is not None and dev.guest is not None:
+                    target = dev.guest.slot_key
+                    break
+            if target is None and missing and self._guest_addresses():
+                target = self._allocate_slot()
+
+        multi = len(slot.functions) > 1 or any(
+            h.source is not None and h.source.slot_key == slot.functions[0].slot_key and h.source not in allowed
+            for h in self.hostdevs())
+        changes: list[Change] = []
+        for addr in slot.functions:
+            dev = existing[addr]
+            if dev is None:
+                dev = self._new_hostdev(addr, managed)
+            self._apply_settings(dev, managed, rom if addr in slot.listed else None)
+            if target is not None and (relocate or dev.guest is None):
+                guest = PciAddress(target[0], target[1], target[2], slot.guest_function(addr))
+                if self._guest_taken(guest, allowed):
+                    if relocate:
+                        raise PlacementError('guest address %s of domain %r is taken by another device' % (guest, self.name))
+                    guest = None  # type: ignore[assignment]
+                if guest is not None:
+                    self._set_guest(dev, guest, multi and guest.function == 0)
+            elif multi and dev.guest is not None and dev.guest.function == 0 and not dev.multifunction:
+                self._set_guest(dev, dev.guest, True)
+            after = dev.xml()
+            if before[addr] is None:
+                action = 'added'
+            elif before[addr] != after:
+                action = 'updated'
+            else:
+                action = 'unchanged'
+            changes.append(Change(addr, action, dev.guest, slot.companion_of(addr)))
+        return changes
+
+    def plan_absent(self, addresses: list[PciAddress]) -> list[Change]:
+        changes = []
+        for addr in sorted(set(addresses)):
+            dev = self.find(addr)
+            if dev is None:
+                changes.append(Change(addr, 'unchanged', detail='not in the domain'))
+                continue
+            guest = dev.guest
+            dev.elem.getparent().remove(dev.elem)  # type: ignore[attr-defined]
+            changes.append(Change(addr, 'removed', guest))
+        return changes
+
+
+def hostdev_xml(source: PciAddress, managed: bool, rom: RomSpec | None = None) -> str:
+    """A standalone ``<hostdev>`` for live attach / detach (no guest address)."""
+    elem = etree.Element('hostdev', mode='subsystem', type='pci', managed='yes' if managed else 'no')
+    src = etree.SubElement(elem, 'source')
+    _set_addr(etree.SubElement(src, 'address'), source, guest=False)
+    if rom is not None and not rom.empty:
+        rom_elem = etree.SubElement(elem, 'rom')
+        if rom.bar is not None:
+            rom_elem.set('bar', 'on' if rom.bar else 'off')
+        if rom.file is not None:
+            rom_elem.set('file', rom.file)
+    return etree.tostring(elem, encoding='unicode')
+
+
+def canonical(root: object) -> str:
+    """One formatting for every XML the module shows, so diffs show only real changes."""
+    copy = etree.fromstring(etree.tostring(root), etree.XMLParser(remove_blank_text=True))
+    etree.indent(copy, space='  ')
+    return etree.tostring(copy, encoding='unicode') + '\n'
+
+
+def canonical_xml(xml: str) -> str:
+    return canonical(DomainDefinition(xml).root)
+
+
+def hostdev_sources(xml: str) -> list[PciAddress]:
+    return DomainDefinition(xml).sources()

@@ -1,0 +1,289 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: libvirt_hostdev
+short_description: Attach host PCI devices (GPUs and their companions) to libvirt domains
+version_added: 0.1.0
+description:
+  - Adds or removes PCI C(<hostdev>) entries of a libvirt domain, in its persistent definition,
+    in the running domain, or both.
+  - Entries are matched by their host (source) address, so nothing is ever duplicated and a second
+    run reports no change. A device that is already in the domain is not an error; removing a
+    device that is not there is no change.
+  - A GPU and the other functions of its host slot (HDMI/DP audio, USB-C, UCSI) are attached
+    together and placed on ONE guest slot as a multifunction device, as on real hardware:
+    the guest function 0 carries C(multifunction='on') and guest functions mirror host functions.
+  - Refuses a device that is already in another domain's definition, naming that domain,
+    unless O(allow_shared=true).
+  - Uses libvirt-python and lxml (no virsh). The persistent definition is changed by defining
+    the modified domain XML (read with its secrets, so nothing is lost); running domains get
+    devices by hot-plug.
+author:
+  - fleetgpu.passthrough contributors
+requirements:
+  - libvirt-python
+  - lxml
+extends_documentation_fragment:
+  - fleetgpu.passthrough.sysfs
+  - fleetgpu.passthrough.sysfs.ACTION_MODULE
+options:
+  domain:
+    description: Name of the libvirt domain.
+    type: str
+    required: true
+  uri:
+    description: libvirt connection URI.
+    type: str
+    default: qemu:///system
+  devices:
+    description:
+      - Host PCI addresses (C(0000:41:00.0) or C(41:00.0)) to attach or remove.
+      - May be empty; the module then changes nothing and reports the domain's hostdevs and the
+        assignments of every domain at O(uri) (useful before choosing devices).
+    type: list
+    elements: str
+    default: []
+  state:
+    description:
+      - V(present) makes the devices (and their companions) hostdevs of the domain.
+      - V(absent) removes them.
+    type: str
+    choices: [present, absent]
+    default: present
+  where:
+    description:
+      - V(config) changes the persistent definition (applies at the next start).
+      - V(live) hot-plugs into, or unplugs from, the running domain only. libvirt cannot hot-plug
+        a multifunction device, so each function gets its own guest slot there.
+      - V(both) does both; when the domain is not running only the definition changes (with a warning).
+    type: str
+    choices: [config, live, both]
+    default: config
+  managed:
+    description:
+      - C(managed='yes') lets libvirt detach the device from its host driver when the domain
+        starts and give it back when the domain stops.
+      - The default is V(false) because of the collection's ownership rule - a device that the
+        role C(vfio_host) (or the module C(vfio_bind)) keeps on C(vfio-pci) belongs to that
+        configuration, and libvirt must not hand it back to the host driver when the domain
+        stops. With V(false) the device must be on C(vfio-pci) before the domain starts; the
+        module warns when sysfs shows another driver.
+    type: bool
+    default: false
+  companions:
+    description:
+      - Also attach (or remove) the other functions of each device's host slot that exist under
+        O(sysfs_root) (audio, USB, UCSI, ...). SR-IOV virtual functions and bridges are never companions.
+      - With V(true) and O(state=present) every listed device must exist under O(sysfs_root).
+      - For O(state=absent) the companions are the other functions of the slot found in the domain.
+    type: bool
+    default: true
+  rom:
+    description: ROM BAR options for the listed devices (not their companions).
+    type: dict
+    suboptions:
+      file:
+        description: Path of a ROM image the guest sees instead of the device's own ROM.
+        type: path
+      bar:
+        description: Whether the device's ROM BAR is visible to the guest.
+        type: bool
+  guest_address:
+    description:
+      - Guest PCI slot for the devices, as C(DDDD:BB:SS.F) or C(BB:SS.F); only the domain, bus and
+        slot are used, functions mirror the host functions. Only with devices of one host slot.
+      - Without it the module reuses the guest slot of a function already in the domain, else an
+        empty C(pcie-root-port) (q35), else adds a new C(pcie-root-port); on i440fx machines it takes
+        the lowest free slot of bus 0.
+    type: str
+  allow_shared:
+    description:
+      - Allow a device that is already in another domain's definition (for domains that never run
+        at the same time).
+    type: bool
+    default: false
+  start:
+    description: Start the domain when it is not running (after the change).
+    type: bool
+    default: false
+  restart:
+    description:
+      - When the persistent definition changed and the domain is running, shut it down (ACPI,
+        up to O(shutdown_timeout) seconds, then forced off) and start it again so the change applies.
+    type: bool
+    default: false
+  shutdown_timeout:
+    description: Seconds to wait for a graceful shutdown before the domain is forced off (0 forces at once).
+    type: float
+    default: 120
+notes:
+  - Check mode returns the plan (RV(devices), RV(live)) and defines nothing; diff mode shows the
+    persistent domain XML before and after.
+seealso:
+  - module: fleetgpu.passthrough.vfio_bind
+  - module: fleetgpu.passthrough.gpu_facts
+'''
+
+EXAMPLES = r'''
+- name: Give the GPU at 41:00.0 (and its HDMI audio 41:00.1) to the domain train01
+  fleetgpu.passthrough.libvirt_hostdev:
+    domain: train01
+    devices: ["0000:41:00.0"]
+
+- name: Hot-plug into the running domain and keep it in the definition
+  fleetgpu.passthrough.libvirt_hostdev:
+    domain: train01
+    devices: ["0000:41:00.0"]
+    where: both
+
+- name: A GPU whose ROM needs a clean image, on a chosen guest slot
+  fleetgpu.passthrough.libvirt_hostdev:
+    domain: desktop
+    devices: ["0000:0a:00.0"]
+    rom:
+      file: /var/lib/libvirt/vbios/gpu.rom
+      bar: true
+    guest_address: "0000:06:00.0"
+
+- name: Take the GPU away again
+  fleetgpu.passthrough.libvirt_hostdev:
+    domain: train01
+    devices: ["0000:41:00.0"]
+    state: absent
+'''
+
+RETURN = r'''
+domain:
+  description: The domain name.
+  returned: success
+  type: str
+devices:
+  description: One entry per host function the module looked at (listed devices and companions).
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    address:
+      description: Host PCI address.
+      type: str
+    action:
+      description: V(added), V(updated), V(removed) or V(unchanged).
+      type: str
+    guest_address:
+      description: Guest PCI address in the definition (null when libvirt chooses it).
+      type: str
+    companion_of:
+      description: The listed device this function rides along with, null for listed devices.
+      type: str
+    detail:
+      description: Why nothing was done, when that needs saying.
+      type: str
+  sample:
+    - {address: "0000:41:00.0", action: added, guest_address: "0000:07:00.0", companion_of: null, detail: ""}
+    - {address: "0000:41:00.1", action: added, guest_address: "0000:07:00.1", companion_of: "0000:41:00.0", detail: ""}
+live:
+  description: Hot-plug actions on the running domain (empty unless O(where) is V(live) or V(both)).
+  returned: success
+  type: list
+  elements: dict
+power:
+  description: V(started), V(restarted) or null.
+  returned: success
+  type: str
+hostdevs:
+  description: The PCI hostdevs of the persistent definition after the change.
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - {address: "0000:41:00.0", guest_address: "0000:07:00.0", managed: false, multifunction: true, rom: null}
+assignments:
+  description: Host PCI address -> names of the domains at O(uri) that hold it (before the change).
+  returned: success
+  type: dict
+  sample: {"0000:41:00.0": ["train01"]}
+'''
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (
+    HAS_LXML,
+    LXML_IMPORT_ERROR,
+    HostdevError,
+    RomSpec,
+)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import (
+    HAS_LIBVIRT,
+    LIBVIRT_IMPORT_ERROR,
+    HostdevBackend,
+    Request,
+)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+
+
+def argument_spec() -> dict:
+    return dict(
+        domain=dict(type='str', required=True),
+        uri=dict(type='str', default='qemu:///system'),
+        devices=dict(type='list', elements='str', default=[]),
+        state=dict(type='str', choices=['present', 'absent'], default='present'),
+        where=dict(type='str', choices=['config', 'live', 'both'], default='config'),
+        managed=dict(type='bool', default=False),
+        companions=dict(type='bool', default=True),
+        rom=dict(type='dict', options=dict(file=dict(type='path'), bar=dict(type='bool'))),
+        guest_address=dict(type='str'),
+        allow_shared=dict(type='bool', default=False),
+        start=dict(type='bool', default=False),
+        restart=dict(type='bool', default=False),
+        shutdown_timeout=dict(type='float', default=120.0),
+        sysfs_root=dict(type='path', default='/sys'),
+        timeout=dict(type='float', default=5.0),
+    )
+
+
+def build_request(params: dict) -> Request:
+    """Validate the parameters (raises PciAddressError / HostdevError with the input named)."""
+    devices = []
+    for text in params['devices']:
+        devices.append(PciAddress.parse(text))
+    guest = PciAddress.parse(params['guest_address']) if params['guest_address'] else None
+    if guest is not None and len({d.slot_key for d in devices}) > 1:
+        raise HostdevError('guest_address %s can only place devices of one host slot, got %s'
+                           % (params['guest_address'], ', '.join(str(d) for d in devices)))
+    rom_p = params['rom'] or {}
+    rom = RomSpec(rom_p.get('file'), rom_p.get('bar')) if rom_p else None
+    return Request(
+        domain=params['domain'], uri=params['uri'], devices=devices, state=params['state'],
+        where=params['where'], managed=params['managed'], companions=params['companions'], rom=rom,
+        guest_address=guest, allow_shared=params['allow_shared'], start=params['start'],
+        restart=params['restart'], shutdown_timeout=params['shutdown_timeout'])
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    if not HAS_LIBVIRT:
+        module.fail_json(msg=missing_required_lib('libvirt-python'), exception=str(LIBVIRT_IMPORT_ERROR))
+    if not HAS_LXML:
+        module.fail_json(msg=missing_required_lib('lxml'), exception=str(LXML_IMPORT_ERROR))
+    try:
+        request = build_request(module.params)
+        sysfs = Sysfs(module.params['sysfs_root'], timeout=module.params['timeout'])
+        backend = HostdevBackend(request, sysfs)
+        result = backend.run(module.check_mode)
+    except (PciAddressError, HostdevError, SysfsError) as exc:
+        module.fail_json(msg=str(exc), domain=module.params['domain'])
+    if not module._diff:
+        result.pop('diff')
+    for warning in backend.warnings:
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
