@@ -30,9 +30,11 @@ options:
     INFO_MODULE = r'''
 attributes:
   check_mode:
+    description: Whether the module can run with C(--check) and predict its changes without making them.
     support: full
     details: This module never changes anything.
   diff_mode:
+    description: Whether the module shows what it changes (or would change in check mode) with C(--diff).
     support: N/A
     details: This module never changes anything.
 '''
@@ -40,12 +42,15 @@ attributes:
     FACTS_MODULE = r'''
 attributes:
   check_mode:
+    description: Whether the module can run with C(--check) and predict its changes without making them.
     support: full
     details: This module never changes anything.
   diff_mode:
+    description: Whether the module shows what it changes (or would change in check mode) with C(--diff).
     support: N/A
     details: This module never changes anything.
   facts:
+    description: Whether the module returns C(ansible_facts) that the play adds to the host's facts.
     support: full
 '''
 
@@ -53,8 +58,10 @@ attributes:
     ACTION_MODULE = r'''
 attributes:
   check_mode:
+    description: Whether the module can run with C(--check) and predict its changes without making them.
     support: full
     details: Check mode returns the plan of what would change and writes nothing.
   diff_mode:
+    description: Whether the module shows what it changes (or would change in check mode) with C(--diff).
     support: full
 '''
