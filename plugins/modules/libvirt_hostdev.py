@@ -16,7 +16,7 @@ description:
     run reports no change. A device that is already in the domain is not an error; removing a
     device that is not there is no change.
   - A GPU and the other functions of its host slot (HDMI/DP audio, USB-C, UCSI) are attached
-    together and placed on ONE guest slot as a multifunction device, as on real hardware:
+    together and placed on ONE guest slot as a multifunction device, as on real hardware;
     the guest function 0 carries C(multifunction='on') and guest functions mirror host functions.
   - Refuses a device that is already in another domain's definition, naming that domain,
     unless O(allow_shared=true).
@@ -24,7 +24,7 @@ description:
     the modified domain XML (read with its secrets, so nothing is lost); running domains get
     devices by hot-plug.
 author:
-  - fleetgpu.passthrough contributors
+  - fleetgpu.passthrough contributors (@fleetgpu)
 requirements:
   - libvirt-python
   - lxml
