@@ -308,26 +308,49 @@ class PciDeviceNotFound(LookupError):
 
 def read_locked_attributes(sysfs: Sysfs, devices: list[PciDevice], names: tuple[str, ...] = ('driver_override', 'sriov_numvfs', 'reset_method'),
                            timeout: float | None = None) -> tuple[dict[tuple[PciAddress, str], str | None], dict[PciAddress, list[str]]]:
-    """Read attributes that may block on a stuck device, all in one bounded batch.
+    """Read attributes that may block on a stuck device, in bounded batches.
 
     Returns ``(values, stuck)``: ``values[(address, name)]`` and, per device
     whose read did not return in time, the attribute names that were stuck.
+
+    The first name is read for every device in one batch; the other names
+    only for the devices that answered.  A device whose first attribute did
+    not answer holds its lock, so its other attributes are reported stuck
+    without trying them: each stuck device costs one ``timeout``, not one per
+    attribute.
     """
-    paths: list[str] = []
-    index: dict[str, tuple[PciAddress, str]] = {}
-    for dev in devices:
-        for name in names:
-            p = dev.attr(name)
-            if os.path.lexists(p):
-                paths.append(p)
-                index[p] = (dev.address, name)
-    values, stuck_paths = sysfs.read_bounded(paths, timeout)
-    out: dict[tuple[PciAddress, str], str | None] = {index[p]: v for p, v in values.items()}
+    out: dict[tuple[PciAddress, str], str | None] = {}
     stuck: dict[PciAddress, list[str]] = {}
-    for p in stuck_paths:
-        addr, name = index[p]
-        stuck.setdefault(addr, []).append(name)
-        out[(addr, name)] = None
+    if not names:
+        return out, stuck
+    present: dict[PciAddress, list[str]] = {}
+    for dev in devices:
+        present[dev.address] = [n for n in names if os.path.lexists(dev.attr(n))]
+    for phase_names, candidates in ((names[:1], devices), (names[1:], None)):
+        if candidates is None:
+            candidates = [d for d in devices if d.address not in stuck]
+        paths: list[str] = []
+        index: dict[str, tuple[PciAddress, str]] = {}
+        for dev in candidates:
+            for name in phase_names:
+                if name in present[dev.address]:
+                    p = dev.attr(name)
+                    paths.append(p)
+                    index[p] = (dev.address, name)
+        if not paths:
+            continue
+        values, stuck_paths = sysfs.read_bounded(paths, timeout)
+        for p, v in values.items():
+            out[index[p]] = v
+        for p in stuck_paths:
+            addr, name = index[p]
+            stuck.setdefault(addr, []).append(name)
+            out[(addr, name)] = None
+    for addr, stuck_names in stuck.items():
+        for name in present[addr]:
+            if name not in stuck_names:
+                stuck_names.append(name)
+                out[(addr, name)] = None
     return out, stuck
 
 

@@ -1,0 +1,164 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: gpu_facts
+short_description: Gather the host's GPUs, their IOMMU groups and whether each can be passed to a VM
+version_added: 0.1.0
+description:
+  - Reads the kernel's sysfs and procfs (never C(lspci)) and returns the fact C(gpu_passthrough) with the
+    host's CPU and IOMMU state and one entry per GPU.
+  - By default a GPU is any display controller (PCI base class C(0x03), which includes the C(0x0302)
+    "3D controller" class of data-centre GPUs). O(include_accelerators) adds processing accelerators (class C(0x12)).
+  - Each GPU gets a C(state) (C(available), C(vfio-ready), C(boot-vga), C(in-use), C(unusable)) with
+    human-readable C(state_reasons).
+  - Attributes that take the device lock (C(driver_override), C(sriov_numvfs), C(reset_method)) are read in a
+    separate process with a time bound. A device whose driver is stuck in its probe is reported in C(stuck)
+    and as C(unusable) instead of hanging the play; each such device adds at most O(timeout) seconds.
+  - Names come from the system's C(pci.ids) when it is installed (C(/usr/share/misc/pci.ids) or
+    C(/usr/share/hwdata/pci.ids)); they are null otherwise.
+author:
+  - fleetgpu.passthrough contributors
+options:
+  vendors:
+    description:
+      - Only report GPUs of these PCI vendor ids (four hex digits, for example C(10de) or C(0x1002)).
+    type: list
+    elements: str
+    default: []
+  addresses:
+    description:
+      - Only report the PCI functions at these addresses (C(0000:41:00.0), or C(41:00.0) for domain 0).
+      - An address given here is reported even when its class is not a GPU class.
+      - An address that does not exist on the host fails the task, naming it.
+    type: list
+    elements: str
+    default: []
+  include_accelerators:
+    description:
+      - Also report processing accelerators (PCI class C(0x12)).
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - fleetgpu.passthrough.sysfs
+  - fleetgpu.passthrough.sysfs.FACTS_MODULE
+seealso:
+  - module: fleetgpu.passthrough.iommu_check
+  - module: fleetgpu.passthrough.vfio_bind
+'''
+
+EXAMPLES = r'''
+- name: Gather the GPUs of the host
+  fleetgpu.passthrough.gpu_facts:
+
+- name: Show the GPUs that can be passed through right now
+  ansible.builtin.debug:
+    msg: "{{ ansible_facts.gpu_passthrough.gpus | selectattr('state', 'in', ['available', 'vfio-ready'])
+             | map(attribute='address') | list }}"
+
+- name: Only NVIDIA GPUs and accelerators, from a host's /sys mounted in a container
+  fleetgpu.passthrough.gpu_facts:
+    vendors: ['10de']
+    include_accelerators: true
+    sysfs_root: /host/sys
+
+- name: Two given functions
+  fleetgpu.passthrough.gpu_facts:
+    addresses:
+      - 0000:41:00.0
+      - 81:00.0
+'''
+
+RETURN = r'''
+ansible_facts:
+  description: The facts gathered.
+  returned: always
+  type: complex
+  contains:
+    gpu_passthrough:
+      description: Host state and GPUs.
+      returned: always
+      type: complex
+      contains:
+        host:
+          description:
+            - C(cpu_vendor) (intel, amd, other), C(cpu_vendor_id), C(virtualization) (vmx, svm or null),
+              C(iommu_enabled), C(iommu_type) (intel, amd, other or null), C(interrupt_remapping) (bool or null),
+              C(cmdline), C(kernel_release), C(vfio_pci_builtin).
+          type: dict
+          returned: always
+          sample:
+            cpu_vendor: intel
+            cpu_vendor_id: GenuineIntel
+            virtualization: vmx
+            iommu_enabled: true
+            iommu_type: intel
+            interrupt_remapping: true
+            cmdline: root=/dev/sda1 ro intel_iommu=on
+            kernel_release: 6.1.0-27-amd64
+            vfio_pci_builtin: false
+        gpus:
+          description:
+            - One entry per GPU, sorted by address, with C(address), C(vendor_id), C(device_id), C(vendor_device),
+              C(subsystem_vendor_id), C(subsystem_device_id), C(class), C(class_name), C(vendor_name),
+              C(device_name), C(subsystem_name), C(driver), C(driver_override), C(iommu_group),
+              C(iommu_group_members) (address, vendor_id, device_id, class, class_name, driver, is_bridge),
+              C(companions) (other functions of the same slot with their C(kind) audio, usb, ucsi or other),
+              C(boot_vga), C(numa_node), C(reset_method), C(sriov) (totalvfs, numvfs, is_vf, physfn, vfs),
+              C(mdev_types), C(state), C(state_reasons), C(stuck).
+          type: list
+          elements: dict
+          returned: always
+          sample:
+            - address: "0000:01:00.0"
+              vendor_id: "10de"
+              device_id: "2204"
+              vendor_device: "10de:2204"
+              class: "0x030000"
+              class_name: VGA compatible controller
+              driver: nvidia
+              iommu_group: 2
+              companions:
+                - {address: "0000:01:00.1", kind: audio, class: "0x040300", driver: snd_hda_intel}
+              boot_vga: false
+              state: available
+              state_reasons: ["0000:01:00.0 is on nvidia and its group can be handed to a VM"]
+              stuck: []
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import FactsError, gather
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciDeviceNotFound
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            vendors=dict(type='list', elements='str', default=[]),
+            addresses=dict(type='list', elements='str', default=[]),
+            include_accelerators=dict(type='bool', default=False),
+            sysfs_root=dict(type='path', default='/sys'),
+            timeout=dict(type='float', default=5.0),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params['timeout'] <= 0:
+        module.fail_json(msg='timeout must be a positive number of seconds, not %s' % params['timeout'])
+    sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
+    try:
+        facts = gather(sysfs, vendors=params['vendors'], addresses=params['addresses'],
+                       include_accelerators=params['include_accelerators'], timeout=params['timeout'])
+    except (FactsError, PciDeviceNotFound, SysfsError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=False, ansible_facts={'gpu_passthrough': facts})
+
+
+if __name__ == '__main__':
+    main()

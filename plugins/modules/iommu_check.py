@@ -1,0 +1,149 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: iommu_check
+short_description: Check that a host and its devices are ready for VFIO passthrough
+version_added: 0.1.0
+description:
+  - Read-only: reports the host's readiness for VFIO passthrough and never changes anything (C(changed) is always false).
+  - "Host checks: CPU virtualization flags (C(vmx)/C(svm)), IOMMU active (groups in C(/sys/kernel/iommu_groups),
+    units in C(/sys/class/iommu)), interrupt remapping (Intel: the IR bit of each DMAR unit's C(ecap); AMD: an
+    IVHD unit, unless the command line turns remapping off), IOMMU tokens of the running command line and their
+    contradictions (C(intel_iommu=off), both vendors' flags, C(amd_iommu=on) which is not a valid value), vfio-pci
+    built in, installed or loaded, C(/dev/vfio/vfio), and Secure Boot where the EFI variable can be read."
+  - "Device checks, for each address in O(devices): the device exists, has an IOMMU group, and its group is
+    viable: every other member is one of O(devices), a function of the same slot, a bridge or PCIe port, or
+    already on vfio-pci. Offending members are named."
+  - Each finding has a C(name), a C(severity) (error, warning, info), a C(message) and a C(remedy).
+    O(fail_on) turns the named findings into a task failure whose message lists each problem and what to do.
+author:
+  - fleetgpu.passthrough contributors
+options:
+  devices:
+    description:
+      - PCI addresses of the devices to pass through (C(0000:41:00.0), or C(41:00.0) for domain 0).
+    type: list
+    elements: str
+    default: []
+  fail_on:
+    description:
+      - Names of findings that fail the task when found.
+    type: list
+    elements: str
+    default: []
+    choices:
+      - no_virtualization
+      - iommu_off
+      - iommu_disabled_on_cmdline
+      - cmdline_contradiction
+      - cmdline_wrong_vendor
+      - amd_iommu_invalid_value
+      - no_interrupt_remapping
+      - interrupt_remapping_unknown
+      - vfio_unavailable
+      - vfio_not_loaded
+      - no_vfio_device_node
+      - secure_boot_enabled
+      - device_not_found
+      - no_iommu_group
+      - group_not_viable
+      - boot_vga
+extends_documentation_fragment:
+  - fleetgpu.passthrough.sysfs
+  - fleetgpu.passthrough.sysfs.INFO_MODULE
+seealso:
+  - module: fleetgpu.passthrough.gpu_facts
+  - module: fleetgpu.passthrough.kernel_cmdline
+'''
+
+EXAMPLES = r'''
+- name: Check the host
+  fleetgpu.passthrough.iommu_check:
+  register: iommu
+
+- name: Stop when the IOMMU is off or the GPU's group cannot be passed
+  fleetgpu.passthrough.iommu_check:
+    devices:
+      - 0000:41:00.0
+      - 0000:41:00.1
+    fail_on: [iommu_off, no_interrupt_remapping, group_not_viable, device_not_found]
+
+- name: Report
+  ansible.builtin.debug:
+    msg: "{{ iommu.findings | map(attribute='message') | list }}"
+'''
+
+RETURN = r'''
+ready:
+  description: True when no finding of severity C(error) was found.
+  returned: always
+  type: bool
+  sample: true
+findings:
+  description: What was found, each with C(name), C(severity), C(message) and C(remedy).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - name: iommu_off
+      severity: error
+      message: "the IOMMU is not active: no IOMMU groups in /sys/kernel/iommu_groups and no unit in /sys/class/iommu"
+      remedy: enable VT-d in the firmware setup, add intel_iommu=on to the kernel command line and reboot
+host:
+  description:
+    - The host facts of gpu_facts (C(cpu_vendor), C(virtualization), C(iommu_enabled), C(iommu_type),
+      C(interrupt_remapping), C(cmdline), C(kernel_release), C(vfio_pci_builtin)) plus C(vfio_pci_available),
+      C(vfio_pci_loaded), C(dev_vfio), C(secure_boot) (bool or null), C(iommu_units) and C(iommu_groups) (count).
+  returned: always
+  type: dict
+devices:
+  description: One entry per address in O(devices) with C(address), C(exists), C(driver), C(iommu_group),
+    C(group_members), C(viable) and C(offending_members).
+  returned: always
+  type: list
+  elements: dict
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._checks import (
+    FINDINGS,
+    CheckError,
+    check,
+    failure_message,
+)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciDeviceNotFound
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            devices=dict(type='list', elements='str', default=[]),
+            fail_on=dict(type='list', elements='str', default=[], choices=sorted(FINDINGS)),
+            sysfs_root=dict(type='path', default='/sys'),
+            timeout=dict(type='float', default=5.0),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
+    try:
+        if not sysfs.isdir(sysfs.sys('bus', 'pci')):
+            raise CheckError('%s is not a sysfs tree (no bus/pci): check sysfs_root' % sysfs.sys_root)
+        result = check(sysfs, params['devices'])
+    except (CheckError, PciDeviceNotFound, SysfsError) as exc:
+        module.fail_json(msg=str(exc))
+    message = failure_message(result['findings'], params['fail_on'])
+    if message:
+        module.fail_json(msg=message, changed=False, **result)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == '__main__':
+    main()
