@@ -10,7 +10,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
 
 import pytest
 
@@ -61,6 +61,21 @@ CONSUME = '''
 '''
 
 
+def read_cached_facts(cache: Path, host: str) -> Dict[str, Any]:
+    """One host's facts from a jsonfile cache directory.
+
+    ansible-core 2.19 names the file ``s1_<host>`` and wraps the facts as a JSON string under
+    ``__payload__``; older releases wrote ``<host>`` with the facts as they are.
+    """
+    candidates = [cache / host] + sorted(cache.glob('s*_%s' % host))
+    existing = [c for c in candidates if c.is_file()]
+    assert existing, 'no cache file for %s in %s: %s' % (host, cache, sorted(p.name for p in cache.iterdir()))
+    data = json.loads(existing[-1].read_text())
+    if isinstance(data, dict) and set(data) == {'__payload__'}:
+        data = json.loads(data['__payload__'])
+    return data
+
+
 def _inventory(tmp_path: Path, roots: Dict[str, Path]) -> Path:
     lines = ['[gpu_hosts]']
     for host, root in roots.items():
@@ -86,7 +101,7 @@ def test_gpu_facts_round_trip_through_jsonfile_cache(run_playbook, tmp_path: Pat
     assert sorted(gathered) == sorted(TOPOLOGIES)
     for host, facts in gathered.items():
         assert facts['gpus'], 'no GPUs gathered on %s' % host
-        cached = json.loads((cache / host).read_text())
+        cached = read_cached_facts(cache, host)
         assert cached['gpu_passthrough'] == facts, 'cache file of %s differs from the module result' % host
 
     # nothing left to gather from: a second gathering could only fail
