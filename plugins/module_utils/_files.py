@@ -79,7 +79,10 @@ class FileChange:
         if not self.changed:
             return
         if self.after is None:
-            remove(self.path)
+            owned = _owned_dir(self.path)
+            remove(self.path, keep_backup=not owned)
+            if owned:
+                _rmdir_if_empty(os.path.dirname(self.path))
         else:
             write(self.path, self.after, self.mode)
         self.applied = True
@@ -93,6 +96,18 @@ class FileChange:
         else:
             write(self.path, self.before, self.mode, keep_backup=False)
         self.applied = False
+
+
+def _owned_dir(path: str) -> bool:
+    """True when the file sits in a directory the collection created (its name says fleetgpu)."""
+    return 'fleetgpu' in os.path.basename(os.path.dirname(path))
+
+
+def _rmdir_if_empty(directory: str) -> None:
+    try:
+        os.rmdir(directory)
+    except OSError:
+        pass
 
 
 def plan(path: str, content: str | None, mode: int = 0o644) -> FileChange:

@@ -1,0 +1,168 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""initramfs generators: the files that put vfio into the early boot, rebuild, verify.
+
+PRIVATE to the fleetgpu.passthrough collection: not a public API, may change
+without notice.
+
+One abstract :class:`Initramfs` and one backend per generator
+(initramfs-tools, dracut, mkinitcpio).  Each backend says which files it
+needs (hook, early script, config), how the images are rebuilt, and how an
+image is listed to verify that vfio-pci and the collection's configuration are
+inside.  Commands go through the :class:`Runner` seam.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import (
+    ADDRESSES_CONF, MODPROBE_CONF, VFIO_MODULES)
+
+
+class InitramfsError(Exception):
+    """The initramfs could not be rebuilt, or the rebuilt image lacks what it must hold."""
+
+
+# The early binding, POSIX sh, sourced or run before udev starts: mark the listed functions
+# for vfio-pci (driver_override), take them from a driver that already holds them, load vfio-pci.
+EARLY_BIND = r'''fleetgpu_vfio_conf=/etc/fleetgpu-passthrough/vfio-pci-addresses
+if [ -r "$fleetgpu_vfio_conf" ]; then
+    while read -r fleetgpu_addr fleetgpu_rest; do
+        case "$fleetgpu_addr" in ''|'#'*) continue ;; esac
+        fleetgpu_dev="/sys/bus/pci/devices/$fleetgpu_addr"
+        [ -e "$fleetgpu_dev/driver_override" ] || continue
+        echo vfio-pci > "$fleetgpu_dev/driver_override"
+        if [ -e "$fleetgpu_dev/driver" ] && [ "$(basename "$(readlink "$fleetgpu_dev/driver")")" != vfio-pci ]; then
+            echo "$fleetgpu_addr" > "$fleetgpu_dev/driver/unbind"
+        fi
+    done < "$fleetgpu_vfio_conf"
+fi
+modprobe -q vfio-pci 2>/dev/null
+if [ -r "$fleetgpu_vfio_conf" ]; then
+    while read -r fleetgpu_addr fleetgpu_rest; do
+        case "$fleetgpu_addr" in ''|'#'*) continue ;; esac
+        [ -e "/sys/bus/pci/devices/$fleetgpu_addr/driver" ] || echo "$fleetgpu_addr" > /sys/bus/pci/drivers_probe
+    done < "$fleetgpu_vfio_conf"
+fi
+unset fleetgpu_vfio_conf fleetgpu_addr fleetgpu_rest fleetgpu_dev
+'''
+
+
+class ManagedFile:
+    """A file a backend installs: target path, content, mode."""
+
+    def __init__(self, path: str, content: str, mode: int = 0o644) -> None:
+        self.path = path
+        self.content = content
+        self.mode = mode
+
+
+class Initramfs(metaclass=abc.ABCMeta):
+    name = ''
+    list_tool = ''
+
+    def __init__(self, root: str, runner: Runner) -> None:
+        self.root = root or '/'
+        self.runner = runner
+
+    def path(self, path: str) -> str:
+        return _files.rooted(self.root, path)
+
+    @abc.abstractmethod
+    def files(self, per_address: bool) -> list[ManagedFile]:
+        """Files the generator needs so the image carries vfio and the early binding."""
+
+    @abc.abstractmethod
+    def all_paths(self) -> list[str]:
+        """Every path this backend may install (what state=absent removes)."""
+
+    @abc.abstractmethod
+    def regenerate(self) -> list[list[str]]:
+        """Commands that rebuild the images of every installed kernel."""
+
+    @abc.abstractmethod
+    def images(self, kernel: str) -> list[str]:
+        """Image paths (target paths) to verify for ``kernel``."""
+
+    @abc.abstractmethod
+    def expected(self, per_address: bool) -> list[str]:
+        """Paths (relative, no leading slash) the image must list, besides the vfio-pci module."""
+
+    def list_image(self, image: str) -> list[str]:
+        _rc, out, _err = self.runner.run([self.list_tool, self.path(image)])
+        return [line.strip().lstrip('./').lstrip('/') for line in out.splitlines() if line.strip()]
+
+    def verify(self, kernel: str, per_address: bool, builtin: bool, present: bool = True) -> list[str]:
+        """Problems found in the images of ``kernel`` (empty: good)."""
+        images = self.images(kernel)
+        if not images:
+            return ['no initramfs image for kernel %s was found under %s' % (kernel, self.path('/boot'))]
+        problems = []
+        for image in images:
+            try:
+                listing = self.list_image(image)
+            except CommandError as exc:
+                problems.append('cannot list %s: %s' % (image, exc))
+                continue
+            names = set(listing)
+            if present:
+                if not builtin and not any(_is_vfio_pci(n) for n in listing):
+                    problems.append('%s does not contain the vfio-pci module' % image)
+                for want in self.expected(per_address):
+                    if want not in names:
+                        problems.append('%s does not contain %s' % (image, want))
+            else:
+                for gone in self.expected(per_address):
+                    if gone in names:
+                        problems.append('%s still contains %s' % (image, gone))
+        return problems
+
+
+def _is_vfio_pci(name: str) -> bool:
+    base = os.path.basename(name)
+    return base.split('.ko', 1)[0] in ('vfio-pci', 'vfio_pci') and '.ko' in base
+
+
+def modules_line() -> str:
+    return ' '.join(VFIO_MODULES)
+
+
+def rel(path: str) -> str:
+    return path.lstrip('/')
+
+
+COMMON_IN_IMAGE = [rel(MODPROBE_CONF)]
+ADDRESSES_IN_IMAGE = [rel(ADDRESSES_CONF)]
+
+
+def detect(root: str) -> str:
+    """Generator of the host under ``root`` (mkinitcpio, dracut, initramfs-tools, in this order)."""
+    def there(path: str) -> bool:
+        return os.path.exists(_files.rooted(root, path))
+
+    if there('/etc/mkinitcpio.conf') or there('/usr/bin/mkinitcpio'):
+        return 'mkinitcpio'
+    if there('/usr/bin/dracut') or there('/usr/sbin/dracut'):
+        return 'dracut'
+    if there('/usr/sbin/update-initramfs') or there('/etc/initramfs-tools/initramfs.conf'):
+        return 'initramfs-tools'
+    raise InitramfsError('cannot tell the initramfs generator of %s: none of mkinitcpio, dracut, update-initramfs is '
+                         'installed; set the initramfs option' % (root or '/'))
+
+
+def backend(name: str, root: str, runner: Runner) -> Initramfs:
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import dracut, initramfs_tools, mkinitcpio
+
+    if name == 'auto':
+        name = detect(root)
+    classes = {'initramfs-tools': initramfs_tools.InitramfsTools, 'dracut': dracut.Dracut,
+               'mkinitcpio': mkinitcpio.Mkinitcpio}
+    if name not in classes:
+        raise InitramfsError('unknown initramfs generator %r (one of %s)' % (name, ', '.join(sorted(classes))))
+    return classes[name](root, runner)

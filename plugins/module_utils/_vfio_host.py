@@ -1,0 +1,242 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Persistent vfio host configuration: selection, early binding, modprobe.d, initramfs.
+
+PRIVATE to the fleetgpu.passthrough collection: not a public API, may change
+without notice.
+
+Input is the ``gpu_passthrough`` facts of gpu_facts plus the inventory's
+selectors; the kernel is read only through the Sysfs seam (every PCI function
+of the host, to decide between ``vfio-pci ids=`` and per-address binding, and
+the drivers' module names).  :func:`decide` is pure planning; the module
+writes the files it returns and drives the initramfs backend.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
+    PciAddress, PciAddressError, PciIdError, list_addresses, parse_id)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
+
+VFIO_MODULES = ['vfio', 'vfio_iommu_type1', 'vfio_pci']
+MODPROBE_CONF = '/etc/modprobe.d/fleetgpu-passthrough.conf'
+MODULES_LOAD_CONF = '/etc/modules-load.d/fleetgpu-passthrough.conf'
+ADDRESSES_CONF = '/etc/fleetgpu-passthrough/vfio-pci-addresses'
+# Host drivers that may claim a passed-through function before vfio-pci, by vendor / function kind.
+VENDOR_DRIVERS = {'10de': ['nouveau', 'nvidia'], '1002': ['amdgpu', 'radeon']}
+KIND_DRIVERS = {'audio': ['snd_hda_intel'], 'usb': ['xhci_pci']}
+# Arguments this collection may put on the command line; state=absent removes exactly these.
+MANAGED_ARGS = ['intel_iommu=on', 'iommu=pt', 'vfio-pci.ids']
+
+
+class SelectionError(ValueError):
+    """The selectors do not match the host, or ask for something refused."""
+
+
+def _describe(gpu: dict) -> str:
+    name = ' '.join(x for x in (gpu.get('vendor_name'), gpu.get('device_name')) if x) or gpu.get('class_name') or 'GPU'
+    extra = ' boot VGA' if gpu.get('boot_vga') else ''
+    return '%s %s [%s]%s driver=%s' % (gpu['address'], name, gpu.get('vendor_device'), extra, gpu.get('driver'))
+
+
+def _inventory(gpus: list[dict]) -> str:
+    return '; '.join(_describe(g) for g in gpus) or 'no GPU at all'
+
+
+def _matches(gpu: dict, sel: dict) -> bool:
+    if sel.get('address'):
+        return gpu['address'] == sel['address']
+    if sel.get('vendor_id'):
+        for key in ('vendor_id', 'device_id', 'subsystem_vendor_id', 'subsystem_device_id'):
+            if sel.get(key) and gpu.get(key) != sel[key]:
+                return False
+        return True
+    text = ' '.join(str(gpu.get(k) or '') for k in ('vendor_name', 'device_name', 'subsystem_name', 'vendor_device',
+                                                    'class_name'))
+    return bool(sel['_regex'].search(text))
+
+
+def normalise_selector(sel: object, index: int) -> dict:
+    """A selector checked and normalised; errors name the entry."""
+    where = 'vfio_host_devices[%d]' % index
+    if not isinstance(sel, dict):
+        raise SelectionError('%s must be a mapping with address, vendor_id/device_id or name, got %r' % (where, sel))
+    kinds = [k for k in ('address', 'vendor_id', 'name') if sel.get(k)]
+    if len(kinds) != 1:
+        raise SelectionError('%s must have exactly one of address, vendor_id (+device_id) or name, got %r' % (where, sel))
+    out = dict(sel)
+    try:
+        if kinds[0] == 'address':
+            out['address'] = str(PciAddress.parse(sel['address']))
+        elif kinds[0] == 'vendor_id':
+            if not sel.get('device_id'):
+                raise SelectionError('%s: vendor_id needs device_id too' % where)
+            for key in ('vendor_id', 'device_id', 'subsystem_vendor_id', 'subsystem_device_id'):
+                if sel.get(key):
+                    out[key] = parse_id(sel[key], key)
+        else:
+            try:
+                out['_regex'] = re.compile(str(sel['name']), re.I)
+            except re.error as exc:
+                raise SelectionError('%s: name %r is not a valid regular expression: %s' % (where, sel['name'], exc)) from None
+    except (PciAddressError, PciIdError) as exc:
+        raise SelectionError('%s: %s' % (where, exc)) from None
+    count = sel.get('count', 1 if kinds[0] == 'address' else 'all')
+    if count != 'all':
+        try:
+            count = int(count)
+        except (TypeError, ValueError):
+            raise SelectionError('%s: count must be a positive number or "all", got %r' % (where, count)) from None
+        if count < 1:
+            raise SelectionError('%s: count must be a positive number or "all", got %r' % (where, count))
+    out['count'] = count
+    return out
+
+
+def select(gpus: list[dict], selectors: list, allow_boot_vga: bool = False) -> list[dict]:
+    """The GPUs the selectors name, in address order; fails clearly when nothing or too few match."""
+    chosen: dict[str, dict] = {}
+    for index, raw in enumerate(selectors):
+        sel = normalise_selector(raw, index)
+        matching = [g for g in gpus if _matches(g, sel)]
+        usable = [g for g in matching if allow_boot_vga or not g.get('boot_vga')]
+        skipped = [g for g in matching if g not in usable]
+        label = {k: v for k, v in (raw.items() if isinstance(raw, dict) else []) if k != 'count'}
+        if not usable:
+            if skipped:
+                raise SelectionError(
+                    'vfio_host_devices[%d] %s matches only the boot GPU (%s); it keeps the host console and is never '
+                    'selected unless vfio_host_allow_boot_vga is true' % (index, label, _describe(skipped[0])))
+            raise SelectionError('vfio_host_devices[%d] %s matches no GPU; this host has: %s'
+                                 % (index, label, _inventory(gpus)))
+        fresh = [g for g in usable if g['address'] not in chosen]
+        take = fresh if sel['count'] == 'all' else fresh[:sel['count']]
+        if sel['count'] != 'all' and len(take) < sel['count']:
+            raise SelectionError(
+                'vfio_host_devices[%d] %s asks for %d GPU(s) but only %d match%s; this host has: %s'
+                % (index, label, sel['count'], len(take),
+                   ' (the boot GPU is not counted: vfio_host_allow_boot_vga is false)' if skipped else '',
+                   _inventory(gpus)))
+        for gpu in take:
+            chosen[gpu['address']] = gpu
+    return [chosen[a] for a in sorted(chosen)]
+
+
+def _host_devices(sysfs: Sysfs) -> dict[str, tuple[str, str | None]]:
+    """address -> (vendor:device, bound driver) for every PCI function of the host."""
+    found: dict[str, tuple[str, str | None]] = {}
+    for address in list_addresses(sysfs):
+        path = sysfs.sys('bus', 'pci', 'devices', str(address))
+        vendor = sysfs.read(sysfs.sys('bus', 'pci', 'devices', str(address), 'vendor'), default='')
+        device = sysfs.read(sysfs.sys('bus', 'pci', 'devices', str(address), 'device'), default='')
+        vendor_device = '%s:%s' % (vendor.lower().replace('0x', ''), device.lower().replace('0x', ''))
+        found[str(address)] = (vendor_device, sysfs.link_name(path + '/driver'))
+    return found
+
+
+def module_name(sysfs: Sysfs, driver: str) -> str | None:
+    """Kernel module providing ``driver`` (``bochs-drm`` -> ``bochs``); None when built in."""
+    drv_dir = sysfs.sys('bus', 'pci', 'drivers', driver)
+    if sysfs.isdir(drv_dir):
+        return sysfs.link_name(drv_dir + '/module')
+    return driver.replace('-', '_')
+
+
+class Decision:
+    """What the host needs for the selected devices."""
+
+    def __init__(self) -> None:
+        self.selected: list[dict] = []
+        self.bind: list[dict] = []            # functions to bind: GPUs and their companions
+        self.ids: list[str] = []              # vendor:device for vfio-pci ids=
+        self.addresses: list[str] = []        # per-address early binding
+        self.softdeps: list[str] = []         # module names
+        self.blacklist: list[str] = []
+        self.cmdline_add: list[str] = []
+        self.cmdline_remove: list[str] = []
+        self.warnings: list[str] = []
+
+    def as_dict(self) -> dict:
+        return {
+            'selected': self.selected, 'bind': self.bind, 'ids': self.ids, 'addresses': self.addresses,
+            'softdeps': self.softdeps, 'blacklist': self.blacklist,
+            'cmdline_add': self.cmdline_add, 'cmdline_remove': self.cmdline_remove,
+        }
+
+
+def decide(facts: dict, selectors: list, sysfs: Sysfs, allow_boot_vga: bool = False, iommu_pt: bool = True,
+           blacklist: list[str] | None = None) -> Decision:
+    host = facts.get('host') or {}
+    gpus = facts.get('gpus') or []
+    out = Decision()
+    out.selected = select(gpus, selectors, allow_boot_vga)
+    functions: dict[str, dict] = {}
+    for gpu in out.selected:
+        functions[gpu['address']] = {'address': gpu['address'], 'vendor_device': gpu['vendor_device'],
+                                     'driver': gpu.get('driver'), 'kind': 'gpu', 'vendor_id': gpu['vendor_id']}
+        for comp in gpu.get('companions') or []:
+            functions.setdefault(comp['address'], {
+                'address': comp['address'], 'vendor_device': '%s:%s' % (comp['vendor_id'], comp['device_id']),
+                'driver': comp.get('driver'), 'kind': comp.get('kind', 'other'), 'vendor_id': comp['vendor_id']})
+    out.bind = [functions[a] for a in sorted(functions)]
+    host_devices = _host_devices(sysfs)
+    bind_set = set(functions)
+    for vendor_device in sorted({f['vendor_device'] for f in out.bind}):
+        everywhere = {a for a, (vd, _d) in host_devices.items() if vd == vendor_device}
+        if everywhere <= bind_set:
+            out.ids.append(vendor_device)
+        else:
+            out.addresses += sorted(a for a in bind_set if functions[a]['vendor_device'] == vendor_device)
+    out.addresses.sort()
+    drivers: list[str] = []
+    for fn in out.bind:
+        if fn['driver'] and fn['driver'] != 'vfio-pci':
+            drivers.append(fn['driver'])
+        drivers += VENDOR_DRIVERS.get(fn['vendor_id'], []) if fn['kind'] == 'gpu' else KIND_DRIVERS.get(fn['kind'], [])
+    for driver in drivers:
+        mod = module_name(sysfs, driver)
+        if mod is None:
+            out.warnings.append('driver %s is built into the kernel: no softdep can order it after vfio-pci' % driver)
+        elif mod not in out.softdeps and mod not in ('vfio_pci', 'vfio-pci'):
+            out.softdeps.append(mod)
+    for driver in blacklist or []:
+        users = sorted(a for a, (_vd, d) in host_devices.items()
+                       if a not in bind_set and d and (d == driver or module_name(sysfs, d) == driver.replace('-', '_')))
+        if users:
+            raise SelectionError('vfio_host_blacklist: refusing to blacklist %s while %s still use%s it and %s not '
+                                 'selected' % (driver, ', '.join(users), 's' if len(users) == 1 else '',
+                                               'is' if len(users) == 1 else 'are'))
+        out.blacklist.append(driver)
+    vendor = host.get('cpu_vendor')
+    if vendor == 'intel':
+        out.cmdline_add.append('intel_iommu=on')
+    if iommu_pt:
+        out.cmdline_add.append('iommu=pt')
+    if host.get('vfio_pci_builtin') and out.ids:
+        out.cmdline_add.append('vfio-pci.ids=%s' % ','.join(out.ids))
+    else:
+        out.cmdline_remove.append('vfio-pci.ids')
+    return out
+
+
+def modprobe_conf(decision: Decision, builtin: bool) -> str:
+    lines = []
+    if decision.ids and not builtin:
+        lines.append('options vfio-pci ids=%s' % ','.join(decision.ids))
+    for mod in decision.softdeps:
+        lines.append('softdep %s pre: vfio-pci' % mod)
+    for mod in decision.blacklist:
+        lines.append('blacklist %s' % mod)
+    return '\n'.join(lines) + '\n'
+
+
+def modules_load_conf() -> str:
+    return '\n'.join(VFIO_MODULES) + '\n'
+
+
+def addresses_conf(decision: Decision) -> str:
+    return ''.join('%s\n' % a for a in decision.addresses)

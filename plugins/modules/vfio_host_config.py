@@ -1,0 +1,243 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: vfio_host_config
+short_description: Make a host's choice of GPUs for vfio-pci survive a reboot (modprobe.d, initramfs)
+version_added: 0.1.0
+description:
+  - Resolves the selected GPUs from the facts of M(fleetgpu.passthrough.gpu_facts) and the selectors, then decides
+    how they are bound early at boot.
+  - When every PCI function of a vendor:device on the host is selected, C(options vfio-pci ids=) in modprobe.d
+    (the kernel arguments to put on the command line are returned instead when vfio-pci is built into the kernel).
+    Otherwise the functions are listed in C(/etc/fleetgpu-passthrough/vfio-pci-addresses) and an early-boot script in
+    the initramfs writes C(vfio-pci) into their C(driver_override) before udev loads any host driver, so an identical
+    card kept by the host keeps its driver.
+  - Writes C(softdep <driver> pre: vfio-pci) for the host drivers of the selected functions and their vendors
+    (nouveau, nvidia, amdgpu, radeon, snd_hda_intel, xhci_pci), C(blacklist) lines only for drivers named in
+    O(blacklist) (refused while a device that is not selected still uses that driver), and
+    C(/etc/modules-load.d/fleetgpu-passthrough.conf) with C(vfio), C(vfio_iommu_type1), C(vfio_pci).
+  - Installs the generator's hook and early script (initramfs-tools, dracut, mkinitcpio), rebuilds the images, and
+    lists the running kernel's image to verify that vfio-pci and the configuration are inside. A failed rebuild
+    restores the previous files and fails; an image that lacks them fails the task.
+  - Every file starts with a header saying it is managed by fleetgpu.passthrough, is replaced atomically with the
+    previous version kept as C(<file>.fleetgpu.bak), and is mode 0644 (0755 for the scripts the generator runs).
+  - Returns the kernel arguments the host needs (C(cmdline_add), C(cmdline_remove)) for
+    M(fleetgpu.passthrough.kernel_cmdline).
+author:
+  - fleetgpu.passthrough contributors
+options:
+  state:
+    description:
+      - V(present) writes the configuration; V(absent) removes every file this module writes and rebuilds the initramfs.
+    type: str
+    default: present
+    choices: [present, absent]
+  facts:
+    description:
+      - The C(gpu_passthrough) facts of M(fleetgpu.passthrough.gpu_facts). Required with O(state=present).
+    type: dict
+  devices:
+    description:
+      - Selectors. Each has exactly one of C(address), C(vendor_id) with C(device_id) (optionally
+        C(subsystem_vendor_id), C(subsystem_device_id)), or C(name) (a regular expression matched against the
+        vendor, device and subsystem names and C(vendor:device)); and C(count), a number or C(all)
+        (default 1 for an address, C(all) otherwise). Companion functions (HDMI audio, USB-C) go with their GPU.
+    type: list
+    elements: dict
+    default: []
+  allow_boot_vga:
+    description: Allow selecting the GPU that shows the host console.
+    type: bool
+    default: false
+  iommu_pt:
+    description: Return C(iommu=pt) among the kernel arguments to add.
+    type: bool
+    default: true
+  blacklist:
+    description: Host drivers to blacklist. Refused while a device that is not selected still uses one.
+    type: list
+    elements: str
+    default: []
+  initramfs:
+    description:
+      - initramfs generator. V(auto) detects it (mkinitcpio, dracut, initramfs-tools, in that order).
+        V(none) writes only modprobe.d and modules-load.d.
+    type: str
+    default: auto
+    choices: [auto, initramfs-tools, dracut, mkinitcpio, none]
+  kernel_release:
+    description: Kernel whose image is verified. Default the running one (from the facts or procfs).
+    type: str
+  root:
+    description: Directory prefixed to every file path (tests, chroots).
+    type: path
+    default: /
+  update:
+    description: Rebuild and verify the initramfs. With V(false) only the files are written.
+    type: bool
+    default: true
+extends_documentation_fragment:
+  - fleetgpu.passthrough.sysfs
+  - fleetgpu.passthrough.sysfs.ACTION_MODULE
+seealso:
+  - module: fleetgpu.passthrough.kernel_cmdline
+  - module: fleetgpu.passthrough.gpu_facts
+'''
+
+EXAMPLES = r'''
+- name: Read the GPUs
+  fleetgpu.passthrough.gpu_facts:
+
+- name: Persist vfio-pci for the two RTX cards that are not the console
+  fleetgpu.passthrough.vfio_host_config:
+    facts: "{{ ansible_facts.gpu_passthrough }}"
+    devices:
+      - vendor_id: "10de"
+        device_id: "2204"
+        count: 2
+  register: vfio_cfg
+
+- name: Put the kernel arguments in place
+  fleetgpu.passthrough.kernel_cmdline:
+    add: "{{ vfio_cfg.cmdline_add }}"
+    remove: "{{ vfio_cfg.cmdline_remove }}"
+'''
+
+RETURN = r'''
+selected:
+  description: The selected GPUs, as in the facts.
+  returned: state=present
+  type: list
+  elements: dict
+bind:
+  description: Functions to bind to vfio-pci (the GPUs and their companions), with their current driver.
+  returned: state=present
+  type: list
+  elements: dict
+ids:
+  description: vendor:device pairs bound by C(vfio-pci ids=).
+  returned: always
+  type: list
+  elements: str
+addresses:
+  description: Functions bound at boot by address (C(driver_override)).
+  returned: always
+  type: list
+  elements: str
+softdeps:
+  description: Modules ordered after vfio-pci.
+  returned: always
+  type: list
+  elements: str
+cmdline_add:
+  description: Kernel arguments the host needs.
+  returned: always
+  type: list
+  elements: str
+  sample: [intel_iommu=on, iommu=pt]
+cmdline_remove:
+  description: Kernel arguments the host must not have (with state=absent, the ones this collection adds).
+  returned: always
+  type: list
+  elements: str
+initramfs:
+  description: The generator used, or C(none).
+  returned: always
+  type: str
+rebuild:
+  description: Whether the initramfs was (or in check mode would be) rebuilt, and why.
+  returned: always
+  type: str
+files:
+  description: Files changed (or that would change in check mode).
+  returned: always
+  type: list
+  elements: str
+commands:
+  description: Commands run (or that would run), as argument lists.
+  returned: always
+  type: list
+  elements: list
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _vfio_host_apply
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import FileError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import InitramfsError, backend
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import SelectionError, decide
+
+
+def run(module: AnsibleModule) -> dict:
+    p = module.params
+    sysfs = Sysfs(p['sysfs_root'], timeout=p['timeout'])
+    runner = ModuleRunner(module)
+    facts = p['facts'] or {}
+    host = facts.get('host') or {}
+    builtin = bool(host.get('vfio_pci_builtin'))
+    kernel = p['kernel_release'] or host.get('kernel_release') or sysfs.read(sysfs.proc('sys', 'kernel', 'osrelease'), default='')
+    decision = None
+    if p['state'] == 'present':
+        if not facts:
+            raise SelectionError('facts is required with state=present (pass ansible_facts.gpu_passthrough from gpu_facts)')
+        decision = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], p['blacklist'])
+        for warning in decision.warnings:
+            module.warn(warning)
+    initramfs = None if p['initramfs'] == 'none' else backend(p['initramfs'], p['root'], runner)
+    plan = _vfio_host_apply.plan(p['root'], initramfs, decision, builtin, kernel, p['update'])
+    if plan.changed and not module.check_mode:
+        _vfio_host_apply.apply(plan, initramfs, runner, decision, builtin, kernel)
+    result = {
+        'changed': plan.changed,
+        'initramfs': initramfs.name if initramfs else 'none',
+        'rebuild': plan.rebuild_reason,
+        'files': [f.path for f in plan.files],
+        'commands': plan.commands,
+        'ids': decision.ids if decision else [],
+        'addresses': decision.addresses if decision else [],
+        'softdeps': decision.softdeps if decision else [],
+        'cmdline_add': decision.cmdline_add if decision else [],
+        'cmdline_remove': decision.cmdline_remove if decision else _vfio_host_apply.managed_args(),
+    }
+    if decision:
+        result['selected'] = decision.selected
+        result['bind'] = decision.bind
+    if module._diff:
+        result['diff'] = [f.diff() for f in plan.files]
+    return result
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type='str', default='present', choices=['present', 'absent']),
+            facts=dict(type='dict'),
+            devices=dict(type='list', elements='dict', default=[]),
+            allow_boot_vga=dict(type='bool', default=False),
+            iommu_pt=dict(type='bool', default=True),
+            blacklist=dict(type='list', elements='str', default=[]),
+            initramfs=dict(type='str', default='auto', choices=['auto', 'initramfs-tools', 'dracut', 'mkinitcpio', 'none']),
+            kernel_release=dict(type='str'),
+            root=dict(type='path', default='/'),
+            update=dict(type='bool', default=True),
+            sysfs_root=dict(type='path', default='/sys'),
+            timeout=dict(type='float', default=5.0),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module)
+    except (SelectionError, InitramfsError, CommandError, FileError, SysfsError) as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
