@@ -554,6 +554,61 @@ def mounted(backing: str | os.PathLike[str], mountpoint: str | os.PathLike[str],
         unmount(mountpoint)
 
 
+@contextlib.contextmanager
+def simulated(topology: Any, dest: str | os.PathLike[str]) -> Iterator[str]:
+    """Materialize ``topology`` (see simkernel.py) under ``dest/backing``, serve it at
+    ``dest/mnt`` and yield the ``sysfs_root`` to pass to modules (``dest/mnt/sys``)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import simkernel  # pylint: disable=import-outside-toplevel
+
+    dest = os.fspath(dest)
+    backing = os.path.join(dest, 'backing')
+    simkernel.materialize(topology, backing)
+    with mounted(backing, os.path.join(dest, 'mnt')) as mnt:
+        yield os.path.join(mnt, 'sys')
+
+
+def backing_of(sysfs_root: str) -> str:
+    """The backing directory of a tree served by :func:`simulated`."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(sysfs_root))), 'backing')
+
+
+def set_faults(backing: str, faults: list[dict[str, Any]]) -> None:
+    os.makedirs(os.path.join(backing, '.sim'), exist_ok=True)
+    with open(os.path.join(backing, '.sim', 'faults.json'), 'w', encoding='utf-8') as handle:
+        json.dump(faults, handle)
+
+
+def ops(backing: str) -> list[dict[str, Any]]:
+    """The control writes the simulated kernel processed, in order."""
+    try:
+        with open(os.path.join(backing, '.sim', 'ops.log'), encoding='utf-8') as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def snapshot(backing: str) -> dict[str, str]:
+    """Every path of the tree (``.sim`` excluded) with its link target or content, to compare states."""
+    out: dict[str, str] = {}
+    for top in ('sys', 'dev', 'proc'):
+        base = os.path.join(backing, top)
+        for dirpath, dirnames, filenames in os.walk(base):
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, backing)
+                if os.path.islink(path):
+                    out[rel] = '-> ' + os.readlink(path)
+                elif os.path.isdir(path):
+                    out[rel] = 'dir'
+                elif os.path.isfile(path):
+                    with open(path, 'rb') as handle:
+                        out[rel] = handle.read().decode('utf-8', 'replace')
+                else:
+                    out[rel] = 'special'
+    return out
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         sys.stderr.write('usage: %s BACKING MOUNTPOINT\n' % argv[0])
