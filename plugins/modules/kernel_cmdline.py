@@ -27,10 +27,10 @@ description:
     C(/etc/default/grub.d/zz-fleetgpu-passthrough.cfg), which sorts after other drop-ins, and runs C(update-grub).
   - Files are replaced atomically; the previous content is kept as C(<file>.fleetgpu.bak). When the bootloader
     command fails the task fails and the previous files are put back.
-  - O(reboot_required) tells whether the running kernel (C(/proc/cmdline)) lacks an added argument or still has
+  - The returned C(reboot_required) tells whether the running kernel (C(/proc/cmdline)) lacks an added argument or still has
     a removed one.
 author:
-  - fleetgpu.passthrough contributors
+  - fleetgpu.passthrough contributors (@fleetgpu)
 options:
   add:
     description:

@@ -17,10 +17,10 @@ description:
     Otherwise the functions are listed in C(/etc/fleetgpu-passthrough/vfio-pci-addresses) and an early-boot script in
     the initramfs writes C(vfio-pci) into their C(driver_override) before udev loads any host driver, so an identical
     card kept by the host keeps its driver.
-  - Writes C(softdep <driver> pre: vfio-pci) for the host drivers of the selected functions and their vendors
+  - "Writes C(softdep <driver> pre: vfio-pci) lines for the host drivers of the selected functions and their vendors
     (nouveau, nvidia, amdgpu, radeon, snd_hda_intel, xhci_pci), C(blacklist) lines only for drivers named in
     O(blacklist) (refused while a device that is not selected still uses that driver), and
-    C(/etc/modules-load.d/fleetgpu-passthrough.conf) with C(vfio), C(vfio_iommu_type1), C(vfio_pci).
+    C(/etc/modules-load.d/fleetgpu-passthrough.conf) with C(vfio), C(vfio_iommu_type1), C(vfio_pci)."
   - Installs the generator's hook and early script (initramfs-tools, dracut, mkinitcpio), rebuilds the images, and
     lists the running kernel's image to verify that vfio-pci and the configuration are inside. A failed rebuild
     restores the previous files and fails; an image that lacks them fails the task.
@@ -29,7 +29,7 @@ description:
   - Returns the kernel arguments the host needs (C(cmdline_add), C(cmdline_remove)) for
     M(fleetgpu.passthrough.kernel_cmdline).
 author:
-  - fleetgpu.passthrough contributors
+  - fleetgpu.passthrough contributors (@fleetgpu)
 options:
   state:
     description:
