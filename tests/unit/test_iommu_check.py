@@ -1,0 +1,211 @@
+"""iommu_check engine and module over simulated hosts."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._checks import (
+    FINDINGS,
+    CheckError,
+    check,
+    cmdline_findings,
+    failure_message,
+)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
+from tests.sim import simkernel
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope='module')
+def roots(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    names = ['workstation', 'shared_group', 'iommu_off', 'amd_host', 'amd_gpu', 'identical_pair', 'in_use', 'sriov']
+    return {n: simkernel.materialize(n, str(tmp_path_factory.mktemp(n))) for n in names}
+
+
+def names(result: dict) -> list[str]:
+    return [f['name'] for f in result['findings']]
+
+
+def variant(tmp_path: Path, base: str, **changes: object) -> str:
+    topo = simkernel.load_topology(base)
+    for key, value in changes.items():
+        section, _sep, field = key.partition('__')
+        if field:
+            topo.setdefault(section, {})[field] = value
+        else:
+            topo[section] = value
+    return simkernel.materialize(topo, str(tmp_path / 'v'))
+
+
+@pytest.mark.parametrize('name,devices,expected,ready', [
+    ('workstation', ['0000:01:00.0', '0000:01:00.1'], ['vfio_not_loaded'], True),
+    ('workstation', ['01:00.0'], ['vfio_not_loaded'], True),  # the audio function of the slot goes along
+    ('workstation', ['0000:00:02.0'], ['vfio_not_loaded', 'boot_vga'], True),
+    ('shared_group', ['0000:03:00.0'], ['vfio_not_loaded', 'group_not_viable'], False),
+    ('shared_group', ['0000:03:00.0', '0000:03:01.0'], ['vfio_not_loaded'], True),
+    ('iommu_off', [], ['iommu_off', 'vfio_not_loaded', 'secure_boot_enabled'], False),
+    ('iommu_off', ['0000:01:00.0'], ['iommu_off', 'vfio_not_loaded', 'secure_boot_enabled', 'boot_vga'], False),
+    ('amd_host', ['0000:41:00.0'], [], True),
+    ('amd_host', ['0000:42:00.0'], ['device_not_found'], False),
+    ('identical_pair', ['0000:01:00.0', '0000:02:00.0'], ['vfio_not_loaded'], True),
+    ('in_use', [], [], True),
+])
+def test_findings_table(roots: dict, name: str, devices: list, expected: list, ready: bool) -> None:
+    result = check(Sysfs(roots[name]), devices)
+    assert names(result) == expected
+    assert result['ready'] is ready
+    for f in result['findings']:
+        assert set(f) == {'name', 'severity', 'message', 'remedy'}
+        assert f['severity'] == FINDINGS[f['name']] and f['message'] and f['remedy']
+    json.dumps(result)
+
+
+def test_offending_members_are_named(roots: dict) -> None:
+    result = check(Sysfs(roots['shared_group']), ['0000:03:00.0'])
+    dev = result['devices'][0]
+    assert dev['viable'] is False and dev['iommu_group'] is not None
+    assert dev['offending_members'] == [{'address': '0000:03:01.0', 'class_name': 'Ethernet controller',
+                                         'driver': 'e1000'}]
+    finding = [f for f in result['findings'] if f['name'] == 'group_not_viable'][0]
+    assert '0000:03:01.0' in finding['message'] and 'Ethernet controller' in finding['message']
+
+
+def test_member_on_vfio_pci_is_fine(tmp_path: Path) -> None:
+    topo = simkernel.load_topology('shared_group')
+    for node in simkernel.iter_nodes(topo['pci']):
+        if node['address'] == '03:01.0':
+            node['driver'] = 'vfio-pci'
+    root = simkernel.materialize(topo, str(tmp_path))
+    assert check(Sysfs(root), ['0000:03:00.0'])['devices'][0]['viable'] is True
+
+
+@pytest.mark.parametrize('name,field,expected', [
+    ('workstation', 'virtualization', 'vmx'),
+    ('workstation', 'iommu_type', 'intel'),
+    ('workstation', 'vfio_pci_available', True),
+    ('workstation', 'vfio_pci_loaded', False),
+    ('workstation', 'dev_vfio', False),
+    ('workstation', 'secure_boot', False),
+    ('workstation', 'iommu_units', ['dmar0']),
+    ('iommu_off', 'iommu_enabled', False),
+    ('iommu_off', 'secure_boot', True),
+    ('identical_pair', 'secure_boot', None),
+    ('amd_host', 'vfio_pci_loaded', True),
+    ('amd_host', 'dev_vfio', True),
+    ('amd_host', 'iommu_units', ['ivhd0', 'ivhd1']),
+    ('amd_host', 'interrupt_remapping', True),
+])
+def test_host_fields(roots: dict, name: str, field: str, expected: object) -> None:
+    assert check(Sysfs(roots[name]))['host'][field] == expected
+
+
+def test_no_interrupt_remapping_intel(tmp_path: Path) -> None:
+    root = variant(tmp_path, 'workstation', iommu__interrupt_remapping=False)
+    result = check(Sysfs(root))
+    assert 'no_interrupt_remapping' in names(result) and result['ready'] is False
+    assert result['host']['interrupt_remapping'] is False
+
+
+def test_intremap_off_on_amd(tmp_path: Path) -> None:
+    root = variant(tmp_path, 'amd_host', kernel__cmdline='root=/dev/md0 ro intremap=off')
+    assert check(Sysfs(root))['host']['interrupt_remapping'] is False
+
+
+def test_no_virtualization(tmp_path: Path) -> None:
+    root = variant(tmp_path, 'workstation', cpu__virtualization=False)
+    result = check(Sysfs(root))
+    assert 'no_virtualization' in names(result) and not result['ready']
+
+
+def test_vfio_builtin(tmp_path: Path) -> None:
+    root = variant(tmp_path, 'workstation', kernel__builtin=['kernel/drivers/vfio/vfio.ko',
+                                                             'kernel/drivers/vfio/pci/vfio-pci.ko'])
+    result = check(Sysfs(root))
+    assert result['host']['vfio_pci_builtin'] is True and result['host']['vfio_pci_loaded'] is True
+    assert 'vfio_not_loaded' not in names(result)
+
+
+def test_vfio_unavailable(tmp_path: Path) -> None:
+    root = variant(tmp_path, 'workstation', kernel__available=[])
+    result = check(Sysfs(root))
+    assert 'vfio_unavailable' in names(result) and not result['ready']
+
+
+@pytest.mark.parametrize('cmdline,vendor,expected', [
+    ('quiet intel_iommu=on', 'intel', []),
+    ('quiet intel_iommu=off', 'intel', ['iommu_disabled_on_cmdline']),
+    ('quiet iommu=off', 'amd', ['iommu_disabled_on_cmdline']),
+    ('quiet amd_iommu=off', 'amd', ['iommu_disabled_on_cmdline']),
+    ('intel_iommu=on amd_iommu=on', 'intel', ['cmdline_contradiction', 'cmdline_wrong_vendor',
+                                             'amd_iommu_invalid_value']),
+    ('amd_iommu=on', 'amd', ['amd_iommu_invalid_value']),
+    ('amd_iommu=force_isolation iommu=pt', 'amd', []),
+    ('intel_iommu=on intel_iommu=off', 'intel', ['iommu_disabled_on_cmdline', 'cmdline_contradiction']),
+    ('intel_iommu=on,sm_on', 'amd', ['cmdline_wrong_vendor']),
+])
+def test_cmdline_findings(cmdline: str, vendor: str, expected: list) -> None:
+    assert [f.name for f in cmdline_findings(cmdline, vendor)] == expected
+
+
+def test_failure_message_lists_each_problem() -> None:
+    findings = [{'name': 'iommu_off', 'message': 'the IOMMU is off', 'remedy': 'turn it on'},
+                {'name': 'boot_vga', 'message': 'x is boot VGA', 'remedy': 'pick another'},
+                {'name': 'vfio_not_loaded', 'message': 'not loaded', 'remedy': 'load it'}]
+    msg = failure_message(findings, ['iommu_off', 'boot_vga'])
+    assert msg is not None
+    assert '- iommu_off: the IOMMU is off. To do: turn it on.' in msg
+    assert '- boot_vga: x is boot VGA. To do: pick another.' in msg
+    assert 'vfio_not_loaded' not in msg
+    assert failure_message(findings, ['group_not_viable']) is None
+
+
+@pytest.mark.parametrize('devices', [['0000:01:00.8'], ['1:0.0'], [''], ['0000:01:00.0/../..']])
+def test_bad_device_address(roots: dict, devices: list) -> None:
+    with pytest.raises(CheckError) as info:
+        check(Sysfs(roots['workstation']), devices)
+    assert repr(devices[0]) in str(info.value) and 'devices' in str(info.value)
+
+
+# the module ---------------------------------------------------------------------------------------
+def run_module(args: dict, tmp_path: Path) -> tuple[int, dict]:
+    argfile = tmp_path / 'args.json'
+    argfile.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': args}))
+    env = dict(os.environ, PYTHONPATH='%s:%s' % (REPO / '.cache' / 'pyroot', os.environ.get('PYTHONPATH', '')))
+    proc = subprocess.run([sys.executable, str(REPO / 'plugins' / 'modules' / 'iommu_check.py'), str(argfile)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert 'Traceback' not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_module_fail_on(roots: dict, tmp_path: Path) -> None:
+    rc, out = run_module({'sysfs_root': roots['shared_group'], 'devices': ['0000:03:00.0'],
+                          'fail_on': ['group_not_viable', 'iommu_off']}, tmp_path)
+    assert rc != 0 and out['failed'] is True and out['changed'] is False
+    assert 'group_not_viable' in out['msg'] and '0000:03:01.0' in out['msg'] and 'To do:' in out['msg']
+    assert out['ready'] is False
+
+
+def test_module_ok(roots: dict, tmp_path: Path) -> None:
+    rc, out = run_module({'sysfs_root': roots['amd_host'], 'devices': ['41:00.0'],
+                          'fail_on': ['group_not_viable', 'iommu_off']}, tmp_path)
+    assert rc == 0 and out['changed'] is False and out['ready'] is True
+
+
+@pytest.mark.parametrize('args,needle', [
+    ({'devices': ['0000:01:00.8']}, '0000:01:00.8'),
+    ({'fail_on': ['no_such_finding']}, 'no_such_finding'),
+])
+def test_module_bad_input(roots: dict, tmp_path: Path, args: dict, needle: str) -> None:
+    rc, out = run_module(dict(args, sysfs_root=roots['workstation']), tmp_path)
+    assert rc != 0 and needle in out['msg']
+
+
+def test_module_bad_root(tmp_path: Path) -> None:
+    rc, out = run_module({'sysfs_root': str(tmp_path / 'nowhere' / 'sys')}, tmp_path)
+    assert rc != 0 and 'sysfs_root' in out['msg']
