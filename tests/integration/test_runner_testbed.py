@@ -1,0 +1,99 @@
+"""The playbooks through ansible-runner, as AWX launches them, against a QEMU test host
+(real kernel, emulated Intel IOMMU, emulated GPUs: see tests/testbed/launch.py), over SSH.
+
+Runs when the test-host image is already built (the end-to-end phase builds and caches it) or
+when FLEETGPU_TESTBED_BUILD=1 asks this test to build it; skipped otherwise. Only read-only
+and check-mode jobs run here: the converge with reboots is the end-to-end phase's work.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import ansible_runner
+import pytest
+import yaml
+
+from conftest import REPO, VENV_BIN
+
+sys.path.insert(0, str(REPO / 'tests' / 'testbed'))
+launch = pytest.importorskip('launch')
+
+PLAYBOOKS = REPO / 'playbooks'
+
+
+def _image_ready() -> bool:
+    if os.environ.get('FLEETGPU_TESTBED_BUILD') == '1':
+        return True
+    try:
+        path = launch.image_dir(build=False)
+    except (launch.TestbedError, OSError, subprocess.SubprocessError):
+        return False
+    return (path / 'ready').exists()
+
+
+pytestmark = [
+    pytest.mark.skipif(not shutil.which('qemu-system-x86_64'), reason='qemu-system-x86_64 not installed'),
+    pytest.mark.skipif(not (PLAYBOOKS / 'facts.yml').exists(), reason='playbooks/facts.yml not in the tree yet'),
+]
+
+
+@pytest.fixture(scope='module')
+def testhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator['launch.TestHost']:
+    if not _image_ready():
+        pytest.skip('no test-host image built (set FLEETGPU_TESTBED_BUILD=1 to build it here)')
+    run_dir = tmp_path_factory.mktemp('testbed-run')
+    host = launch.TestHost('awx-intel', topology='intel', run_dir=run_dir)
+    try:
+        host.start(wait=True)
+        yield host
+    finally:
+        host.stop()
+
+
+@pytest.fixture()
+def pdd(tmp_path: Path, testhost: 'launch.TestHost', installed_collection: Path,
+        monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv('PATH', '%s:%s' % (VENV_BIN, os.environ.get('PATH', '')))
+    root = tmp_path / 'pdd'
+    shutil.copytree(PLAYBOOKS, root / 'project' / 'playbooks')
+    testhost.write_inventory(root / 'inventory' / 'hosts.yml', group='gpu_hosts')
+    (root / 'env').mkdir()
+    (root / 'env' / 'envvars').write_text(yaml.safe_dump({
+        'ANSIBLE_COLLECTIONS_PATH': str(installed_collection),
+        'ANSIBLE_HOST_KEY_CHECKING': 'False',
+        'ANSIBLE_NOCOLOR': '1',
+    }))
+    (root / 'env' / 'extravars').write_text(yaml.safe_dump({}))
+    (root / 'env' / 'settings').write_text(yaml.safe_dump({'job_timeout': 900}))
+    return root
+
+
+def _stats(r: 'ansible_runner.Runner') -> dict:
+    (found,) = [e['event_data'] for e in r.events if e.get('event') == 'playbook_on_stats']
+    return found
+
+
+def test_facts_job_on_a_real_kernel(pdd: Path, testhost: 'launch.TestHost') -> None:
+    r = ansible_runner.run(private_data_dir=str(pdd), playbook='playbooks/facts.yml',
+                           inventory=str(pdd / 'inventory' / 'hosts.yml'), extravars={}, quiet=True)
+    out = r.stdout.read() if r.stdout else ''
+    assert r.status == 'successful' and r.rc == 0, out[-4000:]
+    stats = _stats(r)
+    assert stats['ok'].get(testhost.name, 0) > 0
+    assert stats['changed'].get(testhost.name, 0) == 0
+    assert not stats['failures'] and not stats['dark']
+    facts = [e['event_data']['res']['ansible_facts']['gpu_passthrough'] for e in r.events
+             if e.get('event') == 'runner_on_ok' and 'gpu_passthrough' in e['event_data'].get('res', {}).get('ansible_facts', {})]
+    assert facts, 'no gpu_facts result among the job events'
+    host = facts[0]['host']
+    assert host['cpu_vendor'] == 'intel' and host['iommu_enabled'] is True
+    addresses = {g['address']: g for g in facts[0]['gpus']}
+    assert '0000:01:00.0' in addresses and '0000:02:00.0' in addresses
+    assert isinstance(addresses['0000:01:00.0']['iommu_group'], int)
+    if '0000:00:01.0' in addresses:
+        assert addresses['0000:00:01.0']['state'] == 'boot-vga'
