@@ -31,7 +31,7 @@ description:
     devices of that group already moved are put back, and the result lists them in RV(rolled_back). A run after a
     crash converges.
 author:
-  - fleetgpu.passthrough contributors
+  - fleetgpu.passthrough contributors (@fleetgpu)
 options:
   devices:
     description:

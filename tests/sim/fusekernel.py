@@ -16,7 +16,8 @@ PCI control files the kernel's behaviour, processed synchronously inside the
   ``driver_override`` if set (and that driver is loaded), else to a driver whose
   ``new_id`` matches, else to the device's ``default_driver``.
 * ``.../ADDR/driver_override``: stores the value up to the first newline; an
-  empty value clears it to ``(null)``.
+  empty value (``"\\n"``) clears it to ``(null)``.  (A write of zero bytes never
+  reaches the file system, as it never reaches a sysfs attribute.)
 * ``new_id`` / ``remove_id``: recorded; ``new_id`` also binds every unbound
   device that matches, as the kernel does (why callers must not use it).
 * The first bind of a group's device to a vfio driver creates ``dev/vfio/N`` and
@@ -526,6 +527,8 @@ def mounted(backing: str | os.PathLike[str], mountpoint: str | os.PathLike[str],
     Always unmounts and ends the child, also when the block raises.
     """
     backing, mountpoint = os.fspath(backing), os.fspath(mountpoint)
+    if not os.path.isdir(os.path.join(backing, 'sys')):
+        raise FileNotFoundError('%s holds no materialized kernel tree (no sys/)' % backing)
     os.makedirs(mountpoint, exist_ok=True)
     log_path = os.path.join(backing, '.sim', 'fuse.log')
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
