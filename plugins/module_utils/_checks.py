@@ -263,4 +263,3 @@ def failure_message(findings: list[dict], fail_on: list[str]) -> str | None:
     for f in hit:
         lines.append('- %s: %s. To do: %s.' % (f['name'], f['message'], f['remedy']))
     return '\n'.join(lines)
-

@@ -22,7 +22,7 @@ description:
   - Names come from the system's C(pci.ids) when it is installed (C(/usr/share/misc/pci.ids) or
     C(/usr/share/hwdata/pci.ids)); they are null otherwise.
 author:
-  - fleetgpu.passthrough contributors
+  - fleetgpu.passthrough contributors (@fleetgpu)
 options:
   vendors:
     description:

@@ -10,7 +10,7 @@ module: iommu_check
 short_description: Check that a host and its devices are ready for VFIO passthrough
 version_added: 0.1.0
 description:
-  - Read-only: reports the host's readiness for VFIO passthrough and never changes anything (C(changed) is always false).
+  - Read-only. Reports the host's readiness for VFIO passthrough and never changes anything (C(changed) is always false).
   - "Host checks: CPU virtualization flags (C(vmx)/C(svm)), IOMMU active (groups in C(/sys/kernel/iommu_groups),
     units in C(/sys/class/iommu)), interrupt remapping (Intel: the IR bit of each DMAR unit's C(ecap); AMD: an
     IVHD unit, unless the command line turns remapping off), IOMMU tokens of the running command line and their
@@ -22,7 +22,7 @@ description:
   - Each finding has a C(name), a C(severity) (error, warning, info), a C(message) and a C(remedy).
     O(fail_on) turns the named findings into a task failure whose message lists each problem and what to do.
 author:
-  - fleetgpu.passthrough contributors
+  - fleetgpu.passthrough contributors (@fleetgpu)
 options:
   devices:
     description:
