@@ -111,12 +111,12 @@ EXAMPLES = r'''
 RETURN = r'''
 selected:
   description: The selected GPUs, as in the facts.
-  returned: state=present
+  returned: state=present, or state=absent with O(facts) and O(devices)
   type: list
   elements: dict
 bind:
   description: Functions to bind to vfio-pci (the GPUs and their companions), with their current driver.
-  returned: state=present
+  returned: state=present, or state=absent with O(facts) and O(devices)
   type: list
   elements: dict
 ids:
@@ -190,6 +190,12 @@ def run(module: AnsibleModule) -> dict:
         decision = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], p['blacklist'])
         for warning in decision.warnings:
             module.warn(warning)
+    selection = decision
+    if decision is None and facts and p['devices']:
+        try:
+            selection = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], [])
+        except SelectionError as exc:
+            module.warn('the devices to put back on their drivers could not be resolved: %s' % exc)
     initramfs = None if p['initramfs'] == 'none' else backend(p['initramfs'], p['root'], runner)
     plan = _vfio_host_apply.plan(p['root'], initramfs, decision, builtin, kernel, p['update'])
     if plan.changed and not module.check_mode:
@@ -206,9 +212,9 @@ def run(module: AnsibleModule) -> dict:
         'cmdline_add': decision.cmdline_add if decision else [],
         'cmdline_remove': decision.cmdline_remove if decision else _vfio_host_apply.managed_args(),
     }
-    if decision:
-        result['selected'] = decision.selected
-        result['bind'] = decision.bind
+    if selection:
+        result['selected'] = selection.selected
+        result['bind'] = selection.bind
     if module._diff:
         result['diff'] = [f.diff() for f in plan.files]
     return result
