@@ -1,0 +1,271 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+name: gpu_placement
+short_description: Resolve per-domain GPU requests to concrete host GPUs
+version_added: 0.1.0
+author:
+  - fleetgpu.passthrough contributors (@fleetgpu)
+description:
+  - Takes the host's C(gpu_passthrough) facts (from M(fleetgpu.passthrough.gpu_facts)), the domains'
+    GPU requests and the current assignments of host PCI devices to libvirt domains, and returns the
+    concrete GPU addresses for each domain.
+  - Only GPUs in state C(available) or C(vfio-ready) are handed out, never the boot GPU, never a GPU
+    that another domain holds. A domain keeps the GPUs it already has when they fit its request, so a
+    second run resolves to the same devices.
+  - GPUs on the NUMA node a request names come first.
+  - When the host cannot satisfy every request, the filter fails before anything changes and says,
+    per request, what was asked and how many GPUs of which kind are free.
+options:
+  _input:
+    description: The C(gpu_passthrough) facts (a dict with a C(gpus) list).
+    type: dict
+    required: true
+  domains:
+    description:
+      - The requests, as in the role variable C(libvirt_gpu_domains) - each C(name), C(gpus) (one of
+        C(count), C(addresses), or C(match) with C(count)), optional C(numa_node) and C(start).
+    type: list
+    elements: dict
+    required: true
+  assignments:
+    description: Host PCI address -> names of the domains that hold it (the C(assignments) return value of M(fleetgpu.passthrough.libvirt_hostdev)).
+    type: dict
+    default: {}
+  state:
+    description:
+      - V(present) resolves what each domain should get.
+      - V(absent) resolves which of its current GPUs each domain gives back (every GPU of the domain that fits the request; C(count) is ignored).
+    type: str
+    default: present
+    choices: [present, absent]
+'''
+
+EXAMPLES = r'''
+- name: Decide which GPU goes where
+  ansible.builtin.set_fact:
+    placement: "{{ ansible_facts.gpu_passthrough | fleetgpu.passthrough.gpu_placement(domains, assignments) }}"
+  vars:
+    domains:
+      - name: train01
+        gpus: {match: {vendor_id: "10de", device_id: "2204"}, count: 2}
+        numa_node: 1
+      - name: desktop
+        gpus: {addresses: ["0000:0a:00.0"]}
+    assignments: {"0000:0a:00.0": [desktop]}
+'''
+
+RETURN = r'''
+_value:
+  description: One entry per domain, in request order.
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Domain name.
+      type: str
+    devices:
+      description: The GPU addresses the domain should hold (present) or give back (absent).
+      type: list
+      elements: str
+    kept:
+      description: Of those, the ones the domain already held.
+      type: list
+      elements: str
+    added:
+      description: Of those, the ones newly given to it.
+      type: list
+      elements: str
+    start:
+      description: The request's C(start) flag.
+      type: bool
+'''
+
+import re
+
+from ansible.errors import AnsibleFilterError
+
+USABLE_STATES = ('available', 'vfio-ready')
+
+
+class PlacementRequestError(ValueError):
+    """A request that is malformed or cannot be satisfied."""
+
+
+def _norm_id(value: object, what: str, domain: str) -> str:
+    text = str(value).strip().lower()
+    if text.startswith('0x'):
+        text = text[2:]
+    if not re.match(r'^[0-9a-f]{4}$', text):
+        raise PlacementRequestError('domain %r: %s %r is not four hex digits (e.g. 10de)' % (domain, what, value))
+    return text
+
+
+def _norm_addr(value: object, domain: str) -> str:
+    text = str(value).strip().lower()
+    if re.match(r'^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$', text):
+        text = '0000:' + text
+    if not re.match(r'^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$', text):
+        raise PlacementRequestError('domain %r: %r is not a PCI address (e.g. 0000:41:00.0)' % (domain, value))
+    return text
+
+
+class _Request:
+    def __init__(self, entry: object, index: int) -> None:
+        if not isinstance(entry, dict) or not entry.get('name'):
+            raise PlacementRequestError('libvirt_gpu_domains[%d] needs a name' % index)
+        self.name = str(entry['name'])
+        gpus = entry.get('gpus')
+        if not isinstance(gpus, dict):
+            raise PlacementRequestError('domain %r: gpus must be a dict with count, addresses or match' % self.name)
+        kinds = [k for k in ('addresses', 'match') if gpus.get(k) is not None]
+        if len(kinds) > 1:
+            raise PlacementRequestError('domain %r: gpus takes addresses or match, not both' % self.name)
+        self.addresses = [_norm_addr(a, self.name) for a in (gpus.get('addresses') or [])]
+        self.match = gpus.get('match') or None
+        count = gpus.get('count')
+        if self.addresses:
+            if count is not None and int(count) != len(self.addresses):
+                raise PlacementRequestError('domain %r: count %s differs from the %d addresses listed'
+                                            % (self.name, count, len(self.addresses)))
+            self.count = len(self.addresses)
+        else:
+            if count is None:
+                raise PlacementRequestError('domain %r: gpus needs count (or addresses)' % self.name)
+            try:
+                self.count = int(count)
+            except (TypeError, ValueError):
+                raise PlacementRequestError('domain %r: count %r is not a number' % (self.name, count)) from None
+            if self.count < 0:
+                raise PlacementRequestError('domain %r: count %d is negative' % (self.name, self.count))
+        self.vendor_id = self.device_id = None
+        self.name_re = None
+        if self.match is not None:
+            if not isinstance(self.match, dict) or not (self.match.get('vendor_id') or self.match.get('name')):
+                raise PlacementRequestError('domain %r: match needs vendor_id (and device_id) or name' % self.name)
+            if self.match.get('vendor_id'):
+                self.vendor_id = _norm_id(self.match['vendor_id'], 'vendor_id', self.name)
+            if self.match.get('device_id'):
+                self.device_id = _norm_id(self.match['device_id'], 'device_id', self.name)
+            if self.match.get('name'):
+                try:
+                    self.name_re = re.compile(str(self.match['name']), re.IGNORECASE)
+                except re.error as exc:
+                    raise PlacementRequestError('domain %r: match name %r is not a regular expression: %s'
+                                                % (self.name, self.match['name'], exc)) from None
+        numa = entry.get('numa_node')
+        self.numa_node = int(numa) if numa is not None else None
+        self.start = bool(entry.get('start', False))
+
+    def fits(self, gpu: dict) -> bool:
+        if self.addresses:
+            return gpu['address'] in self.addresses
+        if self.vendor_id and gpu.get('vendor_id') != self.vendor_id:
+            return False
+        if self.device_id and gpu.get('device_id') != self.device_id:
+            return False
+        if self.name_re is not None:
+            text = ' '.join(str(gpu.get(k) or '') for k in ('vendor_name', 'device_name', 'subsystem_name', 'vendor_device'))
+            if not self.name_re.search(text):
+                return False
+        return True
+
+    def describe(self) -> str:
+        if self.addresses:
+            return 'the GPU(s) %s' % ', '.join(self.addresses)
+        what = []
+        if self.vendor_id:
+            what.append('%s:%s' % (self.vendor_id, self.device_id or '*'))
+        if self.name_re is not None:
+            what.append('name ~ /%s/' % self.name_re.pattern)
+        return '%d GPU(s)%s' % (self.count, (' matching ' + ' and '.join(what)) if what else '')
+
+
+def _kind(gpu: dict) -> str:
+    name = ' '.join(n for n in (gpu.get('vendor_name'), gpu.get('device_name')) if n)
+    return '%s%s' % (gpu.get('vendor_device') or '%s:%s' % (gpu.get('vendor_id'), gpu.get('device_id')),
+                     ' (%s)' % name if name else '')
+
+
+def _free_summary(free: list[dict]) -> str:
+    if not free:
+        return 'no GPU is free on this host'
+    counts: dict[str, int] = {}
+    for gpu in free:
+        counts[_kind(gpu)] = counts.get(_kind(gpu), 0) + 1
+    return 'free on this host: ' + ', '.join('%d x %s' % (n, k) for k, n in sorted(counts.items()))
+
+
+def _usable(gpu: dict) -> bool:
+    return gpu.get('state') in USABLE_STATES and not gpu.get('boot_vga')
+
+
+def place(facts: dict, domains: list, assignments: dict | None = None, state: str = 'present') -> list[dict]:
+    if not isinstance(facts, dict) or not isinstance(facts.get('gpus'), list):
+        raise PlacementRequestError('the GPU facts have no gpus list: run fleetgpu.passthrough.gpu_facts first '
+                                    '(or pass its result as libvirt_gpu_facts)')
+    if state not in ('present', 'absent'):
+        raise PlacementRequestError('state must be present or absent, got %r' % (state,))
+    gpus = sorted((g for g in facts['gpus'] if isinstance(g, dict) and g.get('address')), key=lambda g: g['address'])
+    by_addr = {g['address']: g for g in gpus}
+    holders: dict[str, list[str]] = {str(a).lower(): list(n) for a, n in (assignments or {}).items()}
+    requests = [_Request(entry, i) for i, entry in enumerate(domains or [])]
+    names = [r.name for r in requests]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise PlacementRequestError('domain(s) listed more than once: %s' % ', '.join(dupes))
+
+    taken: set[str] = {a for a, n in holders.items() if n}
+    out: list[dict] = []
+    problems: list[str] = []
+    for req in requests:
+        own = [g for g in gpus if req.name in holders.get(g['address'], [])]
+        if state == 'absent':
+            back = [g['address'] for g in own if req.fits(g)]
+            out.append({'name': req.name, 'devices': back, 'kept': [], 'added': [], 'start': req.start})
+            continue
+        for addr in req.addresses:
+            gpu = by_addr.get(addr)
+            if gpu is None:
+                problems.append('domain %r asks for %s, which is not a GPU on this host (GPUs here: %s)'
+                                % (req.name, addr, ', '.join(by_addr) or 'none'))
+                continue
+            others = [d for d in holders.get(addr, []) if d != req.name]
+            if others:
+                problems.append('domain %r asks for %s, which domain %s already holds'
+                                % (req.name, addr, ', '.join(repr(o) for o in others)))
+            elif req.name not in holders.get(addr, []) and not _usable(gpu):
+                reasons = '; '.join(gpu.get('state_reasons') or [])
+                what = 'the boot GPU' if gpu.get('boot_vga') else 'in state %s' % gpu.get('state')
+                problems.append('domain %r asks for %s, which is %s%s'
+                                % (req.name, addr, what, ' (%s)' % reasons if reasons else ''))
+        kept = [g['address'] for g in own if req.fits(g)][:req.count]
+        need = req.count - len(kept)
+        pool = [g for g in gpus if g['address'] not in taken and _usable(g) and req.fits(g)]
+        pool.sort(key=lambda g: (req.numa_node is not None and g.get('numa_node') != req.numa_node, g['address']))
+        added = [g['address'] for g in pool[:max(need, 0)]]
+        if len(added) < need and not req.addresses:
+            problems.append('domain %r asks for %s but only %d can be given (%d already its own); %s'
+                            % (req.name, req.describe(), len(kept) + len(added), len(kept),
+                               _free_summary([g for g in gpus if g['address'] not in taken and _usable(g)])))
+        taken.update(added)
+        out.append({'name': req.name, 'devices': sorted(kept + added), 'kept': kept, 'added': added, 'start': req.start})
+    if problems:
+        raise PlacementRequestError('the GPU requests cannot be satisfied, nothing was changed: ' + ' | '.join(problems))
+    return out
+
+
+def gpu_placement(facts: dict, domains: list, assignments: dict | None = None, state: str = 'present') -> list[dict]:
+    try:
+        return place(facts, domains, assignments, state)
+    except PlacementRequestError as exc:
+        raise AnsibleFilterError(str(exc)) from None
+
+
+class FilterModule:
+    def filters(self) -> dict:
+        return {'gpu_placement': gpu_placement}
