@@ -49,7 +49,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import
 
 DEFAULT_JOURNAL = '/var/lib/fleetgpu-passthrough/vfio_bind.json'
 JOURNAL_VERSION = 1
-DRIVER_RE = re.compile(r'^[a-z0-9_-]+$')
+DRIVER_RE = re.compile(r'^[a-z0-9_-]+\Z')
 KERNEL_DEFAULT = None  # driver_after of a restore without journal: whatever the kernel probes
 
 Runner = Callable[[List[str]], Tuple[int, str, str]]
