@@ -226,7 +226,7 @@ class Binder:
     def __init__(self, sysfs: Sysfs, driver: str = 'vfio-pci', state: str = 'present', include_group: bool = False,
                  allow_boot_vga: bool = False, allow_in_use: bool = False, journal_path: str = DEFAULT_JOURNAL,
                  runner: Optional[Runner] = None, modprobe: Optional[str] = None,
-                 libvirt_check: Optional[bool] = None) -> None:
+                 libvirt_check: Optional[bool] = None, libvirt_uri: str = 'qemu:///system') -> None:
         self.sysfs = sysfs
         self.driver = validate_driver(driver)
         if state not in ('present', 'absent'):
@@ -240,9 +240,12 @@ class Binder:
         self.modprobe = modprobe
         # Ask libvirt only about the real host's kernel, never about a simulated root.
         self.libvirt_check = (sysfs.sys_root == '/sys') if libvirt_check is None else libvirt_check
+        self.libvirt_uri = libvirt_uri
         self.rolled_back: List[str] = []
         self.stuck: List[str] = []
         self.last_plan: Optional[Plan] = None
+        self._fds: Optional[List[Tuple[int, str]]] = None
+        self._domains: Optional[Dict[PciAddress, List[str]]] = None
 
     # ---------------------------------------------------------------- targets
     def resolve(self, devices: Optional[List[Any]] = None, match: Optional[Dict[str, Any]] = None) -> List[PciDevice]:
@@ -330,8 +333,10 @@ class Binder:
                 nodes.add('/dev/nvidia*')
         if dev.iommu_group is not None:
             nodes.add('/dev/vfio/%d' % dev.iommu_group)
+        if self._fds is None:
+            self._fds = self.sysfs.fd_targets()
         out = []
-        for pid, target in self.sysfs.fd_targets():
+        for pid, target in self._fds:
             hit = target in nodes or ('/dev/nvidia*' in nodes and re.match(r'^/dev/nvidia\d+$', target))
             if hit:
                 entry = '%d (%s) %s' % (pid, self.sysfs.process_name(pid), target)
@@ -346,19 +351,24 @@ class Binder:
         return int(match.group(1)) if match else None
 
     def _libvirt_users(self, dev: PciDevice) -> List[str]:
-        if not self.libvirt_check:
-            return []
+        if self._domains is None:
+            self._domains = self._libvirt_hostdevs(self.libvirt_uri) if self.libvirt_check else {}
+        return ['libvirt domain %s' % name for name in self._domains.get(dev.address, [])]
+
+    @staticmethod
+    def _libvirt_hostdevs(uri: str) -> Dict[PciAddress, List[str]]:
+        """PCI host devices of the running libvirt domains; empty when libvirt is absent or silent."""
         try:
             import libvirt  # pylint: disable=import-outside-toplevel
         except ImportError:
-            return []
+            return {}
         import xml.etree.ElementTree as ET  # pylint: disable=import-outside-toplevel
-        users = []
+        found: Dict[PciAddress, List[str]] = {}
         try:
             libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-            conn = libvirt.openReadOnly('qemu:///system')
+            conn = libvirt.openReadOnly(uri)
         except libvirt.libvirtError:
-            return []
+            return {}
         try:
             for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
                 root = ET.fromstring(dom.XMLDesc(0))
@@ -368,16 +378,15 @@ class Binder:
                                           int(addr.get('slot', '0'), 16), int(addr.get('function', '0'), 16))
                     except (ValueError, PciAddressError):
                         continue
-                    if used == dev.address:
-                        users.append('libvirt domain %s' % dom.name())
-        except libvirt.libvirtError:
+                    found.setdefault(used, []).append(dom.name())
+        except (libvirt.libvirtError, ET.ParseError):
             pass
         finally:
             try:
                 conn.close()
             except libvirt.libvirtError:
                 pass
-        return users
+        return found
 
     def _holders_text(self, dev: PciDevice) -> str:
         held = self.holders(dev)

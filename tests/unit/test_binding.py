@@ -109,6 +109,28 @@ def test_libvirt_is_not_asked_about_a_simulated_root(tmp_path: Path) -> None:
     assert Binder(Sysfs('/sys'), journal_path=str(tmp_path / 'j')).libvirt_check is True
 
 
+def test_running_libvirt_domain_using_the_device_is_a_holder(tmp_path: Path) -> None:
+    libvirt = pytest.importorskip('libvirt')
+    conn = libvirt.open('test:///default')
+    dom = conn.createXML(
+        "<domain type='test'><name>gpuvm</name><memory>1048576</memory><os><type>hvm</type></os><devices>"
+        "<hostdev mode='subsystem' type='pci' managed='yes'><source>"
+        "<address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev></devices></domain>", 0)
+    try:
+        sysfs = static(tmp_path, 'workstation')
+        with pytest.raises(BindingRefused) as info:
+            binder(sysfs, tmp_path, libvirt_check=True, libvirt_uri='test:///default').plan(
+                ['0000:01:00.0', '0000:01:00.1'])
+        assert 'libvirt domain gpuvm' in str(info.value)
+        # a libvirt that does not answer is no reason to fail
+        plan = binder(sysfs, tmp_path, libvirt_check=True, libvirt_uri='qemu+unix:///system?socket=/nonexistent').plan(
+            ['0000:01:00.0', '0000:01:00.1'])
+        assert plan.changed
+    finally:
+        dom.destroy()
+        conn.close()
+
+
 def test_no_iommu_group_refused(tmp_path: Path) -> None:
     sysfs = static(tmp_path, 'iommu_off')
     with pytest.raises(BindingRefused) as info:
