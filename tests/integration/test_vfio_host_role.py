@@ -1,0 +1,203 @@
+"""The vfio_host role through ansible-playbook against a directory root.
+
+The host is a simulated kernel tree (tests/sim, the QEMU test host's shape) and a fake
+Debian /etc + /boot under a temporary directory; update-grub, update-initramfs and
+lsinitramfs are faked on PATH (they record their calls and build a listing "image" from the
+files the role wrote, like the real generator would pack them).
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from conftest import VENV_BIN, playbook_json
+from tests.sim import simkernel
+
+KERNEL = '6.1.0-27-amd64'
+GRUB = '''GRUB_DEFAULT=0
+GRUB_TIMEOUT=5
+GRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo Debian`
+GRUB_CMDLINE_LINUX_DEFAULT="quiet"
+GRUB_CMDLINE_LINUX=""
+'''
+FAKE_UPDATE_INITRAMFS = r'''#!/bin/sh
+echo "update-initramfs $*" >> "$FLEETGPU_TEST_LOG"
+img="$FLEETGPU_TEST_ROOT/boot/initrd.img-''' + KERNEL + r'''"
+echo "usr/lib/modules/''' + KERNEL + r'''/kernel/drivers/vfio/pci/vfio-pci.ko" > "$img"
+for f in etc/modprobe.d/fleetgpu-passthrough.conf etc/fleetgpu-passthrough/vfio-pci-addresses; do
+    [ -e "$FLEETGPU_TEST_ROOT/$f" ] && echo "$f" >> "$img"
+done
+[ -e "$FLEETGPU_TEST_ROOT/etc/initramfs-tools/scripts/init-top/fleetgpu-passthrough" ] && \
+    echo scripts/init-top/fleetgpu-passthrough >> "$img"
+exit 0
+'''
+FAKE_UPDATE_GRUB = '#!/bin/sh\necho "update-grub $*" >> "$FLEETGPU_TEST_LOG"\nexit ${FLEETGPU_TEST_GRUB_RC:-0}\n'
+FAKE_LSINITRAMFS = '#!/bin/sh\necho "lsinitramfs $*" >> "$FLEETGPU_TEST_LOG"\ncat "$1"\n'
+
+PLAY = '''
+- name: vfio_host against a directory root
+  hosts: localhost
+  gather_facts: false
+  roles:
+    - role: fleetgpu.passthrough.vfio_host
+  post_tasks:
+    - name: Show the role's facts
+      ansible.builtin.debug:
+        msg:
+          reboot_required: "{{ vfio_host_reboot_required }}"
+          selected: "{{ vfio_host_selected | map(attribute='address') | list }}"
+'''
+
+
+class Host:
+    def __init__(self, tmp: Path, topology: str) -> None:
+        self.tmp = tmp
+        self.root = tmp / 'root'
+        self.sysfs = simkernel.materialize(topology, str(tmp / 'kernel'))
+        (self.root / 'etc/default/grub.d').mkdir(parents=True)
+        (self.root / 'etc/default/grub').write_text(GRUB)
+        (self.root / 'etc/initramfs-tools').mkdir(parents=True)
+        (self.root / 'etc/initramfs-tools/initramfs.conf').write_text('MODULES=most\n')
+        (self.root / 'boot').mkdir()
+        (self.root / 'boot' / ('initrd.img-%s' % KERNEL)).write_text('usr/lib/modules/%s/kernel/drivers/vfio/pci/vfio-pci.ko\n' % KERNEL)
+        self.bin = tmp / 'bin'
+        self.bin.mkdir()
+        for name, text in (('update-initramfs', FAKE_UPDATE_INITRAMFS), ('update-grub', FAKE_UPDATE_GRUB),
+                           ('lsinitramfs', FAKE_LSINITRAMFS)):
+            path = self.bin / name
+            path.write_text(text)
+            path.chmod(0o755)
+        self.log = tmp / 'commands.log'
+        self.log.write_text('')
+
+    def env(self, **extra: str) -> dict:
+        env = {'PATH': '%s:%s:%s' % (self.bin, VENV_BIN, os.environ.get('PATH', '')),
+               'FLEETGPU_TEST_LOG': str(self.log), 'FLEETGPU_TEST_ROOT': str(self.root)}
+        env.update(extra)
+        return env
+
+    def vars(self, **extra: object) -> dict:
+        data = {'vfio_host_root': str(self.root), 'vfio_host_sysfs_root': self.sysfs,
+                'vfio_host_devices': [{'address': '0000:01:00.0'}], 'vfio_host_runtime_bind': False,
+                'vfio_host_initramfs': 'initramfs-tools'}
+        data.update(extra)
+        return data
+
+    def commands(self) -> list[str]:
+        lines = self.log.read_text().splitlines()
+        self.log.write_text('')
+        return [line.strip() for line in lines if not line.startswith('lsinitramfs')]
+
+    def snapshot(self) -> dict[str, str]:
+        return {str(p.relative_to(self.root)): (p.read_text() if p.is_file() else '<dir>')
+                for p in sorted(self.root.rglob('*'))}
+
+
+def _facts(doc: dict) -> dict:
+    return [t for t in doc['tasks'] if t['task'] == "Show the role's facts"][-1]['result']['msg']
+
+
+def _changed(doc: dict) -> int:
+    return sum(s['changed'] for s in doc['stats'].values())
+
+
+def _run(run_playbook, host: Host, args: tuple = (), **extra: object) -> dict:
+    proc = run_playbook(PLAY, extra_vars=host.vars(**extra), args=args, env=host.env())
+    doc = playbook_json(proc)
+    failed = [t for t in doc['tasks'] if t['status'] == 'failed']
+    assert proc.returncode == 0 and not failed, '%s\n%s' % (failed, proc.stderr[-3000:])
+    return doc
+
+
+@pytest.fixture()
+def host(tmp_path: Path) -> Host:
+    return Host(tmp_path, 'identical_pair')
+
+
+def test_check_real_repeat_absent(run_playbook, host: Host) -> None:
+    before = host.snapshot()
+    # check mode predicts changes and writes nothing
+    doc = _run(run_playbook, host, ('--check', '--diff'))
+    assert _changed(doc) > 0
+    assert host.snapshot() == before
+    assert host.commands() == []
+    config = [t for t in doc['tasks'] if t['action'] == 'fleetgpu.passthrough.vfio_host_config'][0]['result']
+    assert config['addresses'] == ['0000:01:00.0'] and config['ids'] == ['8086:293e']
+
+    # the real run
+    doc = _run(run_playbook, host)
+    facts = _facts(doc)
+    assert facts['selected'] == ['0000:01:00.0']
+    assert facts['reboot_required'] is True
+    assert host.commands() == ['update-initramfs -u -k all', 'update-grub']
+    dropin = host.root / 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg'
+    text = dropin.read_text()
+    assert 'managed by fleetgpu.passthrough' in text
+    assert 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX intel_iommu=on iommu=pt"' in text
+    modprobe = (host.root / 'etc/modprobe.d/fleetgpu-passthrough.conf').read_text()
+    assert 'options vfio-pci ids=8086:293e' in modprobe and 'softdep snd_hda_intel pre: vfio-pci' in modprobe
+    assert (host.root / 'etc/fleetgpu-passthrough/vfio-pci-addresses').read_text().splitlines()[-1] == '0000:01:00.0'
+    assert (host.root / 'etc/initramfs-tools/scripts/init-top/fleetgpu-passthrough').exists()
+    for path in [dropin, host.root / 'etc/modprobe.d/fleetgpu-passthrough.conf',
+                 host.root / 'etc/modules-load.d/fleetgpu-passthrough.conf']:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    messages = [t['result'].get('msg', '') for t in doc['tasks'] if t['task'].endswith('Say that a reboot is required')]
+    assert messages and 'vfio_host_reboot_ok' in messages[0] and 'lacks iommu=pt' in messages[0] and '0000:01:00.1' in messages[0]
+    assert not [t for t in doc['tasks'] if t['action'] == 'ansible.builtin.reboot' and t['status'] != 'skipped']
+
+    # second run: nothing changes, no command runs
+    after_first = host.snapshot()
+    doc = _run(run_playbook, host)
+    assert _changed(doc) == 0, [t['task'] for t in doc['tasks'] if t['result'].get('changed')]
+    assert host.commands() == []
+    assert host.snapshot() == after_first
+    # and in check mode
+    doc = _run(run_playbook, host, ('--check',))
+    assert _changed(doc) == 0
+
+    # absent removes everything the role added
+    doc = _run(run_playbook, host, (), vfio_host_state='absent')
+    assert _changed(doc) > 0
+    assert host.commands() == ['update-initramfs -u -k all', 'update-grub']
+    leftovers = [p for p in host.snapshot() if 'fleetgpu' in p and not p.endswith('.fleetgpu.bak')]
+    assert leftovers == []
+    assert (host.root / 'etc/default/grub').read_text() == GRUB
+    doc = _run(run_playbook, host, (), vfio_host_state='absent')
+    assert _changed(doc) == 0
+
+
+def test_amd_host_gets_no_intel_flag(run_playbook, tmp_path: Path) -> None:
+    host = Host(tmp_path, 'amd_host')
+    doc = _run(run_playbook, host, (), vfio_host_devices=[{'vendor_id': '10de', 'device_id': '2684', 'count': 'all'}])
+    text = (host.root / 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg').read_text()
+    assert 'iommu=pt' in text and 'intel_iommu' not in text and 'amd_iommu' not in text
+    assert _facts(doc)['selected']
+
+
+@pytest.mark.parametrize('devices, fragment', [
+    ([{'vendor_id': '10de', 'device_id': '2204'}], 'matches no GPU; this host has: 0000:00:01.0'),
+    ([{'address': '0000:00:01.0'}], 'vfio_host_allow_boot_vga'),
+    ([{'vendor_id': '1234', 'device_id': '1111', 'count': 2}], 'asks for 2 GPU(s) but only 1 match'),
+])
+def test_bad_selection_fails_clearly(run_playbook, host: Host, devices: list, fragment: str) -> None:
+    before = host.snapshot()
+    proc = run_playbook(PLAY, extra_vars=host.vars(vfio_host_devices=devices), env=host.env())
+    assert proc.returncode != 0
+    failed = [t for t in playbook_json(proc)['tasks'] if t['status'] == 'failed']
+    assert fragment in failed[0]['result']['msg']
+    assert host.snapshot() == before
+
+
+def test_failed_bootloader_update_stops_before_reboot(run_playbook, host: Host) -> None:
+    proc = run_playbook(PLAY, extra_vars=host.vars(vfio_host_reboot_ok=True),
+                        env=host.env(FLEETGPU_TEST_GRUB_RC='1'))
+    assert proc.returncode != 0
+    doc = playbook_json(proc)
+    failed = [t for t in doc['tasks'] if t['status'] == 'failed']
+    assert failed[0]['action'] == 'fleetgpu.passthrough.kernel_cmdline'
+    assert 'update-grub failed' in failed[0]['result']['msg']
+    assert not (host.root / 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg').exists()
+    assert not [t for t in doc['tasks'] if t['action'] == 'ansible.builtin.reboot']
