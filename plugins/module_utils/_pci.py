@@ -16,6 +16,10 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import
 
 _ADDRESS_RE = re.compile(r'^(?:([0-9a-fA-F]{4,5}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$')
 _ID_RE = re.compile(r'^(?:0x)?([0-9a-fA-F]{4})$')
+# Start of the next vendor (or class) line in pci.ids: a line that does not begin with a tab.
+_NEXT_VENDOR_RE = re.compile(r'\n(?=[0-9a-fA-FC])')
+# Start of the next device line within a vendor's block: one tab, then a hex digit.
+_NEXT_DEVICE_RE = re.compile(r'\n(?=\t[0-9a-fA-F])')
 
 PCI_IDS_PATHS = (
     '/usr/share/misc/pci.ids',
@@ -85,6 +89,9 @@ class PciAddressError(ValueError):
     """A PCI address that is not valid."""
 
 
+_PARSED: dict = {}
+
+
 class PciIdError(ValueError):
     """A vendor / device id that is not four hex digits."""
 
@@ -106,6 +113,18 @@ class PciAddress:
     def parse(cls, text: object) -> 'PciAddress':
         if isinstance(text, PciAddress):
             return text
+        if isinstance(text, str):
+            cached = _PARSED.get(text)
+            if cached is not None:
+                return cached
+            addr = cls._parse(text)
+            if len(_PARSED) < 65536:
+                _PARSED[text] = addr
+            return addr
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: object) -> 'PciAddress':
         if not isinstance(text, str):
             raise PciAddressError('PCI address %r is not a string (expected e.g. 0000:41:00.0)' % (text,))
         match = _ADDRESS_RE.match(text.strip())
@@ -187,14 +206,16 @@ def is_companion_class(class_code: int) -> bool:
 class PciIds:
     """Vendor, device and subsystem names from the system's pci.ids.
 
-    The file is searched once per name, not parsed whole: finding a vendor
-    block is a substring search, which keeps gpu_facts fast.
+    The file is read once and searched, not parsed whole: a vendor's block is
+    found by a substring search, a device line within that block, and a
+    subsystem line within the device's lines.  This keeps gpu_facts fast even
+    for vendors with thousands of entries.
     """
 
     def __init__(self, path: str | None = None) -> None:
         self.path = path if path is not None else next((p for p in PCI_IDS_PATHS if os.path.isfile(p)), None)
         self._text: str | None = None
-        self._vendors: dict[str, tuple[str | None, dict[str, tuple[str, dict[str, str]]]]] = {}
+        self._vendors: dict[str, tuple[str | None, int, int]] = {}
 
     def _load(self) -> str:
         if self._text is None:
@@ -202,51 +223,58 @@ class PciIds:
             if self.path:
                 try:
                     with open(self.path, 'r', encoding='utf-8', errors='replace') as handle:
-                        self._text = handle.read()
+                        self._text = '\n' + handle.read()
                 except OSError:
                     self._text = ''
         return self._text
 
-    def _vendor(self, vendor_id: str) -> tuple[str | None, dict[str, tuple[str, dict[str, str]]]]:
-        if vendor_id in self._vendors:
-            return self._vendors[vendor_id]
+    def _vendor(self, vendor_id: str) -> tuple[str | None, int, int]:
+        """(name, start, end) of a vendor's block; start/end bound its device lines."""
+        found = self._vendors.get(vendor_id)
+        if found is not None:
+            return found
         text = self._load()
-        name: str | None = None
-        devices: dict[str, tuple[str, dict[str, str]]] = {}
+        result: tuple[str | None, int, int] = (None, 0, 0)
         pos = text.find('\n%s  ' % vendor_id)
         if pos >= 0:
             end = text.find('\n', pos + 1)
-            name = text[pos + 7:end].strip()
-            current: str | None = None
-            for line in text[end + 1:].split('\n'):
-                if not line or line.startswith('#'):
-                    continue
-                if line.startswith('\t\t'):
-                    if current is not None:
-                        parts = line[2:].split('  ', 1)
-                        if len(parts) == 2:
-                            devices[current][1][parts[0].strip().lower()] = parts[1].strip()
-                elif line.startswith('\t'):
-                    dev_id, _sep, dev_name = line[1:].partition('  ')
-                    current = dev_id.strip().lower()
-                    devices[current] = (dev_name.strip(), {})
-                else:
-                    break
-        self._vendors[vendor_id] = (name, devices)
-        return self._vendors[vendor_id]
+            end = len(text) if end < 0 else end
+            nxt = _NEXT_VENDOR_RE.search(text, end)
+            result = (text[pos + 7:end].strip(), end, nxt.start() if nxt else len(text))
+        self._vendors[vendor_id] = result
+        return result
+
+    def _device_line(self, vendor_id: str, device_id: str) -> tuple[str | None, int, int]:
+        """(name, end of the device line, end of its subsystem lines)."""
+        _name, start, stop = self._vendor(vendor_id)
+        if not stop:
+            return None, 0, 0
+        text = self._load()
+        pos = text.find('\n\t%s  ' % device_id, start, stop)
+        if pos < 0:
+            return None, 0, 0
+        end = text.find('\n', pos + 1)
+        end = stop if end < 0 or end > stop else end
+        nxt = _NEXT_DEVICE_RE.search(text, end, stop)
+        return text[pos + 8:end].strip(), end, nxt.start() if nxt else stop
 
     def vendor_name(self, vendor_id: str) -> str | None:
         return self._vendor(vendor_id)[0]
 
     def device_name(self, vendor_id: str, device_id: str) -> str | None:
-        entry = self._vendor(vendor_id)[1].get(device_id)
-        return entry[0] if entry else None
+        return self._device_line(vendor_id, device_id)[0]
 
     def subsystem_name(self, vendor_id: str, device_id: str, sub_vendor: str, sub_device: str) -> str | None:
-        entry = self._vendor(vendor_id)[1].get(device_id)
-        if not entry:
+        name, start, stop = self._device_line(vendor_id, device_id)
+        if name is None:
             return None
-        return entry[1].get('%s %s' % (sub_vendor, sub_device))
+        text = self._load()
+        pos = text.find('\n\t\t%s %s  ' % (sub_vendor, sub_device), start, stop)
+        if pos < 0:
+            return None
+        end = text.find('\n', pos + 1)
+        end = stop if end < 0 or end > stop else end
+        return text[pos + 14:end].strip()
 
 
 class PciDevice:
@@ -308,49 +336,36 @@ class PciDeviceNotFound(LookupError):
 
 def read_locked_attributes(sysfs: Sysfs, devices: list[PciDevice], names: tuple[str, ...] = ('driver_override', 'sriov_numvfs', 'reset_method'),
                            timeout: float | None = None) -> tuple[dict[tuple[PciAddress, str], str | None], dict[PciAddress, list[str]]]:
-    """Read attributes that may block on a stuck device, in bounded batches.
+    """Read attributes that may block on a stuck device, in one bounded batch.
 
     Returns ``(values, stuck)``: ``values[(address, name)]`` and, per device
     whose read did not return in time, the attribute names that were stuck.
-
-    The first name is read for every device in one batch; the other names
-    only for the devices that answered.  A device whose first attribute did
-    not answer holds its lock, so its other attributes are reported stuck
-    without trying them: each stuck device costs one ``timeout``, not one per
-    attribute.
+    When one attribute of a device does not answer, the device's lock is held
+    and its other attributes are reported stuck without trying them: each
+    stuck device costs one ``timeout``, not one per attribute.
     """
+    groups: list[list[str]] = []
+    index: dict[str, tuple[PciAddress, str]] = {}
+    for dev in devices:
+        group = []
+        for name in names:
+            p = dev.attr(name)
+            if os.path.lexists(p):
+                group.append(p)
+                index[p] = (dev.address, name)
+        if group:
+            groups.append(group)
     out: dict[tuple[PciAddress, str], str | None] = {}
     stuck: dict[PciAddress, list[str]] = {}
-    if not names:
+    if not groups:
         return out, stuck
-    present: dict[PciAddress, list[str]] = {}
-    for dev in devices:
-        present[dev.address] = [n for n in names if os.path.lexists(dev.attr(n))]
-    for phase_names, candidates in ((names[:1], devices), (names[1:], None)):
-        if candidates is None:
-            candidates = [d for d in devices if d.address not in stuck]
-        paths: list[str] = []
-        index: dict[str, tuple[PciAddress, str]] = {}
-        for dev in candidates:
-            for name in phase_names:
-                if name in present[dev.address]:
-                    p = dev.attr(name)
-                    paths.append(p)
-                    index[p] = (dev.address, name)
-        if not paths:
-            continue
-        values, stuck_paths = sysfs.read_bounded(paths, timeout)
-        for p, v in values.items():
-            out[index[p]] = v
-        for p in stuck_paths:
-            addr, name = index[p]
-            stuck.setdefault(addr, []).append(name)
-            out[(addr, name)] = None
-    for addr, stuck_names in stuck.items():
-        for name in present[addr]:
-            if name not in stuck_names:
-                stuck_names.append(name)
-                out[(addr, name)] = None
+    values, stuck_paths = sysfs.read_bounded_groups(groups, timeout)
+    for p, v in values.items():
+        out[index[p]] = v
+    for p in stuck_paths:
+        addr, name = index[p]
+        stuck.setdefault(addr, []).append(name)
+        out[(addr, name)] = None
     return out, stuck
 
 

@@ -98,8 +98,11 @@ class Sysfs:
     def read(self, path: str, default: object = _MISSING) -> str:
         """Read a small attribute, stripped.  Missing file -> ``default`` or error."""
         try:
-            with open(path, 'rb') as handle:
-                data = handle.read()
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                data = os.read(fd, 65536)
+            finally:
+                os.close(fd)
         except OSError as exc:
             if default is not _MISSING and exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENODEV, errno.EINVAL):
                 return default  # type: ignore[return-value]
@@ -192,6 +195,24 @@ class Sysfs:
             values[path] = res.get('value') if res else None
         return values, [paths[i] for i in stuck]
 
+    def read_bounded_groups(self, groups: list[list[str]], timeout: float | None = None) -> tuple[dict[str, str | None], list[str]]:
+        """Like :meth:`read_bounded` for groups of paths that share one lock (one device's attributes).
+
+        All paths are read in one child process.  When a path does not return,
+        the other paths of its group are not tried (they would block on the
+        same lock) and are reported stuck too: each stuck group costs one
+        ``timeout``, not one per path.
+        """
+        paths = [p for group in groups for p in group]
+        group_ids = [index for index, group in enumerate(groups) for _p in group]
+        ops = [{'op': 'r', 'path': p} for p in paths]
+        results, stuck = self._run_bounded(ops, self.timeout if timeout is None else timeout, group_ids)
+        values: dict[str, str | None] = {}
+        for index, path in enumerate(paths):
+            res = results.get(index)
+            values[path] = res.get('value') if res else None
+        return values, [paths[i] for i in stuck]
+
     def write(self, path: str, value: str, timeout: float | None = None) -> None:
         """Write one value to a kernel attribute with a time bound.
 
@@ -207,7 +228,8 @@ class Sysfs:
         if err:
             raise SysfsError('writing %r to %s failed: %s' % (value, path, os.strerror(err)), path, err)
 
-    def _run_bounded(self, ops: list[dict], timeout: float) -> tuple[dict[int, dict], list[int]]:
+    def _run_bounded(self, ops: list[dict], timeout: float,
+                     group_ids: list[int] | None = None) -> tuple[dict[int, dict], list[int]]:
         results: dict[int, dict] = {}
         stuck: list[int] = []
         start = 0
@@ -217,6 +239,10 @@ class Sysfs:
                 break
             stuck.append(done_upto)
             start = done_upto + 1
+            if group_ids is not None:
+                while start < len(ops) and group_ids[start] == group_ids[done_upto]:
+                    stuck.append(start)
+                    start += 1
         return results, stuck
 
     def _child_batch(self, ops: list[dict], start: int, timeout: float, results: dict[int, dict]) -> int:
