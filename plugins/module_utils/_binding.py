@@ -246,8 +246,15 @@ class Binder:
         self.last_plan: Optional[Plan] = None
         self._fds: Optional[List[Tuple[int, str]]] = None
         self._domains: Optional[Dict[PciAddress, List[str]]] = None
+        self._devices: Dict[PciAddress, PciDevice] = {}
 
     # ---------------------------------------------------------------- targets
+    def device(self, address: PciAddress) -> PciDevice:
+        """The read model of one function, read once per run."""
+        if address not in self._devices:
+            self._devices[address] = PciDevice.read(self.sysfs, address)
+        return self._devices[address]
+
     def resolve(self, devices: Optional[List[Any]] = None, match: Optional[Dict[str, Any]] = None) -> List[PciDevice]:
         """The requested endpoints, validated."""
         found: List[PciDevice] = []
@@ -258,7 +265,7 @@ class Binder:
                 except PciAddressError as exc:
                     raise BindingInputError(str(exc), device=text) from None
                 try:
-                    dev = PciDevice.read(self.sysfs, addr)
+                    dev = self.device(addr)
                 except PciDeviceNotFound:
                     raise BindingInputError('unknown device %s: the kernel has no PCI function at that address' % addr,
                                             device=str(addr)) from None
@@ -278,7 +285,7 @@ class Binder:
             if 'vendor_id' not in want or 'device_id' not in want:
                 raise BindingInputError('match needs vendor_id and device_id')
             for addr in list_addresses(self.sysfs):
-                dev = PciDevice.read(self.sysfs, addr)
+                dev = self.device(addr)
                 if dev.is_bridge:
                     continue
                 if (dev.vendor_id == want['vendor_id'] and dev.device_id == want['device_id']
@@ -296,7 +303,7 @@ class Binder:
         members = []
         for name in self.sysfs.listdir(self.sysfs.sys('kernel', 'iommu_groups', str(group), 'devices')):
             try:
-                members.append(PciDevice.read(self.sysfs, PciAddress.parse(name)))
+                members.append(self.device(PciAddress.parse(name)))
             except (PciAddressError, PciDeviceNotFound):
                 continue
         return sorted(members, key=lambda d: d.address)
@@ -420,8 +427,8 @@ class Binder:
                        'was' if len(extra) == 1 else 'were', ', '.join(str(m.address) for m in extra)),
                     device=str(dev.address), group=dev.iommu_group)
             groups[dev.iommu_group] = members or [dev]
+        overrides = self._overrides([m for g in sorted(groups) for m in groups[g]])  # one bounded batch
         for group, members in sorted(groups.items()):
-            overrides = self._overrides(members)
             steps = [self._step(m, overrides.get(m.address)) for m in members]
             if any(s.changes for s in steps):
                 self._check_safety(group, [s for s in steps if s.changes], plan)
