@@ -26,7 +26,7 @@ simkernel = pytest.importorskip('simkernel')
 
 PLAYBOOKS = REPO / 'playbooks'
 # inventory host -> simulated topology
-HOSTS = {'ws1': 'workstation', 'hgx1': 'hgx8'}
+HOSTS = {'ws1': 'workstation', 'pair1': 'identical_pair'}
 
 
 def _need(*names: str) -> None:
@@ -46,7 +46,8 @@ class Job:
         inv = {'all': {'children': {'gpu_hosts': {'hosts': {}}}}}
         for host, root in hosts.items():
             hv = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
-                  'sim_sysfs_root': str(root)}
+                  'fleetgpu_sysfs_root': str(root), 'vfio_host_sysfs_root': str(root),
+                  'libvirt_gpu_sysfs_root': str(root)}
             hv.update((host_vars or {}).get(host, {}))
             inv['all']['children']['gpu_hosts']['hosts'][host] = hv
         (self.pdd / 'inventory').mkdir(parents=True)
@@ -115,3 +116,221 @@ def job(tmp_path: Path, installed_collection: Path, sim_roots: Dict[str, Path], 
 def test_playbooks_exist() -> None:
     missing = [p for p in ('facts.yml', 'site.yml', 'restore.yml') if not (PLAYBOOKS / p).is_file()]
     assert not missing, 'playbooks missing: %s' % missing
+
+
+# ----------------------------------------------------------------------------- helpers for site.yml
+KERNEL = '6.1.0-27-amd64'
+GRUB = 'GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
+# Host tools the role calls on a Debian host, faked: they log their calls; the initramfs
+# "image" lists the files the generator would pack.
+FAKE_TOOLS = {
+    'update-grub': '#!/bin/sh\necho "update-grub $*" >> "$FLEETGPU_TEST_LOG"\n',
+    'update-initramfs': ('#!/bin/sh\necho "update-initramfs $*" >> "$FLEETGPU_TEST_LOG"\n'
+                         'for root in "$FLEETGPU_TEST_ROOTS"/*; do\n'
+                         '  img="$root/boot/initrd.img-' + KERNEL + '"\n'
+                         '  echo "usr/lib/modules/' + KERNEL + '/kernel/drivers/vfio/pci/vfio-pci.ko" > "$img"\n'
+                         '  for f in etc/modprobe.d/fleetgpu-passthrough.conf etc/fleetgpu-passthrough/vfio-pci-addresses; do\n'
+                         '    [ -e "$root/$f" ] && echo "$f" >> "$img"\n'
+                         '  done\n'
+                         '  [ -e "$root/etc/initramfs-tools/scripts/init-top/fleetgpu-passthrough" ] && '
+                         'echo scripts/init-top/fleetgpu-passthrough >> "$img"\n'
+                         'done\nexit 0\n'),
+    'lsinitramfs': '#!/bin/sh\ncat "$1"\n',
+}
+
+
+class SiteHosts:
+    """Directory roots (a Debian /etc and /boot) for the GPU hosts of a site.yml job."""
+
+    def __init__(self, base: Path, sim_roots: Dict[str, Path]) -> None:
+        self.roots_dir = base / 'roots'
+        self.roots = {}
+        for host in sim_roots:
+            root = self.roots_dir / host
+            (root / 'etc/default/grub.d').mkdir(parents=True)
+            (root / 'etc/default/grub').write_text(GRUB)
+            (root / 'etc/initramfs-tools').mkdir(parents=True)
+            (root / 'etc/initramfs-tools/initramfs.conf').write_text('MODULES=most\n')
+            (root / 'boot').mkdir()
+            (root / 'boot' / ('initrd.img-%s' % KERNEL)).write_text(
+                'usr/lib/modules/%s/kernel/drivers/vfio/pci/vfio-pci.ko\n' % KERNEL)
+            self.roots[host] = root
+        self.bin = base / 'bin'
+        self.bin.mkdir()
+        for name, text in FAKE_TOOLS.items():
+            (self.bin / name).write_text(text)
+            (self.bin / name).chmod(0o755)
+        self.log = base / 'commands.log'
+        self.log.write_text('')
+
+    def host_vars(self) -> Dict[str, Dict[str, Any]]:
+        # what an AWX inventory would hold per host: the GPU selection and, here, the roots
+        return {host: {'vfio_host_root': str(root), 'vfio_host_devices': [{'address': '0000:01:00.0'}],
+                       'vfio_host_initramfs': 'initramfs-tools', 'vfio_host_runtime_bind': False,
+                       'vfio_host_install_packages': False}
+                for host, root in self.roots.items()}
+
+    def env(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv('PATH', '%s:%s:%s' % (self.bin, VENV_BIN, os.environ.get('PATH', '')))
+        monkeypatch.setenv('FLEETGPU_TEST_LOG', str(self.log))
+        monkeypatch.setenv('FLEETGPU_TEST_ROOTS', str(self.roots_dir))
+
+    def snapshot(self) -> Dict[str, str]:
+        return snapshot(self.roots_dir)
+
+    def commands(self) -> List[str]:
+        lines = self.log.read_text().splitlines()
+        self.log.write_text('')
+        return lines
+
+
+@pytest.fixture()
+def site(tmp_path: Path, installed_collection: Path, sim_roots: Dict[str, Path],
+         monkeypatch: pytest.MonkeyPatch):
+    _need('playbooks/site.yml', 'roles/vfio_host', 'roles/libvirt_gpu')
+    hosts = SiteHosts(tmp_path, sim_roots)
+    hosts.env(monkeypatch)
+    job = Job(tmp_path, installed_collection, sim_roots, host_vars=hosts.host_vars())
+    return job, hosts
+
+
+def cached_facts(r: 'ansible_runner.Runner', host: str) -> Dict[str, Any]:
+    """A host's facts from the job's jsonfile fact cache (what AWX stores with fact storage on)."""
+    cache = Path(r.config.fact_cache)
+    files = [cache / host] + sorted(cache.glob('s*_%s' % host))
+    existing = [f for f in files if f.is_file()]
+    if not existing:
+        return {}
+    data = yaml.safe_load(existing[-1].read_text())
+    if isinstance(data, dict) and set(data) == {'__payload__'}:
+        data = yaml.safe_load(data['__payload__'])
+    return data
+
+
+def failed_messages(r: 'ansible_runner.Runner') -> List[str]:
+    return [str(e['res'].get('msg', e['res'])) for e in results(r, 'runner_on_failed')]
+
+
+# ----------------------------------------------------------------------------- facts.yml
+def test_facts_job(job: Job, sim_roots: Dict[str, Path]) -> None:
+    _need('playbooks/facts.yml')
+    r = job.run('playbooks/facts.yml')
+    assert r.status == 'successful' and r.rc == 0, stdout(r)[-4000:]
+    st = stats(r)
+    assert sorted(st['processed']) == sorted(HOSTS)
+    assert st['changed'] == {} or set(st['changed'].values()) == {0}, st['changed']
+    assert not st['failures'] and not st['dark']
+    gathered = {e['host']: e['res']['ansible_facts']['gpu_passthrough'] for e in results(r)
+                if e['task_action'].endswith('gpu_facts')}
+    assert sorted(gathered) == sorted(HOSTS)
+    for host, facts in gathered.items():
+        assert '0000:01:00.0' in [g['address'] for g in facts['gpus']], host
+        # AWX's fact storage: the job's jsonfile cache holds the same facts
+        assert cached_facts(r, host).get('gpu_passthrough') == facts, host
+    reports = [e['res']['msg'] for e in results(r) if e['task'] == 'Print the fleet report']
+    assert len(reports) == 1 and sorted(reports[0]) == sorted(HOSTS)
+
+
+@pytest.mark.parametrize('limit', ['pair1', 'ws1'])
+def test_facts_job_limit(job: Job, limit: str) -> None:
+    _need('playbooks/facts.yml')
+    r = job.run('playbooks/facts.yml', limit=limit)
+    assert r.status == 'successful' and r.rc == 0, stdout(r)[-4000:]
+    assert list(stats(r)['processed']) == [limit]
+    assert {e['host'] for e in results(r)} == {limit}
+    (report,) = [e['res']['msg'] for e in results(r) if e['task'] == 'Print the fleet report']
+    assert list(report) == [limit]
+
+
+def test_facts_job_hosts_from_extra_vars(job: Job) -> None:
+    """fleetgpu_hosts (a survey answer) picks the hosts instead of the group gpu_hosts."""
+    _need('playbooks/facts.yml')
+    r = job.run('playbooks/facts.yml', extravars={'fleetgpu_hosts': 'ws1'})
+    assert r.status == 'successful' and r.rc == 0, stdout(r)[-4000:]
+    assert list(stats(r)['processed']) == ['ws1']
+
+
+# ----------------------------------------------------------------------------- site.yml / restore.yml
+def test_site_check_diff_changes_nothing(site) -> None:
+    """A check job with diff (job type Check, Show changes on) plans per host and writes nothing."""
+    job, hosts = site
+    before = hosts.snapshot()
+    r = job.run('playbooks/site.yml', extravars={'vfio_host_reboot_ok': 'false'}, check=True, diff=True)
+    assert r.status == 'successful' and r.rc == 0, stdout(r)[-6000:]
+    st = stats(r)
+    assert sorted(st['processed']) == sorted(HOSTS)
+    for host in HOSTS:
+        assert st['changed'].get(host, 0) > 0, 'check mode predicts no change on %s' % host
+    assert not st['failures']
+    diffs = [e for e in results(r) if e['res'].get('diff')]
+    assert {e['host'] for e in diffs} == set(HOSTS), 'diff mode shows no change for some host'
+    assert hosts.snapshot() == before
+    assert [c for c in hosts.commands() if not c.startswith('lsinitramfs')] == []
+
+
+def test_site_survey_strings_then_idempotent(site) -> None:
+    """The first node of the approval workflow: survey answers are strings; no reboot; then nothing to do."""
+    job, hosts = site
+    r = job.run('playbooks/site.yml', extravars={'vfio_host_reboot_ok': 'false', 'vfio_host_iommu_pt': 'true',
+                                                'fleetgpu_serial': 2})
+    assert r.status == 'successful' and r.rc == 0, stdout(r)[-6000:]
+    st = stats(r)
+    for host in HOSTS:
+        assert st['changed'].get(host, 0) > 0
+    assert not [e for e in results(r) if e['task_action'] == 'ansible.builtin.reboot']
+    required = {e['host']: e['res']['ansible_facts']['vfio_host_reboot_required'] for e in results(r)
+                if 'vfio_host_reboot_required' in e['res'].get('ansible_facts', {})}
+    assert required == {host: True for host in HOSTS}
+    messages = [e['res'].get('msg', '') for e in results(r) if e['task'].endswith('Say that a reboot is required')]
+    assert messages and all('vfio_host_reboot_ok' in m for m in messages)
+    for host, root in hosts.roots.items():
+        assert 'intel_iommu=on' in (root / 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg').read_text(), host
+
+    after = hosts.snapshot()
+    hosts.commands()
+    r = job.run('playbooks/site.yml', extravars={'vfio_host_reboot_ok': 'false'})
+    assert r.status == 'successful' and r.rc == 0, stdout(r)[-6000:]
+    changed = stats(r)['changed']
+    assert changed == {} or set(changed.values()) == {0}, [
+        (e['host'], e['task']) for e in results(r) if e['res'].get('changed')]
+    assert hosts.snapshot() == after
+
+    # restore.yml in check mode after the converge: plans the undo, writes nothing
+    r = job.run('playbooks/restore.yml', check=True, diff=True)
+    assert r.status == 'successful' and r.rc == 0, stdout(r)[-6000:]
+    for host in HOSTS:
+        assert stats(r)['changed'].get(host, 0) > 0
+    assert hosts.snapshot() == after
+
+
+def test_site_limit_one_host(site) -> None:
+    job, hosts = site
+    before = hosts.snapshot()
+    r = job.run('playbooks/site.yml', limit='pair1', check=True)
+    assert r.status == 'successful' and r.rc == 0, stdout(r)[-6000:]
+    assert list(stats(r)['processed']) == ['pair1']
+    assert {e['host'] for e in results(r)} <= {'pair1'}
+    assert hosts.snapshot() == before
+
+
+def test_site_missing_devices_fails_clearly(site) -> None:
+    """A job launched without vfio_host_devices (nothing in the inventory) fails and names the variable."""
+    job, hosts = site
+    before = hosts.snapshot()
+    r = job.run('playbooks/site.yml', extravars={'vfio_host_devices': []}, limit='ws1')
+    assert r.status == 'failed' and r.rc != 0
+    assert stats(r)['failures'].get('ws1', 0) > 0
+    messages = failed_messages(r)
+    assert messages and 'vfio_host_devices' in messages[0], messages
+    assert hosts.snapshot() == before
+
+
+def test_site_bad_survey_answer_fails_validation(site) -> None:
+    job, hosts = site
+    before = hosts.snapshot()
+    r = job.run('playbooks/site.yml', extravars={'vfio_host_reboot_ok': 'perhaps'}, limit='ws1')
+    assert r.status == 'failed' and r.rc != 0
+    failed = results(r, 'runner_on_failed')
+    assert failed and failed[0]['task_action'] in ('validate_argument_spec', 'ansible.builtin.validate_argument_spec')
+    assert "vfio_host_reboot_ok" in failed[0]['res']['msg'] and 'bool' in failed[0]['res']['msg']
+    assert hosts.snapshot() == before
