@@ -243,11 +243,11 @@ def main() -> None:
     except BindingError as exc:
         result.update(exc.details)
         if binder is not None and binder.last_plan is not None:
-            result['devices'] = [s.as_result() for s in binder.last_plan.steps]
+            result['devices'] = sorted((s.as_result() for s in binder.last_plan.steps), key=lambda d: d['address'])
         module.fail_json(msg=str(exc), **result)
 
     result['changed'] = plan.changed
-    result['devices'] = [s.as_result() for s in plan.steps]
+    result['devices'] = sorted((s.as_result() for s in plan.steps), key=lambda d: d['address'])
     if module._diff and plan.changed:
         result['diff'] = plan.diff()
     module.exit_json(**result)
