@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# End to end on real kernels (QEMU test hosts under TCG), the last phase of scripts/test.sh.
+#
+# Phases (each timed, each bounded):
+#   image            build the test-host image or reuse the cached one
+#   collection       build + install the collection as users do
+#   runtime          tests/testbed/test_real_kernel.py: vfio_bind binds and restores a group on
+#                    a running host; gpu_facts and vfio_bind report a stuck device (radeon)
+#   molecule-noiommu site.yml stops early on a host without an IOMMU, changes nothing
+#   molecule-intel   site.yml end to end (one reboot, idempotence, VM with the GPU, restore)
+#   molecule-amd     the same on an AMD CPU + AMD IOMMU host
+# The Molecule scenarios run two at a time (FLEETGPU_E2E_JOBS, default 2).
+#
+# Every QEMU started here is stopped on exit, whatever happens (trap + launch.py sweep).
+# FLEETGPU_E2E_ONLY="intel amd ..." runs a subset of the phases above.
+set -uo pipefail
+here=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$here"
+export PATH="$here/.venv/bin:$PATH"
+export ANSIBLE_COLLECTIONS_PATH="$here/.cache/collections"
+export ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 NO_COLOR=1
+export FLEETGPU_TESTBED_CACHE=${FLEETGPU_TESTBED_CACHE:-/var/cache/fleetgpu-testbed}
+# Hosts started by this run live in their own run directory, so the sweep stops exactly them.
+export FLEETGPU_TESTBED_RUN=${FLEETGPU_TESTBED_RUN:-$FLEETGPU_TESTBED_CACHE/run-e2e}
+export FLEETGPU_TESTBED_LIFETIME=${FLEETGPU_TESTBED_LIFETIME:-3600}
+logs="$here/.cache/e2e-logs"
+mkdir -p "$logs"
+only=" ${FLEETGPU_E2E_ONLY:-image collection runtime noiommu intel amd} "
+jobs=${FLEETGPU_E2E_JOBS:-2}
+
+cleanup() {
+  python3 tests/testbed/launch.py sweep >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+trap 'echo "e2e: interrupted"; exit 130' INT TERM HUP
+
+failed=()
+times=()
+record() {  # name seconds status
+  times+=("$(printf '%-24s %5ss  %s' "$1" "$2" "$3")")
+  [ "$3" = ok ] || failed+=("$1")
+}
+phase() {  # name timeout command...
+  local name=$1 limit=$2; shift 2
+  local t0=$SECONDS status=ok
+  echo "--- e2e phase: $name (limit ${limit}s)"
+  timeout -k 30 "$limit" "$@" || status=FAILED
+  record "$name" $((SECONDS - t0)) "$status"
+  echo "--- e2e phase: $name: $status after $((SECONDS - t0)) s"
+}
+wants() { [[ "$only" == *" $1 "* ]]; }
+
+molecule_scenario() {  # scenario: run `molecule test`, output to a log file, bounded
+  local s=$1 limit=$2 log="$logs/molecule-$1.log" t0=$SECONDS status=ok
+  echo "--- e2e: molecule $s started (log $log)"
+  timeout -k 60 "$limit" molecule test -s "$s" > "$log" 2>&1 || status=FAILED
+  echo "$status $((SECONDS - t0))" > "$logs/molecule-$s.result"
+  echo "--- e2e: molecule $s: $status after $((SECONDS - t0)) s"
+  if [ "$status" != ok ]; then
+    echo "----- last lines of $log"
+    tail -60 "$log"
+  fi
+}
+
+t_all=$SECONDS
+wants image && phase image 2400 bash tests/testbed/build_image.sh
+if [ ! -f "$(bash tests/testbed/build_image.sh --path)/ready" ]; then
+  echo "e2e: no test-host image; the remaining phases cannot run"
+  record rest 0 FAILED
+else
+  wants collection && phase collection 300 bash scripts/install-collection.sh
+  wants runtime && phase runtime 900 pytest -q -p no:cacheprovider tests/testbed/test_real_kernel.py
+
+  scenarios=()
+  for s in noiommu intel amd; do wants "$s" && scenarios+=("$s"); done
+  if [ "${#scenarios[@]}" -gt 0 ]; then
+    rm -f "$logs"/molecule-*.result
+    running=0
+    for s in "${scenarios[@]}"; do
+      limit=1800; [ "$s" = noiommu ] && limit=600
+      molecule_scenario "$s" "$limit" &
+      running=$((running + 1))
+      if [ "$running" -ge "$jobs" ]; then wait -n; running=$((running - 1)); fi
+    done
+    wait
+    for s in "${scenarios[@]}"; do
+      read -r st secs < "$logs/molecule-$s.result" 2>/dev/null || { st=FAILED; secs=0; }
+      record "molecule-$s" "$secs" "$st"
+    done
+  fi
+fi
+
+echo
+echo "=== e2e phase times (total $((SECONDS - t_all)) s; logs in $logs)"
+printf '%s\n' "${times[@]}"
+stray=$(pgrep -f "fleetgpu-testbed-.*$FLEETGPU_TESTBED_RUN" || true)
+cleanup
+if [ -n "$(pgrep -f "qemu-system-x86_64 -name fleetgpu-testbed-.*$FLEETGPU_TESTBED_RUN" || true)" ]; then
+  echo "e2e: QEMU processes survived the sweep"; failed+=(cleanup)
+fi
+[ -n "$stray" ] && echo "e2e: the sweep stopped QEMU processes left by a phase: $stray"
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo "e2e FAILED: ${failed[*]}"
+  exit 1
+fi
+echo "e2e: all phases passed"

@@ -1,0 +1,146 @@
+"""Runtime work on real kernels (QEMU test hosts), through ansible-playbook over SSH.
+
+* ``intel`` host, before any reboot or persistent change: vfio_bind moves the discrete GPU's
+  whole IOMMU group (01:00.0 display + 01:00.1 HDMI audio) to vfio-pci, a second run is no
+  change, and ``state: absent`` gives both functions back to their drivers; the boot GPU
+  with the same vendor:device keeps its driver throughout.
+* ``radeon`` host: radeon is loaded on purpose and its probe of the ati-vga (02:00.0) never
+  finishes under TCG, holding the device lock. gpu_facts and vfio_bind must report that
+  device as stuck within their time bound instead of hanging the play.
+
+Run by tests/testbed/e2e.sh (needs root, qemu and the test-host image, which it builds).
+Each play runs under a subprocess timeout: a hang fails the test instead of the whole run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pytest
+
+from conftest import REPO, playbook_env, playbook_json, tool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import launch  # noqa: E402
+
+GPU, AUDIO, AMD_GPU, BOOT_GPU = '0000:01:00.0', '0000:01:00.1', '0000:02:00.0', '0000:00:01.0'
+PLAY_TIMEOUT = 600
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason='QEMU test hosts need root'),
+    pytest.mark.skipif(not (REPO / '.cache' / 'collections').exists() and not os.environ.get('CI'),
+                       reason='collection not installed (run scripts/install-collection.sh)'),
+]
+
+
+@pytest.fixture(scope='module')
+def hosts() -> Iterator[Dict[str, launch.TestHost]]:
+    """An intel host and a radeon host, started in parallel, always stopped."""
+    started = {
+        'intel': launch.TestHost('rt-intel', topology='intel'),
+        'radeon': launch.TestHost('rt-radeon', topology='radeon'),
+    }
+    try:
+        launch.start_many(list(started.values()))
+        yield started
+    finally:
+        for h in started.values():
+            h.stop()
+
+
+def _play(host: launch.TestHost, tmp_path: Path, tasks: List[dict], name: str = 'play') -> dict:
+    inv = tmp_path / ('%s-inventory.yml' % name)
+    host.write_inventory(inv, group='gpu_hosts')
+    book = tmp_path / ('%s.yml' % name)
+    book.write_text(json.dumps([{'name': name, 'hosts': 'gpu_hosts', 'gather_facts': False, 'tasks': tasks}]))
+    env = playbook_env(REPO / '.cache' / 'collections', {
+        'ANSIBLE_CALLBACK_PLUGINS': str(REPO / 'tests' / 'callback_plugins'),
+        'ANSIBLE_STDOUT_CALLBACK': 'fleetgpu_json',
+        'ANSIBLE_PYTHON_INTERPRETER': '/usr/bin/python3',
+        'ANSIBLE_HOST_KEY_CHECKING': 'False',
+        'ANSIBLE_TIMEOUT': '30',
+    })
+    proc = subprocess.run([tool('ansible-playbook'), str(book), '-i', str(inv)], capture_output=True, text=True,
+                          env=env, timeout=PLAY_TIMEOUT, cwd=str(tmp_path))
+    return playbook_json(proc)
+
+
+def _result(doc: dict, task: str) -> dict:
+    found = [t for t in doc['tasks'] if t['task'] == task]
+    assert found, 'task %r did not run: %s' % (task, json.dumps(doc)[:3000])
+    return found[-1]
+
+
+def _drivers(host: launch.TestHost) -> Dict[str, str]:
+    out = host.ssh(['for a in %s; do d=/sys/bus/pci/devices/$a; if [ -e $d/driver ]; then '
+                    'echo $a $(basename $(readlink $d/driver)); else echo $a none; fi; done'
+                    % ' '.join((BOOT_GPU, GPU, AUDIO))]).stdout
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def test_vfio_bind_binds_and_restores_the_gpu_group_at_runtime(hosts, tmp_path):
+    host = hosts['intel']
+    before = _drivers(host)
+    assert before == {BOOT_GPU: 'bochs-drm', GPU: 'bochs-drm', AUDIO: 'snd_hda_intel'}, before
+    bind = {'fleetgpu.passthrough.vfio_bind': {'devices': [GPU], 'include_group': True}}
+    doc = _play(host, tmp_path, [
+        dict({'name': 'check'}, **bind, check_mode=True, diff=True),
+        dict({'name': 'bind'}, **bind),
+        dict({'name': 'again'}, **bind),
+    ], 'bind')
+    check, done, again = _result(doc, 'check'), _result(doc, 'bind'), _result(doc, 'again')
+    assert check['status'] == 'ok' and check['result']['changed'] is True, check
+    assert done['status'] == 'ok' and done['result']['changed'] is True, done
+    assert sorted(d['address'] for d in done['result']['devices']) == [GPU, AUDIO]
+    assert {d['driver_after'] for d in done['result']['devices']} == {'vfio-pci'}
+    assert again['status'] == 'ok' and again['result']['changed'] is False, again
+    now = _drivers(host)
+    assert now == {BOOT_GPU: 'bochs-drm', GPU: 'vfio-pci', AUDIO: 'vfio-pci'}, now
+    group = done['result']['devices'][0]['group']
+    host.ssh(['test', '-c', '/dev/vfio/%s' % group])
+
+    doc = _play(host, tmp_path, [
+        {'name': 'restore', 'fleetgpu.passthrough.vfio_bind': {'devices': [GPU, AUDIO], 'state': 'absent'}},
+        {'name': 'restore again', 'fleetgpu.passthrough.vfio_bind': {'devices': [GPU, AUDIO], 'state': 'absent'}},
+    ], 'restore')
+    restore, again = _result(doc, 'restore'), _result(doc, 'restore again')
+    assert restore['status'] == 'ok' and restore['result']['changed'] is True, restore
+    assert again['status'] == 'ok' and again['result']['changed'] is False, again
+    assert _drivers(host) == before
+
+
+def test_gpu_facts_reports_the_stuck_device_instead_of_hanging(hosts, tmp_path):
+    host = hosts['radeon']
+    doc = _play(host, tmp_path, [
+        {'name': 'facts', 'fleetgpu.passthrough.gpu_facts': {'timeout': 5}},
+    ], 'facts')
+    res = _result(doc, 'facts')
+    assert res['status'] == 'ok', res
+    gpus = {g['address']: g for g in res['result']['ansible_facts']['gpu_passthrough']['gpus']}
+    stuck = gpus[AMD_GPU]
+    assert stuck['stuck'], stuck
+    assert stuck['state'] == 'unusable', stuck
+    assert any('stuck' in r or 'did not return' in r or 'time' in r for r in stuck['state_reasons']), stuck
+    # The other GPUs read normally.
+    assert gpus[GPU]['stuck'] == [] and gpus[GPU]['driver'] == 'bochs-drm'
+    assert gpus[BOOT_GPU]['state'] == 'boot-vga'
+
+
+def test_vfio_bind_fails_clearly_on_the_stuck_device_instead_of_hanging(hosts, tmp_path):
+    host = hosts['radeon']
+    doc = _play(host, tmp_path, [
+        {'name': 'bind stuck', 'fleetgpu.passthrough.vfio_bind': {'devices': [AMD_GPU], 'timeout': 5},
+         'ignore_errors': True},
+        {'name': 'facts after', 'fleetgpu.passthrough.gpu_facts': {'timeout': 5, 'addresses': [GPU]}},
+    ], 'bindstuck')
+    res = _result(doc, 'bind stuck')
+    assert res['status'] == 'ignored', res
+    assert AMD_GPU in res['result']['msg'], res['result']['msg']
+    # The play went on: the host still answers and other devices are untouched.
+    after = _result(doc, 'facts after')
+    assert after['status'] == 'ok'
+    assert after['result']['ansible_facts']['gpu_passthrough']['gpus'][0]['driver'] == 'bochs-drm'
