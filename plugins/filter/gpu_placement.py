@@ -191,13 +191,14 @@ def _kind(gpu: dict) -> str:
                      ' (%s)' % name if name else '')
 
 
-def _free_summary(free: list[dict]) -> str:
+def _free_summary(free: list[dict], first: bool) -> str:
+    after = '' if first else ' once the domains listed before it are served'
     if not free:
-        return 'no GPU is free on this host'
+        return 'no GPU is free on this host%s' % after
     counts: dict[str, int] = {}
     for gpu in free:
         counts[_kind(gpu)] = counts.get(_kind(gpu), 0) + 1
-    return 'free on this host: ' + ', '.join('%d x %s' % (n, k) for k, n in sorted(counts.items()))
+    return 'free on this host%s: %s' % (after, ', '.join('%d x %s' % (n, k) for k, n in sorted(counts.items())))
 
 
 def _usable(gpu: dict) -> bool:
@@ -251,7 +252,7 @@ def place(facts: dict, domains: list, assignments: dict | None = None, state: st
         if len(added) < need and not req.addresses:
             problems.append('domain %r asks for %s but only %d can be given (%d already its own); %s'
                             % (req.name, req.describe(), len(kept) + len(added), len(kept),
-                               _free_summary([g for g in gpus if g['address'] not in taken and _usable(g)])))
+                               _free_summary([g for g in gpus if g['address'] not in taken and _usable(g)], req is requests[0])))
         taken.update(added)
         out.append({'name': req.name, 'devices': sorted(kept + added), 'kept': kept, 'added': added, 'start': req.start})
     if problems:

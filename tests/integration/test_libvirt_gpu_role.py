@@ -1,0 +1,149 @@
+"""Role libvirt_gpu through ansible-playbook against a real (private) libvirtd, with simulated
+gpu_facts input and the companions read from a simulated kernel tree."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import playbook_json
+from tests.integration import libvirtd as private
+from tests.sim import simkernel
+
+pytestmark = pytest.mark.skipif(private.available() is not None, reason=str(private.available()))
+
+DOMAINS = ('gpu-train', 'gpu-infer', 'gpu-desk')
+
+
+def gpu(addr: str, numa: int, state: str = 'vfio-ready', boot: bool = False, vd: str = '10de:20b2') -> dict:
+    vendor, device = vd.split(':')
+    return {'address': addr, 'vendor_id': vendor, 'device_id': device, 'vendor_device': vd,
+            'vendor_name': 'NVIDIA Corporation' if vendor == '10de' else 'ASPEED Technology, Inc.',
+            'device_name': 'GA100 [A100 SXM4 80GB]' if vendor == '10de' else 'ASPEED Graphics Family',
+            'class': '0x030200', 'state': state, 'boot_vga': boot, 'numa_node': numa, 'state_reasons': []}
+
+
+# What gpu_facts reports for the hgx8 tree (its NVIDIA GPUs), NUMA nodes made distinct.
+FACTS = {'host': {'cpu_vendor': 'intel', 'iommu_enabled': True}, 'gpus': [
+    gpu('0000:03:00.0', 0, state='boot-vga', boot=True, vd='1a03:2000'),
+    gpu('0000:13:00.0', 0), gpu('0000:14:00.0', 0), gpu('0000:33:00.0', 0), gpu('0000:34:00.0', 0, state='in-use'),
+    gpu('0000:83:00.0', 1), gpu('0000:84:00.0', 1),
+]}
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory: pytest.TempPathFactory):
+    d = private.PrivateLibvirtd()
+    d.start()
+    root = simkernel.materialize('hgx8', str(tmp_path_factory.mktemp('hgx8')))
+    yield d, root
+    d.cleanup()
+
+
+@pytest.fixture()
+def daemon(env):
+    d, _root = env
+    for name in DOMAINS:
+        d.define(name)
+    yield d
+    d.clear_domains()
+
+
+def play(**role_vars) -> str:
+    return ('- hosts: all\n  gather_facts: false\n  tasks:\n'
+            '    - name: Run the role\n'
+            '      ansible.builtin.include_role:\n        name: fleetgpu.passthrough.libvirt_gpu\n'
+            '    - name: Show the placement\n'
+            '      ansible.builtin.debug:\n        var: libvirt_gpu_placement\n')
+
+
+def sources(daemon, name: str) -> list[str]:
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import DomainDefinition
+    return [str(a) for a in DomainDefinition(daemon.domain_xml(name)).sources()]
+
+
+def role_vars(env, daemon, domains: list, **extra) -> dict:
+    _d, root = env
+    out = {'libvirt_gpu_uri': daemon.uri, 'libvirt_gpu_facts': FACTS, 'libvirt_gpu_sysfs_root': root,
+           'libvirt_gpu_domains': domains}
+    out.update(extra)
+    return out
+
+
+def attach_results(proc) -> list[dict]:
+    """The per-domain results of the role's attach task (a loop)."""
+    doc = playbook_json(proc)
+    tasks = [t for t in doc['tasks'] if 'Attach or remove the GPUs' in t['task']]
+    assert len(tasks) == 1, [t['task'] for t in doc['tasks']]
+    return [{'result': r} for r in tasks[0]['result']['results']]
+
+
+def placement(proc) -> list[dict]:
+    doc = playbook_json(proc)
+    return [t for t in doc['tasks'] if t['task'] == 'Show the placement'][-1]['result']['libvirt_gpu_placement']
+
+
+REQUESTS = [
+    {'name': 'gpu-train', 'gpus': {'count': 2}, 'numa_node': 1},
+    {'name': 'gpu-infer', 'gpus': {'match': {'vendor_id': '10de', 'device_id': '20b2'}, 'count': 1}},
+    {'name': 'gpu-desk', 'gpus': {'addresses': ['0000:14:00.0']}},
+]
+
+
+def test_role_places_attaches_and_is_idempotent(run_playbook, env, daemon) -> None:
+    vars_ = role_vars(env, daemon, REQUESTS)
+    check = run_playbook(play(), extra_vars=vars_, args=('--check',))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert all(sources(daemon, n) == [] for n in DOMAINS)  # check mode defined nothing
+    assert [r['result']['changed'] for r in attach_results(check)] == [True, True, True]
+
+    first = run_playbook(play(), extra_vars=vars_)
+    assert first.returncode == 0, first.stdout + first.stderr
+    # NUMA node 1 first for gpu-train; gpu-infer gets the first free 10de:20b2; gpu-desk its address.
+    assert sources(daemon, 'gpu-train') == ['0000:83:00.0', '0000:84:00.0']
+    assert sources(daemon, 'gpu-infer') == ['0000:13:00.0']
+    assert sources(daemon, 'gpu-desk') == ['0000:14:00.0']
+    assert [(p['name'], p['devices'], p['changed']) for p in placement(first)] == [
+        ('gpu-train', ['0000:83:00.0', '0000:84:00.0'], True),
+        ('gpu-infer', ['0000:13:00.0'], True),
+        ('gpu-desk', ['0000:14:00.0'], True)]
+
+    # Second run: the domains keep their GPUs, nothing changes.
+    second = run_playbook(play(), extra_vars=vars_)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert [r['result']['changed'] for r in attach_results(second)] == [False, False, False]
+    assert [p['kept'] for p in placement(second)] == [['0000:83:00.0', '0000:84:00.0'], ['0000:13:00.0'], ['0000:14:00.0']]
+    assert playbook_json(second)['stats']['localhost']['changed'] == 0
+
+    # Absent gives them back.
+    gone = run_playbook(play(), extra_vars=dict(vars_, libvirt_gpu_state='absent'))
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert all(sources(daemon, n) == [] for n in DOMAINS)
+
+
+def test_role_fails_before_any_change_when_the_host_cannot_satisfy(run_playbook, env, daemon) -> None:
+    requests = [
+        {'name': 'gpu-train', 'gpus': {'count': 2}},
+        {'name': 'gpu-infer', 'gpus': {'count': 4}},
+    ]
+    proc = run_playbook(play(), extra_vars=role_vars(env, daemon, requests))
+    assert proc.returncode != 0
+    failed = [t for t in playbook_json(proc)['tasks'] if t['status'] == 'failed']
+    msg = failed[0]['result']['msg']
+    assert "domain 'gpu-infer' asks for 4 GPU(s) but only 3 can be given" in msg, msg
+    assert ('free on this host once the domains listed before it are served: '
+            '3 x 10de:20b2 (NVIDIA Corporation GA100 [A100 SXM4 80GB])') in msg, msg
+    assert 'nothing was changed' in msg
+    assert all(sources(daemon, n) == [] for n in DOMAINS)
+
+
+def test_role_refuses_a_missing_domain_and_missing_facts(run_playbook, env, daemon) -> None:
+    proc = run_playbook(play(), extra_vars=role_vars(env, daemon, [{'name': 'not-defined', 'gpus': {'count': 1}}]))
+    assert proc.returncode != 0
+    failed = [t for t in playbook_json(proc)['tasks'] if t['status'] == 'failed']
+    assert "domain 'not-defined' is not defined at %s" % daemon.uri in json.dumps(failed[0]['result'])
+
+    proc = run_playbook(play(), extra_vars=role_vars(env, daemon, REQUESTS, libvirt_gpu_facts={}))
+    assert proc.returncode != 0
+    failed = [t for t in playbook_json(proc)['tasks'] if t['status'] == 'failed']
+    assert 'run fleetgpu.passthrough.gpu_facts' in failed[0]['result']['msg']
