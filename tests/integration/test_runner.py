@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import ansible_runner
 import pytest
@@ -334,3 +334,83 @@ def test_site_bad_survey_answer_fails_validation(site) -> None:
     assert failed and failed[0]['task_action'] in ('validate_argument_spec', 'ansible.builtin.validate_argument_spec')
     assert "vfio_host_reboot_ok" in failed[0]['res']['msg'] and 'bool' in failed[0]['res']['msg']
     assert hosts.snapshot() == before
+
+
+# ----------------------------------------------------------------------------- static: defaults
+MAGIC = frozenset(['ansible_facts', 'ansible_check_mode', 'ansible_play_hosts', 'ansible_play_hosts_all',
+                   'ansible_play_batch', 'inventory_hostname', 'hostvars', 'groups', 'group_names', 'item',
+                   'omit', 'play_hosts', 'ansible_diff_mode', 'role_path', 'playbook_dir', 'true', 'false',
+                   'none', 'True', 'False', 'None',
+                   # Jinja and Ansible global functions
+                   'dict', 'range', 'lookup', 'query', 'q', 'now', 'lipsum', 'cycler', 'joiner', 'namespace',
+                   'undef'])
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key in ('when', 'that', 'changed_when', 'failed_when', 'until'):
+                for cond in (value if isinstance(value, list) else [value]):
+                    if isinstance(cond, str):
+                        yield '{{ %s }}' % cond
+            else:
+                yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def _defined_in(plays: list) -> set:
+    """Variables a playbook defines itself: registered results, set_fact keys, vars blocks."""
+    found = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get('register'), str):
+                found.add(node['register'])
+            for key in ('ansible.builtin.set_fact', 'set_fact', 'vars'):
+                if isinstance(node.get(key), dict):
+                    found.update(node[key])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(plays)
+    return found
+
+
+def _undefaulted(text: str) -> set:
+    """Variable names a template reads without a default() filter around them."""
+    from jinja2 import Environment, nodes
+    env = Environment()
+    ast = env.parse(text)
+    defaulted = set()
+    for flt in ast.find_all(nodes.Filter):
+        if flt.name in ('default', 'd') and flt.node is not None:
+            defaulted.update(n.name for n in flt.node.find_all(nodes.Name))
+            if isinstance(flt.node, nodes.Name):
+                defaulted.add(flt.node.name)
+    for test in ast.find_all(nodes.Test):
+        if test.name in ('defined', 'undefined') and isinstance(test.node, nodes.Name):
+            defaulted.add(test.node.name)
+    local = {n.name for n in ast.find_all(nodes.Name) if n.ctx in ('store', 'param')}
+    return {n.name for n in ast.find_all(nodes.Name) if n.ctx == 'load'} - defaulted - local
+
+
+@pytest.mark.parametrize('playbook', ['facts.yml', 'site.yml', 'restore.yml'])
+def test_playbook_variables_have_defaults(playbook: str) -> None:
+    """Every variable a playbook reads before a role's defaults apply has a default()."""
+    _need('playbooks/%s' % playbook)
+    plays = yaml.safe_load((PLAYBOOKS / playbook).read_text())
+    own = _defined_in(plays)
+    problems = []
+    for play in plays:
+        for text in _strings({k: v for k, v in play.items() if k != 'roles'}):
+            if '{{' not in text and '{%' not in text:
+                continue
+            for name in sorted(_undefaulted(text) - MAGIC - own):
+                problems.append('%s: %s (in %r)' % (playbook, name, text.strip()[:80]))
+    assert not problems, 'variables without a default:\n  ' + '\n  '.join(problems)
