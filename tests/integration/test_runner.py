@@ -271,8 +271,8 @@ def test_site_check_diff_changes_nothing(site) -> None:
 def test_site_survey_strings_then_idempotent(site) -> None:
     """The first node of the approval workflow: survey answers are strings; no reboot; then nothing to do."""
     job, hosts = site
-    r = job.run('playbooks/site.yml', extravars={'vfio_host_reboot_ok': 'false', 'vfio_host_iommu_pt': 'true',
-                                                'fleetgpu_serial': 2})
+    answers = {'vfio_host_reboot_ok': 'false', 'vfio_host_iommu_pt': 'true', 'fleetgpu_serial': 2}
+    r = job.run('playbooks/site.yml', extravars=answers)
     assert r.status == 'successful' and r.rc == 0, stdout(r)[-6000:]
     st = stats(r)
     for host in HOSTS:
