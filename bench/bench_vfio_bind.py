@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Print vfio_bind's own time: plan, bind and restore of GPU groups on the FUSE kernel.
 
 Usage: .venv/bin/python bench/bench_vfio_bind.py [--runs N]

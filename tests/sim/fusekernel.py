@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A simulated kernel that behaves: PCI driver binding over a FUSE mount.
 
 ``tests/sim/simkernel.py`` materializes a static tree shaped like the kernel's
