@@ -16,6 +16,7 @@ writes the files it returns and drives the initramfs backend.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
@@ -146,6 +147,36 @@ def module_name(sysfs: Sysfs, driver: str) -> str | None:
     return driver.replace('-', '_')
 
 
+def alias_modules(sysfs: Sysfs, release: str, address: str, cache: dict) -> list[str]:
+    """Modules whose ``pci:`` aliases (modules.alias of ``release``) match the device's modalias."""
+    if 'aliases' not in cache:
+        aliases: list[tuple[str, str]] = []
+        text = sysfs.read(sysfs.host('lib', 'modules', release, 'modules.alias'), default='') if release else ''
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == 'alias' and parts[1].startswith('pci:'):
+                aliases.append((parts[1], parts[2]))
+        cache['aliases'] = aliases
+    modalias = sysfs.read(sysfs.sys('bus', 'pci', 'devices', address, 'modalias'), default='')
+    if not modalias:
+        return []
+    found: list[str] = []
+    for pattern, module in cache['aliases']:
+        if module not in found and not module.startswith('vfio') and fnmatch.fnmatchcase(modalias, pattern):
+            found.append(module)
+    return found
+
+
+def existing_softdeps(text: str | None) -> list[str]:
+    """Modules of the ``softdep X pre: vfio-pci`` lines of a modprobe.d file written before."""
+    found = []
+    for line in (text or '').splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[0] == 'softdep' and parts[2] == 'pre:' and 'vfio-pci' in parts[3:]:
+            found.append(parts[1])
+    return found
+
+
 class Decision:
     """What the host needs for the selected devices."""
 
@@ -169,7 +200,13 @@ class Decision:
 
 
 def decide(facts: dict, selectors: list, sysfs: Sysfs, allow_boot_vga: bool = False, iommu_pt: bool = True,
-           blacklist: list[str] | None = None) -> Decision:
+           blacklist: list[str] | None = None, previous_softdeps: list[str] | None = None) -> Decision:
+    """Plan the host configuration.
+
+    The softdeps cover the drivers bound now, the drivers whose aliases match the devices, the
+    usual drivers of their vendor / function kind, and the softdeps written before (a device
+    already on vfio-pci no longer shows its host driver: the configuration must not shrink).
+    """
     host = facts.get('host') or {}
     gpus = facts.get('gpus') or []
     out = Decision()
@@ -193,16 +230,21 @@ def decide(facts: dict, selectors: list, sysfs: Sysfs, allow_boot_vga: bool = Fa
             out.addresses += sorted(a for a in bind_set if functions[a]['vendor_device'] == vendor_device)
     out.addresses.sort()
     drivers: list[str] = []
+    cache: dict = {}
+    release = str(host.get('kernel_release') or '')
     for fn in out.bind:
         if fn['driver'] and fn['driver'] != 'vfio-pci':
             drivers.append(fn['driver'])
+        drivers += alias_modules(sysfs, release, fn['address'], cache)
         drivers += VENDOR_DRIVERS.get(fn['vendor_id'], []) if fn['kind'] == 'gpu' else KIND_DRIVERS.get(fn['kind'], [])
+    drivers += previous_softdeps or []
     for driver in drivers:
-        mod = module_name(sysfs, driver)
+        mod = module_name(sysfs, driver) if driver not in (previous_softdeps or []) else driver
         if mod is None:
             out.warnings.append('driver %s is built into the kernel: no softdep can order it after vfio-pci' % driver)
         elif mod not in out.softdeps and mod not in ('vfio_pci', 'vfio-pci'):
             out.softdeps.append(mod)
+    out.softdeps.sort()
     for driver in blacklist or []:
         users = sorted(a for a, (_vd, d) in host_devices.items()
                        if a not in bind_set and d and (d == driver or module_name(sysfs, d) == driver.replace('-', '_')))

@@ -168,11 +168,13 @@ commands:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _vfio_host_apply
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import FileError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import FileError, rooted
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import read as read_file
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import InitramfsError, backend
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import SelectionError, decide
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import (
+    MODPROBE_CONF, SelectionError, decide, existing_softdeps)
 
 
 def run(module: AnsibleModule) -> dict:
@@ -187,7 +189,8 @@ def run(module: AnsibleModule) -> dict:
     if p['state'] == 'present':
         if not facts:
             raise SelectionError('facts is required with state=present (pass ansible_facts.gpu_passthrough from gpu_facts)')
-        decision = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], p['blacklist'])
+        previous = existing_softdeps(read_file(rooted(p['root'], MODPROBE_CONF)))
+        decision = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], p['blacklist'], previous)
         for warning in decision.warnings:
             module.warn(warning)
     selection = decision

@@ -124,3 +124,34 @@ def test_blacklist_refused_while_needed(sysfs: Sysfs) -> None:
 def test_blacklist_allowed_when_unused(sysfs: Sysfs) -> None:
     decision = decide(FACTS, [{'address': '02:00.0'}], sysfs, blacklist=['radeon'])
     assert 'blacklist radeon\n' in modprobe_conf(decision, builtin=False)
+
+
+def test_softdeps_from_aliases_and_sticky(tmp_path: Path) -> None:
+    """A device already on vfio-pci no longer shows its host driver: aliases and the previous file keep the softdeps."""
+    root = Path(simkernel.materialize('identical_pair', str(tmp_path / 'sim')))
+    sysfs = Sysfs(str(root))
+    alias_dir = Path(sysfs.host('lib', 'modules', '6.1.0-27-amd64'))
+    alias_dir.mkdir(parents=True, exist_ok=True)
+    (alias_dir / 'modules.alias').write_text(
+        '# Aliases extracted from modules themselves.\n'
+        'alias pci:v00001234d00001111sv*sd*bc03sc*i* bochs\n'
+        'alias pci:v00008086d0000293Esv*sd*bc*sc*i* snd_hda_intel\n'
+        'alias pci:v*d*sv*sd*bc03sc00i00* vgaarb_test\n'
+        'alias vfio_pci:v*d*sv*sd*bc*sc*i* vfio_pci\n')
+    facts = copy.deepcopy(FACTS)
+    facts['gpus'][1]['driver'] = 'vfio-pci'
+    facts['gpus'][1]['companions'][0]['driver'] = 'vfio-pci'
+    decision = decide(facts, [{'address': '01:00.0'}], sysfs)
+    assert 'bochs' in decision.softdeps and 'snd_hda_intel' in decision.softdeps
+    assert not any(m.startswith('vfio') for m in decision.softdeps)
+    # without aliases, the softdeps written before are kept
+    (alias_dir / 'modules.alias').unlink()
+    again = decide(facts, [{'address': '01:00.0'}], sysfs, previous_softdeps=['bochs', 'snd_hda_intel'])
+    assert again.softdeps == sorted(set(again.softdeps) | {'bochs', 'snd_hda_intel'})
+
+
+def test_existing_softdeps_parser() -> None:
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import existing_softdeps
+    text = '# managed\noptions vfio-pci ids=8086:293e\nsoftdep bochs pre: vfio-pci\nsoftdep x pre: other\n'
+    assert existing_softdeps(text) == ['bochs']
+    assert existing_softdeps(None) == []
