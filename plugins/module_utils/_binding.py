@@ -29,6 +29,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
@@ -50,6 +51,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import
 DEFAULT_JOURNAL = '/var/lib/fleetgpu-passthrough/vfio_bind.json'
 JOURNAL_VERSION = 1
 DRIVER_RE = re.compile(r'^[a-z0-9_-]+\Z')
+SETTLE_SECONDS = 2.0
 KERNEL_DEFAULT = None  # driver_after of a restore without journal: whatever the kernel probes
 
 Runner = Callable[[List[str]], Tuple[int, str, str]]
@@ -416,6 +418,9 @@ class Binder:
             if dev.iommu_group in groups:
                 continue
             members = [m for m in self.group_members(dev.iommu_group) if not m.is_bridge]
+            if self.state == 'absent':
+                # the members an earlier bind moved with this device come back with it
+                requested.update(m.address for m in members if self.journal.get(m.address) is not None)
             extra = [m for m in members if m.address not in requested]
             if extra and not self.include_group:
                 raise BindingRefused(
@@ -565,6 +570,15 @@ class Binder:
     def _current(self, dev: PciDevice) -> Optional[str]:
         return self.sysfs.link_name(dev.attr('driver'))
 
+    def _settle(self, done: Callable[[], bool]) -> bool:
+        """Wait briefly for the kernel to finish an asynchronous probe or create a device node."""
+        deadline = time.monotonic() + min(self.sysfs.timeout, SETTLE_SECONDS)
+        while not done():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def _drv(self, name: str, attr: str) -> str:
         return self.sysfs.sys('bus', 'pci', 'drivers', name, attr)
 
@@ -577,12 +591,13 @@ class Binder:
             self._write(step, self._drv(current, 'unbind'), addr, 'unbinding from %s' % current)
         if self._current(dev) != self.driver:
             self._write(step, self.sysfs.sys('bus', 'pci', 'drivers_probe'), addr, 'drivers_probe')
+        self._settle(lambda: self._current(dev) is not None)
         now = self._current(dev)
         if now != self.driver:
             raise BindingApplyError('%s: after drivers_probe the device is on %s, not %s'
                                     % (addr, now or 'no driver', self.driver), device=addr)
-        if is_vfio_driver(self.driver) and step.group is not None and not self.sysfs.exists(
-                self.sysfs.dev('vfio', str(step.group))):
+        if is_vfio_driver(self.driver) and step.group is not None and not self._settle(
+                lambda: self.sysfs.exists(self.sysfs.dev('vfio', str(step.group)))):
             raise BindingApplyError('%s: bound to %s but /dev/vfio/%d did not appear' % (addr, self.driver, step.group),
                                     device=addr)
 
@@ -606,6 +621,8 @@ class Binder:
             self._write(step, self._drv(current, 'unbind'), addr, 'unbinding from %s' % current)
         if self._current(dev) is None:
             self._write(step, self.sysfs.sys('bus', 'pci', 'drivers_probe'), addr, 'drivers_probe')
+            if target is not None:
+                self._settle(lambda: self._current(dev) is not None)
         now = self._current(dev)
         if target is not None and now != target:
             raise BindingApplyError('%s: could not put the device back on %s (after drivers_probe it is on %s)'

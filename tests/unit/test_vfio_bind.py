@@ -211,6 +211,11 @@ def test_shared_group_refused_then_taken_with_include_group(tmp_path: Path) -> N
         for addr in ('0000:03:00.0', '0000:03:00.1', '0000:03:01.0'):
             assert k.driver(addr) == 'vfio-pci'
         assert k.driver('0000:02:00.0') is None and k.override('0000:02:00.0') == '(null)'  # the bridge: untouched
+        # the restore brings back what the journal says moved with the group
+        res = k.run(devices=['0000:03:00.0'], state='absent')
+        assert res['changed'] is True and not res.get('failed'), res
+        assert [k.driver(a) for a in ('0000:03:00.0', '0000:03:00.1', '0000:03:01.0')] == [
+            'nouveau', 'snd_hda_intel', 'e1000']
 
 
 def test_device_in_use_refused_then_allowed(tmp_path: Path) -> None:
