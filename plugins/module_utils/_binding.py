@@ -14,8 +14,9 @@ runtime rebinding without capturing other devices of the same vendor:device
 * bind: write ``driver_override``, write the address to the current driver's
   ``unbind``, write it to ``/sys/bus/pci/drivers_probe``, verify the ``driver``
   link and, for vfio drivers, ``/dev/vfio/<group>``.
-* restore: clear ``driver_override``, unbind, ``drivers_probe`` (and an
-  explicit ``bind`` of the journaled driver when the probe chose another).
+* restore: point ``driver_override`` at the journaled driver, unbind,
+  ``drivers_probe``, then clear the override (without a journal entry: clear
+  the override and probe, so the kernel picks its default driver).
 
 Every write goes through :meth:`Sysfs.write`, bounded in time.  The journal
 records each device's original driver before anything changes, so a failed

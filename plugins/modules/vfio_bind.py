@@ -18,13 +18,15 @@ description:
     C(/sys/bus/pci/drivers/<driver>) exists), writes C(driver_override), unbinds the current driver, writes the
     address to C(drivers_probe), and verifies the C(driver) link and C(/dev/vfio/<group>). It never writes C(new_id),
     which would also capture an identical device the host still uses.
-  - A restore clears C(driver_override) and probes again, so the device goes back to the driver recorded in the
-    journal, or to the kernel's default driver when the journal has none.
+  - A restore points C(driver_override) at the driver recorded in the journal, unbinds, probes, and clears the
+    override again, so no other driver that claims the device can win. A device the journal does not know goes to
+    the kernel's default driver (override cleared, then probed). Group members the journal says moved together with
+    a listed device are restored with it.
   - Refuses unsafe work by default, each time naming the device and what to do; the boot VGA device
     (O(allow_boot_vga)), a device in use (O(allow_in_use)) by processes holding its C(/dev/dri) nodes,
-    C(/dev/nvidiaN) or C(/dev/vfio/<group>), or by running libvirt domains (asked only when libvirt-python is
-    installed and C(qemu:///system) answers), a device without IOMMU group, an SR-IOV physical function with virtual
-    functions enabled, and the parent of live mediated devices.
+    C(/dev/nvidiaN) or C(/dev/vfio/<group>), or by running libvirt domains (asked read-only only when O(sysfs_root)
+    is C(/sys), libvirt-python is installed and C(qemu:///system) answers), a device without IOMMU group, an SR-IOV
+    physical function with virtual functions enabled, and the parent of live mediated devices.
   - Every kernel write is bounded by O(timeout). A write that does not return (a driver stuck in its probe holds the
     device lock) fails the task with a message naming the device, its driver and the processes holding it.
   - The original drivers are recorded in a journal before anything changes. When a device of a group fails, the
