@@ -317,3 +317,16 @@ def test_module_bad_input(roots: dict, tmp_path: Path, args: dict, needle: str) 
     rc, out = run_module('gpu_facts', args, tmp_path)
     assert rc != 0 and out['failed'] is True
     assert needle in out['msg']
+
+
+def test_unreadable_attribute_fails_naming_it(tmp_path: Path) -> None:
+    root = simkernel.materialize('workstation', str(tmp_path / 'w'))
+    vendor = os.path.join(root, 'bus', 'pci', 'devices', '0000:01:00.0', 'vendor')
+    os.unlink(vendor)
+    os.mkdir(vendor)  # a read now fails with EISDIR, as an attribute the kernel refuses would
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import SysfsError
+    with pytest.raises(SysfsError) as info:
+        gather(Sysfs(root))
+    assert 'vendor' in str(info.value) and '0000:01:00.0' in str(info.value)
+    rc, out = run_module('gpu_facts', {'sysfs_root': root}, tmp_path)
+    assert rc != 0 and '0000:01:00.0/vendor' in out['msg']

@@ -170,7 +170,8 @@ def test_stuck_device_has_fifos(trees: dict) -> None:
     assert stat.S_ISFIFO(os.stat(os.path.join(dev, 'sriov_numvfs')).st_mode)
     with open(os.path.join(dev, 'vendor')) as h:
         assert h.read() == '0x1002\n'
-    assert not os.path.lexists(os.path.join(dev, 'driver'))
+    assert os.readlink(os.path.join(dev, 'driver')) == '../../../../bus/pci/drivers/radeon'
+    assert not os.path.exists(os.path.join(dev, 'drm'))
     other = os.path.join(root, 'bus', 'pci', 'devices', '0000:02:00.0', 'driver_override')
     assert stat.S_ISREG(os.stat(other).st_mode)
 
