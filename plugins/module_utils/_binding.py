@@ -448,7 +448,9 @@ class Binder:
         if self.state == 'present':
             if current == self.driver:
                 return Step(dev, current, current, override, override, 'none')
-            step = Step(dev, current, self.driver, override, self.driver, 'bind')
+            # An override that already names the target is a leftover of an interrupted bind, not
+            # something to restore later.
+            step = Step(dev, current, self.driver, None if override == self.driver else override, self.driver, 'bind')
             if entry and current is None:
                 step.restore_driver = entry.get('driver_before')
                 step.restore_override = entry.get('override_before')

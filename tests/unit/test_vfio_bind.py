@@ -334,6 +334,32 @@ def test_rerun_after_a_crash_converges(workstation: Kernel) -> None:
     assert k.driver(GPU) == 'nvidia' and k.driver(AUDIO) == 'snd_hda_intel'
 
 
+def test_rerun_after_a_crash_between_override_and_unbind(workstation: Kernel) -> None:
+    """A run died right after writing driver_override: the override is not taken for the original."""
+    k = workstation
+    with open(os.path.join(k.root, 'bus/pci/devices', GPU, 'driver_override'), 'w', encoding='utf-8') as fh:
+        fh.write('vfio-pci')
+    assert k.run(devices=[GPU, AUDIO])['changed']
+    journal = json.load(open(k.journal, encoding='utf-8'))
+    assert journal['devices'][GPU]['override_before'] is None
+    k.run(devices=[GPU, AUDIO], state='absent')
+    assert k.driver(GPU) == 'nvidia' and k.override(GPU) == '(null)'
+
+
+def test_restore_of_an_interrupted_bind_clears_the_override(workstation: Kernel) -> None:
+    k = workstation
+    os.makedirs(os.path.dirname(k.journal))
+    with open(k.journal, 'w', encoding='utf-8') as fh:
+        json.dump({'version': 1, 'devices': {GPU: {'driver_before': 'nvidia', 'override_before': None}}}, fh)
+    with open(os.path.join(k.root, 'bus/pci/devices', GPU, 'driver_override'), 'w', encoding='utf-8') as fh:
+        fh.write('vfio-pci')
+    res = k.run(devices=[GPU, AUDIO], state='absent')
+    assert res['changed'] and not res.get('failed'), res
+    assert k.driver(GPU) == 'nvidia' and k.override(GPU) == '(null)'
+    assert not os.path.exists(k.journal)
+    assert k.run(devices=[GPU, AUDIO], state='absent')['changed'] is False
+
+
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize('args,needle', [
     ({'devices': ['01:00']}, "'01:00'"),
