@@ -217,3 +217,18 @@ def test_libvirtd_stopped(run_playbook, tmp_path) -> None:
     assert task['status'] == 'ignored'
     assert 'cannot connect to libvirt at %s' % stopped.uri in res['msg']
     stopped.cleanup()
+
+
+@pytest.mark.skipif(not os.path.exists('/usr/bin/python3'), reason='no system python')
+def test_missing_python_libraries_are_named(run_playbook) -> None:
+    """A managed host whose Python lacks libvirt-python gets Ansible's standard message."""
+    import subprocess
+    probe = subprocess.run(['/usr/bin/python3', '-c', 'import libvirt'], capture_output=True)
+    if probe.returncode == 0:
+        pytest.skip('the system python has libvirt-python')
+    args = {'domain': 'any', 'devices': ['0000:01:00.0']}
+    proc = run_playbook(play(task_yaml('no libvirt-python here', args, ignore=True)),
+                        env={'ANSIBLE_PYTHON_INTERPRETER': '/usr/bin/python3'})
+    task = results(proc)[0]
+    assert task['status'] == 'ignored'
+    assert 'Failed to import the required Python library (libvirt-python)' in task['result']['msg']
