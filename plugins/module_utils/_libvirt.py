@@ -67,6 +67,10 @@ class DeviceNotFound(HostdevError):
     """A device the plan needs does not exist in sysfs."""
 
 
+class DomainNotPersistent(HostdevError):
+    """A definition change was asked of a transient domain."""
+
+
 class DomainNotRunning(HostdevError):
     """A live change was asked of a domain that is not running."""
 
@@ -243,6 +247,13 @@ class HostdevBackend:
         req = self.req
         conn = self._connection()
         dom = lookup(conn, req.domain, req.uri)
+        try:
+            persistent = dom.isPersistent()  # type: ignore[attr-defined]
+        except libvirt.libvirtError as exc:
+            raise self._fail('cannot read the domain', exc) from None
+        if not persistent and req.where != 'live' and req.devices:
+            raise DomainNotPersistent('domain %r at %s is transient (it has no persistent definition): '
+                                      'use where=live, or define it first' % (req.domain, req.uri))
         before_xml = persistent_xml(dom)
         defn = DomainDefinition(before_xml)
         slots = slot_requests(req.devices, req.companions, self.sysfs if req.state == 'present' else None,

@@ -13,6 +13,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt impo
     DeviceNotFound,
     DeviceShared,
     DomainNotFound,
+    DomainNotPersistent,
     DomainNotRunning,
     HostdevBackend,
     LibvirtUnreachable,
@@ -216,3 +217,16 @@ def test_where_both_on_a_stopped_domain_changes_the_definition_and_warns(conn, t
     assert res['changed'] is True and res['live'] == []
     assert any('is not running: only its persistent definition was changed' in w for w in warnings)
 
+
+
+def test_transient_domain_takes_live_changes_only(conn, trees) -> None:
+    name = 'transient%d' % next(_names)
+    dom = conn.createXML(DOMAIN.format(name=name), 0)
+    try:
+        with pytest.raises(DomainNotPersistent, match=r"domain '%s' .* is transient.*where=live" % name):
+            run(conn, trees['workstation'], domain=name, devices=['01:00.0'])
+        # Reading the assignments (no devices) works on any domain.
+        res, _w = run(conn, trees['workstation'], domain=name, devices=[])
+        assert res['changed'] is False
+    finally:
+        dom.destroy()
