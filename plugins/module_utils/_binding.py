@@ -335,6 +335,11 @@ class Binder:
         for name in self.sysfs.listdir(dev.attr('drm')):
             if name.startswith('card') or name.startswith('renderD'):
                 nodes.add('/dev/dri/%s' % name)
+        for card in self.sysfs.listdir(dev.attr('sound')):  # ALSA nodes of an HDMI/DP audio function
+            if card.startswith('card'):
+                for name in self.sysfs.listdir(os.path.join(dev.attr('sound'), card)):
+                    if name.startswith(('controlC', 'pcmC', 'hwC')):
+                        nodes.add('/dev/snd/%s' % name)
         if dev.driver == 'nvidia':
             minor = self._nvidia_minor(dev)
             if minor is not None:

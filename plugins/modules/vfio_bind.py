@@ -23,8 +23,8 @@ description:
     the kernel's default driver (override cleared, then probed). Group members the journal says moved together with
     a listed device are restored with it.
   - Refuses unsafe work by default, each time naming the device and what to do; the boot VGA device
-    (O(allow_boot_vga)), a device in use (O(allow_in_use)) by processes holding its C(/dev/dri) nodes,
-    C(/dev/nvidiaN) or C(/dev/vfio/<group>), or by running libvirt domains (asked read-only only when O(sysfs_root)
+    (O(allow_boot_vga)), a device in use (O(allow_in_use)) by processes holding its C(/dev/dri) nodes, its
+    ALSA nodes (C(/dev/snd/pcmC*)), C(/dev/nvidiaN) or C(/dev/vfio/<group>), or by running libvirt domains (asked read-only only when O(sysfs_root)
     is C(/sys), libvirt-python is installed and C(qemu:///system) answers), a device without IOMMU group, an SR-IOV
     physical function with virtual functions enabled, and the parent of live mediated devices.
   - Every kernel write is bounded by O(timeout). A write that does not return (a driver stuck in its probe holds the

@@ -96,6 +96,23 @@ def test_holders_named_in_the_refusal(tmp_path: Path, address: str, holder: str)
     assert holder in str(info.value) and 'allow_in_use' in str(info.value)
 
 
+def test_sound_server_holding_the_audio_function_is_a_holder(tmp_path: Path) -> None:
+    sysfs = static(tmp_path, 'workstation')
+    card = sysfs.sys('bus/pci/devices/0000:01:00.1/sound/card1')
+    for node in ('controlC1', 'pcmC1D3p', 'hwC1D0'):
+        os.makedirs(os.path.join(card, node))
+    fd_dir = sysfs.proc('2718', 'fd')
+    os.makedirs(fd_dir)
+    with open(sysfs.proc('2718', 'comm'), 'w', encoding='utf-8') as fh:
+        fh.write('pipewire\n')
+    os.symlink('/dev/snd/pcmC1D3p', os.path.join(fd_dir, '30'))
+    os.symlink('/dev/snd/pcmC0D0p', os.path.join(fd_dir, '31'))  # another card: not a holder
+    with pytest.raises(BindingRefused) as info:
+        binder(sysfs, tmp_path).plan(['0000:01:00.0', '0000:01:00.1'])
+    assert '0000:01:00.1 is in use: 2718 (pipewire) /dev/snd/pcmC1D3p' in str(info.value)
+    assert 'pcmC0D0p' not in str(info.value)
+
+
 def test_restore_of_a_group_a_vm_holds_is_refused(tmp_path: Path) -> None:
     sysfs = static(tmp_path, 'in_use')
     with pytest.raises(BindingRefused) as info:
