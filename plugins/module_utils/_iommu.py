@@ -111,12 +111,19 @@ def intel_ecap_ir(sysfs: Sysfs, units: list[str]) -> bool | None:
     return True if seen else None
 
 
+def interrupts_remapped(sysfs: Sysfs) -> bool:
+    """True when /proc/interrupts lists an interrupt of the remapping domain (``IR-`` chips)."""
+    text = sysfs.read(sysfs.proc('interrupts'), default='')
+    return ' IR-' in text
+
+
 def interrupt_remapping(sysfs: Sysfs, units: list[str], cmdline: str) -> bool | None:
     """Whether interrupt remapping is on, as far as sysfs and the command line tell.
 
-    Intel: the DMAR units' ecap IR bit, unless the command line turns it off.
-    AMD: an IVHD unit implies remapping unless the command line turns it off.
-    None when there is no IOMMU unit to judge from.
+    Off when the command line turns it off.  On when /proc/interrupts shows
+    interrupt chips of the remapping domain (``IR-PCI-MSI``, ``IR-IO-APIC``).
+    Otherwise, Intel: the DMAR units' ecap IR bit; AMD: an IVHD unit implies
+    remapping.  None when there is no IOMMU unit to judge from.
     """
     kind = iommu_type(units)
     if kind is None:
@@ -124,6 +131,8 @@ def interrupt_remapping(sysfs: Sysfs, units: list[str], cmdline: str) -> bool | 
     tokens = cmdline.split()
     if any(t in tokens for t in _IR_OFF_TOKENS):
         return False
+    if interrupts_remapped(sysfs):
+        return True
     if kind == 'intel':
         return intel_ecap_ir(sysfs, units)
     if kind == 'amd':

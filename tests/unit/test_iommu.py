@@ -91,3 +91,17 @@ def test_hgx_switch_ports_are_not_offenders(roots: dict) -> None:
         gpus = {m.address for m in members if m.class_code >> 8 == 0x0302}
         if gpus:
             assert offending_members(members, gpus) == []
+
+
+def test_interrupt_remapping_from_proc_interrupts(tmp_path: Path) -> None:
+    topo = simkernel.load_topology('workstation')
+    topo['iommu']['interrupt_remapping'] = False  # the ecap alone would say no
+    root = simkernel.materialize(topo, str(tmp_path))
+    s = Sysfs(root)
+    assert interrupt_remapping(s, ['dmar0'], '') is False
+    Path(s.proc('interrupts')).write_text(
+        '            CPU0       CPU1\n  0:         35          0   IO-APIC    2-edge      timer\n'
+        ' 24:          0        112  IR-PCI-MSI-0000:00:17.0    0-edge      ahci[0000:00:17.0]\n')
+    assert interrupt_remapping(s, ['dmar0'], '') is True
+    assert interrupt_remapping(s, ['dmar0'], 'intremap=off') is False
+    assert interrupt_remapping(s, [], '') is None
