@@ -218,7 +218,6 @@ def test_where_both_on_a_stopped_domain_changes_the_definition_and_warns(conn, t
     assert any('is not running: only its persistent definition was changed' in w for w in warnings)
 
 
-
 def test_transient_domain_takes_live_changes_only(conn, trees) -> None:
     name = 'transient%d' % next(_names)
     dom = conn.createXML(DOMAIN.format(name=name), 0)
