@@ -250,6 +250,7 @@ class Binder:
         self._fds: Optional[List[Tuple[int, str]]] = None
         self._domains: Optional[Dict[PciAddress, List[str]]] = None
         self._devices: Dict[PciAddress, PciDevice] = {}
+        self.applying = False
 
     # ---------------------------------------------------------------- targets
     def device(self, address: PciAddress) -> PciDevice:
@@ -502,11 +503,24 @@ class Binder:
                                          holders=held)
                 plan.warnings.append(msg + ': moving it anyway because allow_in_use is true.')
 
+    def results(self) -> List[Dict[str, Any]]:
+        """Per device of the last plan, sorted by address; once apply started, ``driver_after`` is what the
+        kernel shows now (after a failure: where the device really is)."""
+        out = []
+        for step in sorted(self.last_plan.steps if self.last_plan else [], key=lambda s: s.address):
+            res = step.as_result()
+            if self.applying:
+                res['driver_after'] = self._current(step.device) if self.sysfs.isdir(step.device.path) else None
+                res['changed'] = res['driver_after'] != res['driver_before']
+            out.append(res)
+        return out
+
     # ---------------------------------------------------------------- apply
     def apply(self, plan: Plan) -> Plan:
         changing = [s for s in plan.steps if s.changes]
         if not changing:
             return plan
+        self.applying = True
         if plan.state == 'present':
             self._ensure_driver(self.driver)
             for step in changing:

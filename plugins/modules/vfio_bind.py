@@ -161,7 +161,7 @@ devices:
       sample: nvidia
     driver_after:
       description: Driver bound after the task (planned in check mode; null on a restore without journal means the
-        kernel's default driver).
+        kernel's default driver). After a failure, the driver the device is really on.
       type: str
       sample: vfio-pci
     changed:
@@ -244,12 +244,12 @@ def main() -> None:
             binder.apply(plan)
     except BindingError as exc:
         result.update(exc.details)
-        if binder is not None and binder.last_plan is not None:
-            result['devices'] = sorted((s.as_result() for s in binder.last_plan.steps), key=lambda d: d['address'])
+        if binder is not None:
+            result['devices'] = binder.results()
         module.fail_json(msg=str(exc), **result)
 
     result['changed'] = plan.changed
-    result['devices'] = sorted((s.as_result() for s in plan.steps), key=lambda d: d['address'])
+    result['devices'] = binder.results()
     if module._diff and plan.changed:
         result['diff'] = plan.diff()
     module.exit_json(**result)

@@ -251,6 +251,9 @@ def test_mid_group_failure_rolls_back_and_leaves_nothing_changed(workstation: Ke
     assert k.driver(AUDIO) == 'snd_hda_intel' and k.driver(GPU) == 'nvidia'
     assert k.snapshot() == before
     assert not os.path.exists(k.journal)
+    # the result says where the devices really are
+    assert {d['address']: (d['driver_after'], d['changed']) for d in res['devices']} == {
+        GPU: ('nvidia', False), AUDIO: ('snd_hda_intel', False)}
 
 
 def test_wrong_driver_on_probe_is_rolled_back(workstation: Kernel) -> None:
