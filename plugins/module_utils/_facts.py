@@ -307,29 +307,18 @@ class GpuFacts:
             node = '/dev/vfio/%d' % group
             for pid, name in holders.get(node, []):
                 in_use.append('%s (group %d) is open by process %d (%s)' % (node, group, pid, name))
-        reasons: list[str] = []
+        boot = '%s is the boot VGA device (the host console runs on it)' % dev.address
         if unusable:
-            state = 'unusable'
-            reasons = unusable
-        elif dev.boot_vga:
-            state = 'boot-vga'
-            reasons = ['%s is the boot VGA device (the host console runs on it)' % dev.address]
-        elif in_use:
-            state = 'in-use'
-        elif dev.driver in VFIO_DRIVERS:
-            state = 'vfio-ready'
-            reasons = ['%s is bound to %s' % (dev.address, dev.driver)]
-        else:
-            state = 'available'
-            reasons = ['%s is %s and its group can be handed to a VM'
-                       % (dev.address, 'on %s' % dev.driver if dev.driver else 'without a driver')]
-        if state != 'unusable':
-            reasons = reasons + in_use if state != 'in-use' else in_use
-        else:
-            if dev.boot_vga:
-                reasons.append('%s is the boot VGA device' % dev.address)
-            reasons.extend(in_use)
-        return state, reasons
+            # every other reason too, so one look tells all that stands in the way
+            return 'unusable', unusable + ([boot] if dev.boot_vga else []) + in_use
+        if dev.boot_vga:
+            return 'boot-vga', [boot] + in_use
+        if in_use:
+            return 'in-use', in_use
+        if dev.driver in VFIO_DRIVERS:
+            return 'vfio-ready', ['%s is bound to %s' % (dev.address, dev.driver)]
+        return 'available', ['%s is %s and its group can be handed to a VM'
+                             % (dev.address, 'on %s' % dev.driver if dev.driver else 'without a driver')]
 
 
 def _override(text: str | None) -> str | None:

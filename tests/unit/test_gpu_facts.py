@@ -330,3 +330,9 @@ def test_unreadable_attribute_fails_naming_it(tmp_path: Path) -> None:
     assert 'vendor' in str(info.value) and '0000:01:00.0' in str(info.value)
     rc, out = run_module('gpu_facts', {'sysfs_root': root}, tmp_path)
     assert rc != 0 and '0000:01:00.0/vendor' in out['msg']
+
+
+def test_unusable_lists_every_obstacle(facts: dict) -> None:
+    reasons = gpu(facts['iommu_off'], '0000:01:00.0')['state_reasons']
+    assert 'IOMMU is off' in reasons[0] and 'intel_iommu=on' in reasons[0]
+    assert any('boot VGA' in r for r in reasons[1:])
