@@ -119,7 +119,7 @@ def cmdline_findings(cmdline: str, cpu_vendor: str) -> list[Finding]:
                                                                       else 'amd_iommu=off')
         out.append(Finding('iommu_disabled_on_cmdline', 'the kernel command line has %s: the IOMMU is disabled' % token,
                            'remove %s (kernel_cmdline module, remove: [%s]) and reboot'
-                           % (token, token.split('=')[0])))
+                           % (token, token.split('=', maxsplit=1)[0])))
     if intel and amd:
         out.append(Finding('cmdline_contradiction',
                            'the kernel command line has both intel_iommu=%s and amd_iommu=%s'
