@@ -470,7 +470,10 @@ def _operations(kernel: SimKernel) -> Any:
             return 0
 
         def utimens(self, path: str, times: Any = None) -> int:
-            os.utime(kernel.b(path), ns=times, follow_symlinks=False) if times else os.utime(kernel.b(path))
+            if times:
+                os.utime(kernel.b(path), ns=times, follow_symlinks=False)
+            else:
+                os.utime(kernel.b(path))
             return 0
 
         def flush(self, path: str, fh: Any) -> int:
