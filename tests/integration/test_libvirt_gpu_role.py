@@ -147,3 +147,17 @@ def test_role_refuses_a_missing_domain_and_missing_facts(run_playbook, env, daem
     assert proc.returncode != 0
     failed = [t for t in playbook_json(proc)['tasks'] if t['status'] == 'failed']
     assert 'run fleetgpu.passthrough.gpu_facts' in failed[0]['result']['msg']
+
+
+def test_role_gathers_the_facts_itself_when_the_play_has_not(run_playbook, env, daemon) -> None:
+    """restore.yml runs the role with state absent in a play that never ran gpu_facts."""
+    attach = run_playbook(play(), extra_vars=role_vars(env, daemon, [REQUESTS[2]]))
+    assert attach.returncode == 0, attach.stdout + attach.stderr
+    assert sources(daemon, 'gpu-desk') == ['0000:14:00.0']
+    no_facts = role_vars(env, daemon, [REQUESTS[2]], libvirt_gpu_state='absent')
+    del no_facts['libvirt_gpu_facts']
+    proc = run_playbook(play(), extra_vars=no_facts)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    gathered = [t for t in playbook_json(proc)['tasks'] if 'Gather the GPU facts' in t['task']]
+    assert gathered and gathered[0]['status'] == 'ok'
+    assert sources(daemon, 'gpu-desk') == []
