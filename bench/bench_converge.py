@@ -1,0 +1,88 @@
+#!/usr/bin/env python3
+"""Converge figures on a real kernel: the main job (playbooks/site.yml) on a QEMU test host.
+
+Boots an ``intel`` test host (tests/testbed/launch.py), defines the VM ``gpu-vm`` in it, runs
+site.yml twice through the repository inventory (inventories/testbed) and prints, for the
+first converge and for the second (no-op) one: tasks run, tasks changed, reboots, wall time.
+Prints figures only; asserts nothing about time. The host is always stopped.
+
+    .venv/bin/python bench/bench_converge.py [--topology intel|amd]
+
+Needs root, qemu and the collection installed (bash scripts/install-collection.sh).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'tests' / 'testbed'))
+import launch  # noqa: E402
+
+
+def boots(host: launch.TestHost) -> int:
+    return len(host.ssh(['cat', '/var/lib/fleetgpu-testbed/boots']).stdout.splitlines())
+
+
+def converge(host: launch.TestHost, inventory: Path) -> Dict[str, float]:
+    env = dict(os.environ)
+    env.update({
+        'ANSIBLE_COLLECTIONS_PATH': str(REPO / '.cache' / 'collections'),
+        'ANSIBLE_CALLBACK_PLUGINS': str(REPO / 'tests' / 'callback_plugins'),
+        'ANSIBLE_STDOUT_CALLBACK': 'fleetgpu_json',
+        'ANSIBLE_HOST_KEY_CHECKING': 'False',
+        'ANSIBLE_NOCOLOR': '1',
+    })
+    bin_dir = REPO / '.venv' / 'bin'
+    cmd = [str(bin_dir / 'ansible-playbook') if bin_dir.exists() else 'ansible-playbook',
+           '-i', str(REPO / 'inventories' / 'testbed'), '-i', str(inventory), '-l', host.name,
+           str(REPO / 'playbooks' / 'site.yml')]
+    b0 = boots(host)
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=2400)
+    wall = time.monotonic() - t0
+    start = proc.stdout.find('{"tasks"')
+    if proc.returncode != 0 or start < 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-2000:])
+        raise SystemExit('site.yml failed (exit %d)' % proc.returncode)
+    doc = json.JSONDecoder().raw_decode(proc.stdout[start:])[0]
+    stats = doc['stats'][host.name]
+    tasks = [t for t in doc['tasks'] if t['host'] == host.name and t['status'] != 'skipped']
+    return {'tasks': len(tasks), 'changed': stats['changed'], 'reboots': boots(host) - b0, 'wall_s': wall}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--topology', default='intel', choices=['intel', 'amd'])
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix='fleetgpu-bench-') as tmp:
+        host = launch.TestHost('testbed-%s' % args.topology, topology=args.topology, run_dir=Path(tmp) / 'run')
+        try:
+            t0 = time.monotonic()
+            host.start(wait=True)
+            boot_s = time.monotonic() - t0
+            xml = (REPO / 'molecule' / 'shared' / 'files' / 'gpu-vm.xml').read_text()
+            subprocess.run(host.ssh_command(['virsh', '-q', '-c', 'qemu:///system', 'define', '/dev/stdin']),
+                           input=xml, text=True, check=True, capture_output=True, timeout=120)
+            inventory = Path(tmp) / 'inventory.yml'
+            host.write_inventory(inventory, group='gpu_hosts')
+            first = converge(host, inventory)
+            second = converge(host, inventory)
+        finally:
+            host.stop()
+    print('test host %s: boot to SSH %.0f s' % (args.topology, boot_s))
+    print('%-18s %6s %8s %8s %9s' % ('converge', 'tasks', 'changed', 'reboots', 'wall'))
+    for name, fig in (('first', first), ('second (no-op)', second)):
+        print('%-18s %6d %8d %8d %8.0fs' % (name, fig['tasks'], fig['changed'], fig['reboots'], fig['wall_s']))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
