@@ -101,6 +101,11 @@ class Sysfs:
             fd = os.open(path, os.O_RDONLY)
             try:
                 data = os.read(fd, 65536)
+                if len(data) == 65536:  # a large file (/proc/cpuinfo of a big host): read to the end
+                    chunks = [data]
+                    while chunks[-1]:
+                        chunks.append(os.read(fd, 1 << 20))
+                    data = b''.join(chunks)
             finally:
                 os.close(fd)
         except OSError as exc:

@@ -114,3 +114,14 @@ def test_fd_targets(tmp_path: Path) -> None:
     targets = s.fd_targets()
     assert (1342, '/dev/dri/card1') in targets and (3107, '/dev/vfio/20') in targets
     assert s.process_name(1342) == 'Xorg' and s.process_name(99999) == '?'
+
+
+def test_large_file_is_read_whole(tmp_path: Path) -> None:
+    big = tmp_path / 'proc' / 'cpuinfo'
+    big.parent.mkdir()
+    text = ''.join('processor\t: %d\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vmx sse%s\n\n' % (i, ' x' * 200)
+                   for i in range(256))
+    big.write_text(text + 'last line\n')
+    s = Sysfs(str(tmp_path / 'sys'))
+    assert len(text) > 65536
+    assert s.read(str(big)).endswith('last line')
