@@ -201,3 +201,24 @@ def test_failed_bootloader_update_stops_before_reboot(run_playbook, host: Host) 
     assert 'update-grub failed' in failed[0]['result']['msg']
     assert not (host.root / 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg').exists()
     assert not [t for t in doc['tasks'] if t['action'] == 'ansible.builtin.reboot']
+
+
+def test_site_and_restore_playbooks(run_playbook, host: Host, tmp_path: Path) -> None:
+    """playbooks/site.yml then restore.yml on a gpu_hosts inventory, rolling; site twice is changed=0."""
+    repo = Path(__file__).resolve().parents[2]
+    inventory = tmp_path / 'inventory.ini'
+    inventory.write_text('[gpu_hosts]\nlocalhost ansible_connection=local\n')
+    ev = host.vars(fleetgpu_serial=1, fleetgpu_max_fail_percentage=0)
+    site = run_playbook(repo / 'playbooks' / 'site.yml', extra_vars=ev, inventory=str(inventory), env=host.env())
+    doc = playbook_json(site)
+    assert site.returncode == 0, [t for t in doc['tasks'] if t['status'] == 'failed']
+    names = [t['task'] for t in doc['tasks']]
+    assert any(n.startswith('Preflight') for n in names)
+    assert (host.root / 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg').exists()
+    assert host.commands() == ['update-initramfs -u -k all', 'update-grub']
+    again = run_playbook(repo / 'playbooks' / 'site.yml', extra_vars=ev, inventory=str(inventory), env=host.env())
+    assert again.returncode == 0 and _changed(playbook_json(again)) == 0
+    restore = run_playbook(repo / 'playbooks' / 'restore.yml', extra_vars=ev, inventory=str(inventory), env=host.env())
+    doc = playbook_json(restore)
+    assert restore.returncode == 0, [t['result'].get('msg') for t in doc['tasks'] if t['status'] == 'failed']
+    assert [p for p in host.snapshot() if 'fleetgpu' in p and not p.endswith('.fleetgpu.bak')] == []
