@@ -625,6 +625,12 @@ class Binder:
 
     def _restore(self, step: Step) -> None:
         self._move_back(step, step.driver_after, step.override_after)
+        if step.driver_after == self.driver:
+            raise BindingApplyError(
+                '%s: the journal has no driver for it, and the kernel probed %s again: that driver claims the device '
+                'by its ids (a "%s ids=" module option or a new_id). Remove those ids (modprobe.d, the kernel command '
+                'line) and reload %s, then run again.' % (step.address, self.driver, self.driver, self.driver),
+                device=str(step.address))
 
     def _move_back(self, step: Step, target: Optional[str], override: Optional[str]) -> None:
         """Put a device on ``target`` (None: whatever the kernel probes), then restore ``override``.

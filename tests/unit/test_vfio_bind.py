@@ -318,6 +318,18 @@ def test_restore_without_journal_uses_the_kernel_default(tmp_path: Path) -> None
         assert k.run(devices=[GPU, AUDIO], state='absent')['changed'] is False
 
 
+def test_restore_without_journal_fails_when_vfio_claims_the_ids(tmp_path: Path) -> None:
+    """vfio-pci loaded with ids=10de:2204 takes the GPU back on every probe: say so, do not loop."""
+    topo = topology('workstation', **{'01:00.0': {'driver': 'vfio-pci', 'default_driver': 'nvidia'},
+                                      '01:00.1': {'driver': 'vfio-pci', 'default_driver': 'snd_hda_intel'}})
+    with kernel_for(topo, tmp_path) as k:
+        with open(os.path.join(k.root, 'bus/pci/drivers/vfio-pci/new_id'), 'w', encoding='utf-8') as fh:
+            fh.write('10de 2204')
+        res = k.run(devices=[GPU, AUDIO], state='absent')
+        assert res['failed'] and GPU in res['msg'] and 'ids=' in res['msg'], res
+        assert k.driver(GPU) == 'vfio-pci'
+
+
 def test_rerun_after_a_crash_converges(workstation: Kernel) -> None:
     """A run died after journaling and unbinding the GPU: the next runs finish and restore."""
     k = workstation
