@@ -216,6 +216,7 @@ class PciIds:
         self.path = path if path is not None else next((p for p in PCI_IDS_PATHS if os.path.isfile(p)), None)
         self._text: str | None = None
         self._vendors: dict[str, tuple[str | None, int, int]] = {}
+        self._devices: dict[tuple[str, str], tuple[str | None, int, int]] = {}
 
     def _load(self) -> str:
         if self._text is None:
@@ -246,6 +247,13 @@ class PciIds:
 
     def _device_line(self, vendor_id: str, device_id: str) -> tuple[str | None, int, int]:
         """(name, end of the device line, end of its subsystem lines)."""
+        key = (vendor_id, device_id)
+        found = self._devices.get(key)
+        if found is None:
+            found = self._devices[key] = self._find_device_line(vendor_id, device_id)
+        return found
+
+    def _find_device_line(self, vendor_id: str, device_id: str) -> tuple[str | None, int, int]:
         _name, start, stop = self._vendor(vendor_id)
         if not stop:
             return None, 0, 0
@@ -316,9 +324,10 @@ class PciDevice:
         self.physfn = _address_or_none(s.link_name(self.attr('physfn')))
         totalvfs = s.read(self.attr('sriov_totalvfs'), default=None)
         self.sriov_totalvfs = int(totalvfs) if totalvfs and totalvfs.isdigit() else None
+        # virtfnN links exist only on a physical function with the SR-IOV capability
         self.virtfns = sorted(
             a for a in (_address_or_none(s.link_name(self.attr(n))) for n in s.listdir(self.path) if n.startswith('virtfn'))
-            if a is not None)
+            if a is not None) if self.sriov_totalvfs is not None else []
         self.mdev_types = s.listdir(self.attr('mdev_supported_types'))
 
     @property
