@@ -79,6 +79,8 @@ else
     for s in "${scenarios[@]}"; do
       limit=1800; [ "$s" = noiommu ] && limit=600
       molecule_scenario "$s" "$limit" &
+      # Molecule installs the collection under ~/.ansible when it starts: do not race it.
+      sleep 30
       running=$((running + 1))
       if [ "$running" -ge "$jobs" ]; then wait -n; running=$((running - 1)); fi
     done
