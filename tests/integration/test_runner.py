@@ -331,7 +331,9 @@ def test_site_bad_survey_answer_fails_validation(site) -> None:
     r = job.run('playbooks/site.yml', extravars={'vfio_host_reboot_ok': 'perhaps'}, limit='ws1')
     assert r.status == 'failed' and r.rc != 0
     failed = results(r, 'runner_on_failed')
-    assert failed and failed[0]['task_action'] in ('validate_argument_spec', 'ansible.builtin.validate_argument_spec')
+    assert failed, stdout(r)[-4000:]
+    assert failed[0]['task_action'] in ('validate_argument_spec', 'ansible.builtin.validate_argument_spec'), (
+        failed[0]['task_action'], failed[0]['res'].get('msg'))
     assert "vfio_host_reboot_ok" in failed[0]['res']['msg'] and 'bool' in failed[0]['res']['msg']
     assert hosts.snapshot() == before
 
