@@ -128,12 +128,15 @@ class PrivateLibvirtd:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise LibvirtdError('libvirtd exited with %s: %s' % (self.proc.returncode, self.log_tail()))
+                msg = 'libvirtd exited with %s: %s' % (self.proc.returncode, self.log_tail())
+                self.cleanup()
+                raise LibvirtdError(msg)
             if self.socket.exists() and self._answers():
                 return self
             time.sleep(0.2)
-        self.stop()
-        raise LibvirtdError('libvirtd did not answer on %s within %ss: %s' % (self.socket, timeout, self.log_tail()))
+        msg = 'libvirtd did not answer on %s within %ss: %s' % (self.socket, timeout, self.log_tail())
+        self.cleanup()
+        raise LibvirtdError(msg)
 
     def _account_binds(self) -> str:
         """libvirtd looks up its built-in QEMU user and group (libvirt-qemu, kvm) before it
