@@ -44,7 +44,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import
 
 def timed(func: Callable[[], object], runs: int) -> Tuple[float, float]:
     times: List[float] = []
-    for _ in range(runs):
+    for _run in range(runs):
         start = time.perf_counter()
         func()
         times.append((time.perf_counter() - start) * 1000.0)
@@ -52,7 +52,7 @@ def timed(func: Callable[[], object], runs: int) -> Tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--runs', type=int, default=5)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix='bench-vfio-bind-')
@@ -86,7 +86,7 @@ def main() -> int:
 
             binds: List[float] = []
             restores: List[float] = []
-            for _ in range(args.runs):
+            for _run in range(args.runs):
                 for state, sink in (('present', binds), ('absent', restores)):
                     b = Binder(sysfs, journal_path=journal, state=state, include_group=True, allow_in_use=True)
                     start = time.perf_counter()
