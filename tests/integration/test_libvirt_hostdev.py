@@ -246,3 +246,40 @@ def test_missing_python_libraries_are_named(run_playbook) -> None:
     task = results(proc)[0]
     assert task['status'] == 'ignored'
     assert 'Failed to import the required Python library (libvirt-python)' in task['result']['msg']
+
+
+@pytest.mark.parametrize('machine,guest_address,expected', [
+    # A chosen guest slot on a bus that does not exist yet: libvirt adds the controllers.
+    ('q35', '0000:09:00.0', ['0000:09:00.0', '0000:09:00.1']),
+    # i440fx: the lowest free slot of bus 0 (1-3 hold the ISA bridge, the video card, ...).
+    ('pc', None, None),
+])
+def test_placement_is_accepted_by_libvirt(daemon, workstation, machine: str, guest_address: str | None,
+                                          expected: list[str] | None) -> None:
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import HostdevBackend, Request
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
+    name = 'placement-%s' % machine
+    xml = private.domain_xml(name)
+    if machine == 'pc':
+        xml = xml.replace('machine="q35"', 'machine="pc"').replace('<controller type="pci" model="pcie-root"/>', '')
+    daemon.define(name, xml)
+    try:
+        request = Request(domain=name, uri=daemon.uri, devices=[PciAddress.parse('01:00.0')],
+                          guest_address=PciAddress.parse(guest_address) if guest_address else None)
+        first = HostdevBackend(request, Sysfs(workstation)).run(False)
+        again = HostdevBackend(request, Sysfs(workstation)).run(False)
+        assert first['changed'] is True and again['changed'] is False
+        got = [(h['guest_address'], h['multifunction']) for h in again['hostdevs']]
+        if expected:
+            assert [g for g, _m in got] == expected
+        else:
+            assert got[0][0].startswith('0000:00:') and got[0][0].endswith('.0')
+            assert got[1][0] == got[0][0][:-1] + '1'
+        assert [m for _g, m in got] == [True, False]
+    finally:
+        conn = daemon.connect()
+        try:
+            conn.lookupByName(name).undefine()
+        finally:
+            conn.close()
