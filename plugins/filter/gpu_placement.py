@@ -17,7 +17,8 @@ description:
   - Only GPUs in state C(available) or C(vfio-ready) are handed out, never the boot GPU, never a GPU
     that another domain holds. A domain keeps the GPUs it already has when they fit its request, so a
     second run resolves to the same devices.
-  - GPUs on the NUMA node a request names come first.
+  - GPUs on the NUMA node a request names come first; without one, GPUs on the nodes the domain's
+    memory is pinned to (O(numa)).
   - When the host cannot satisfy every request, the filter fails before anything changes and says,
     per request, what was asked and how many GPUs of which kind are free.
 options:
@@ -34,6 +35,12 @@ options:
     required: true
   assignments:
     description: Host PCI address -> names of the domains that hold it (the C(assignments) return value of M(fleetgpu.passthrough.libvirt_hostdev)).
+    type: dict
+    default: {}
+  numa:
+    description:
+      - Domain name -> host NUMA nodes its memory is pinned to (the C(numa_nodes) return value of
+        M(fleetgpu.passthrough.libvirt_hostdev)). Used for requests without C(numa_node).
     type: dict
     default: {}
   state:
@@ -205,7 +212,8 @@ def _usable(gpu: dict) -> bool:
     return gpu.get('state') in USABLE_STATES and not gpu.get('boot_vga')
 
 
-def place(facts: dict, domains: list, assignments: dict | None = None, state: str = 'present') -> list[dict]:
+def place(facts: dict, domains: list, assignments: dict | None = None, state: str = 'present',
+          numa: dict | None = None) -> list[dict]:
     if not isinstance(facts, dict) or not isinstance(facts.get('gpus'), list):
         raise PlacementRequestError('the GPU facts have no gpus list: run fleetgpu.passthrough.gpu_facts first '
                                     '(or pass its result as libvirt_gpu_facts)')
@@ -247,7 +255,8 @@ def place(facts: dict, domains: list, assignments: dict | None = None, state: st
         kept = [g['address'] for g in own if req.fits(g)][:req.count]
         need = req.count - len(kept)
         pool = [g for g in gpus if g['address'] not in taken and _usable(g) and req.fits(g)]
-        pool.sort(key=lambda g: (req.numa_node is not None and g.get('numa_node') != req.numa_node, g['address']))
+        preferred = {req.numa_node} if req.numa_node is not None else set((numa or {}).get(req.name) or [])
+        pool.sort(key=lambda g: (bool(preferred) and g.get('numa_node') not in preferred, g['address']))
         added = [g['address'] for g in pool[:max(need, 0)]]
         if len(added) < need and not req.addresses:
             problems.append('domain %r asks for %s but only %d can be given (%d already its own); %s'
@@ -260,9 +269,10 @@ def place(facts: dict, domains: list, assignments: dict | None = None, state: st
     return out
 
 
-def gpu_placement(facts: dict, domains: list, assignments: dict | None = None, state: str = 'present') -> list[dict]:
+def gpu_placement(facts: dict, domains: list, assignments: dict | None = None, state: str = 'present',
+                  numa: dict | None = None) -> list[dict]:
     try:
-        return place(facts, domains, assignments, state)
+        return place(facts, domains, assignments, state, numa)
     except PlacementRequestError as exc:
         raise AnsibleFilterError(str(exc)) from None
 

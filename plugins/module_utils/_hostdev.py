@@ -208,6 +208,13 @@ class DomainDefinition:
                     out.append(dev)
         return out
 
+    def numa_nodes(self) -> list[int]:
+        """Host NUMA nodes the domain's memory is pinned to (``<numatune><memory nodeset=...>``)."""
+        mem = self.root.find('numatune/memory')
+        if mem is None or not mem.get('nodeset'):
+            return []
+        return parse_nodeset(mem.get('nodeset'))
+
     def sources(self) -> list[PciAddress]:
         return sorted(h.source for h in self.hostdevs() if h.source is not None)
 
@@ -380,6 +387,21 @@ class DomainDefinition:
             dev.elem.getparent().remove(dev.elem)  # type: ignore[attr-defined]
             changes.append(Change(addr, 'removed', guest))
         return changes
+
+
+def parse_nodeset(text: str) -> list[int]:
+    """libvirt's nodeset syntax: ``0-3,^2,5`` -> [0, 1, 3, 5]; unparsable parts are ignored."""
+    include: set[int] = set()
+    exclude: set[int] = set()
+    for part in text.replace(' ', '').split(','):
+        target = include
+        if part.startswith('^'):
+            target, part = exclude, part[1:]
+        low, _sep, high = part.partition('-')
+        if not low.isdigit() or (high and not high.isdigit()):
+            continue
+        target.update(range(int(low), int(high or low) + 1))
+    return sorted(include - exclude)
 
 
 def hostdev_xml(source: PciAddress, managed: bool, rom: RomSpec | None = None) -> str:

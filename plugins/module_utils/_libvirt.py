@@ -293,6 +293,7 @@ class HostdevBackend:
             'live': live,
             'power': power,
             'hostdevs': [h.to_dict() for h in DomainDefinition(after_xml).hostdevs()],
+            'numa_nodes': DomainDefinition(after_xml).numa_nodes(),
             'assignments': shared,
             'diff': {
                 'before': canonical_xml(before_xml),

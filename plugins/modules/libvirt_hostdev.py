@@ -202,6 +202,12 @@ hostdevs:
   elements: dict
   sample:
     - {address: "0000:41:00.0", guest_address: "0000:07:00.0", managed: false, multifunction: true, rom: null}
+numa_nodes:
+  description: Host NUMA nodes the domain's memory is pinned to (C(<numatune>)), empty when not pinned.
+  returned: success
+  type: list
+  elements: int
+  sample: [1]
 assignments:
   description: Host PCI address -> names of the domains at O(uri) that hold it (before the change).
   returned: success

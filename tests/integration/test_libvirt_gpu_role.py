@@ -161,3 +161,17 @@ def test_role_gathers_the_facts_itself_when_the_play_has_not(run_playbook, env, 
     gathered = [t for t in playbook_json(proc)['tasks'] if 'Gather the GPU facts' in t['task']]
     assert gathered and gathered[0]['status'] == 'ok'
     assert sources(daemon, 'gpu-desk') == []
+
+
+def test_role_prefers_the_numa_node_the_domain_is_pinned_to(run_playbook, env, daemon) -> None:
+    pinned = private.domain_xml('gpu-infer').replace(
+        '<devices>', '<numatune><memory mode="strict" nodeset="1"/></numatune><devices>')
+    conn = daemon.connect()
+    try:
+        conn.lookupByName('gpu-infer').undefine()
+    finally:
+        conn.close()
+    daemon.define('gpu-infer', pinned)
+    proc = run_playbook(play(), extra_vars=role_vars(env, daemon, [{'name': 'gpu-infer', 'gpus': {'count': 1}}]))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sources(daemon, 'gpu-infer') == ['0000:83:00.0']

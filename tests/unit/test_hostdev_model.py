@@ -13,6 +13,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     canonical_xml,
     hostdev_sources,
     hostdev_xml,
+    parse_nodeset,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
 
@@ -200,3 +201,13 @@ def test_standalone_hostdev_xml_and_sources() -> None:
     assert elem.find('source/address').attrib == {'domain': '0x0000', 'bus': '0x41', 'slot': '0x00', 'function': '0x1'}
     assert elem.find('rom').get('bar') == 'off'
     assert hostdev_sources(Q35.format(extra=hostdev('41:00.1'))) == [A('41:00.1')]
+
+
+@pytest.mark.parametrize('nodeset,expected', [
+    ('1', [1]), ('0-3', [0, 1, 2, 3]), ('0-3,^2', [0, 1, 3]), ('0,2', [0, 2]), ('x,1', [1]), ('', []),
+])
+def test_numa_nodes_of_the_domain(nodeset: str, expected: list[int]) -> None:
+    assert parse_nodeset(nodeset) == expected
+    xml = Q35.format(extra='').replace('<devices>', "<numatune><memory mode='strict' nodeset='%s'/></numatune><devices>" % nodeset)
+    assert DomainDefinition(xml).numa_nodes() == expected
+    assert q35().numa_nodes() == []

@@ -115,3 +115,16 @@ def test_missing_facts_say_how_to_get_them() -> None:
 
 def test_filter_is_registered() -> None:
     assert FilterModule().filters()['gpu_placement'] is gpu_placement
+
+
+@pytest.mark.parametrize('request_numa,pinned,expected', [
+    (None, {}, ['0000:01:00.0']),
+    (None, {'a': [1]}, ['0000:41:00.0']),
+    (None, {'a': [0, 1]}, ['0000:01:00.0']),
+    (0, {'a': [1]}, ['0000:01:00.0']),  # the request's own numa_node wins
+])
+def test_domain_pinning_is_the_numa_preference_when_the_request_names_none(request_numa, pinned, expected) -> None:
+    entry = {'name': 'a', 'gpus': {'count': 1}}
+    if request_numa is not None:
+        entry['numa_node'] = request_numa
+    assert devices(gpu_placement(FACTS, [entry], {}, 'present', pinned)) == {'a': expected}
