@@ -222,3 +222,34 @@ def test_site_and_restore_playbooks(run_playbook, host: Host, tmp_path: Path) ->
     doc = playbook_json(restore)
     assert restore.returncode == 0, [t['result'].get('msg') for t in doc['tasks'] if t['status'] == 'failed']
     assert [p for p in host.snapshot() if 'fleetgpu' in p and not p.endswith('.fleetgpu.bak')] == []
+
+
+@pytest.mark.skipif(not os.path.exists('/dev/fuse'), reason='needs /dev/fuse for the behaving simulated kernel')
+def test_runtime_bind_without_reboot_then_restore(run_playbook, tmp_path: Path) -> None:
+    """IOMMU already on and the arguments already live: the role binds now, verifies, needs no reboot;
+    a second converge (devices now on vfio-pci) is changed=0; absent gives the drivers back."""
+    from tests.sim import fusekernel
+
+    topo = simkernel.load_topology('identical_pair')
+    topo['kernel']['cmdline'] = 'BOOT_IMAGE=/boot/vmlinuz-%s root=/dev/vda1 ro quiet intel_iommu=on iommu=pt' % KERNEL
+    topo['kernel']['loaded'] = ['vfio', 'vfio_iommu_type1', 'vfio_pci', 'bochs', 'snd_hda_intel', 'ahci',
+                                'virtio_pci', 'lpc_ich', 'i801_smbus']
+    host = Host(tmp_path / 'h', 'identical_pair')
+    (host.bin / 'modprobe').write_text('#!/bin/sh\necho "modprobe $*" >> "$FLEETGPU_TEST_LOG"\nexit 0\n')
+    (host.bin / 'modprobe').chmod(0o755)
+    with fusekernel.simulated(topo, tmp_path / 'k') as sysfs_root:
+        host.sysfs = sysfs_root
+        devices = Path(sysfs_root) / 'bus/pci/devices'
+        doc = _run(run_playbook, host, (), vfio_host_runtime_bind=True)
+        assert _facts(doc)['reboot_required'] is False
+        for addr in ('0000:01:00.0', '0000:01:00.1'):
+            assert os.path.basename(os.readlink(devices / addr / 'driver')) == 'vfio-pci', addr
+        assert os.path.basename(os.readlink(devices / '0000:00:01.0' / 'driver')) == 'bochs-drm'
+        verify = [t for t in doc['tasks'] if t['task'].endswith('Fail with what is wrong')]
+        assert verify and verify[0]['status'] == 'ok'
+        # the configuration does not depend on where the drivers are now
+        doc = _run(run_playbook, host, (), vfio_host_runtime_bind=True)
+        assert _changed(doc) == 0, [t['task'] for t in doc['tasks'] if t['result'].get('changed')]
+        doc = _run(run_playbook, host, (), vfio_host_runtime_bind=True, vfio_host_state='absent')
+        assert os.path.basename(os.readlink(devices / '0000:01:00.0' / 'driver')) == 'bochs-drm'
+        assert os.path.basename(os.readlink(devices / '0000:01:00.1' / 'driver')) == 'snd_hda_intel'
