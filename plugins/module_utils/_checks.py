@@ -27,7 +27,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._iommu import
     describe,
     offending_members,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciDevice, class_name
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciDevice, class_name, list_addresses
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 
 EFI_GLOBAL_GUID = '8be4df61-93ca-11d2-aa0d-00e098032b8c'
@@ -58,6 +58,7 @@ FINDINGS = {
     'no_iommu_group': ERROR,
     'group_not_viable': ERROR,
     'boot_vga': WARNING,
+    'vfio_ids_capture_boot_vga': WARNING,
 }
 
 
@@ -144,6 +145,37 @@ def cmdline_findings(cmdline: str, cpu_vendor: str) -> list[Finding]:
     return out
 
 
+def vfio_ids(cmdline: str) -> list[tuple[str, str]]:
+    """(vendor, device) pairs of ``vfio-pci.ids=`` / ``vfio_pci.ids=`` on the command line."""
+    out: list[tuple[str, str]] = []
+    for key in ('vfio-pci.ids', 'vfio_pci.ids'):
+        for value in cmdline_values(cmdline, key):
+            parts = value.lower().split(':')
+            if len(parts) >= 2:
+                out.append((parts[0].zfill(4), parts[1].zfill(4)))
+    return out
+
+
+def vfio_ids_findings(sysfs: Sysfs, cmdline: str) -> list[Finding]:
+    """vfio-pci.ids that also match the boot VGA device: vfio-pci would take the host console."""
+    ids = vfio_ids(cmdline)
+    if not ids:
+        return []
+    out: list[Finding] = []
+    for addr in list_addresses(sysfs):
+        path = sysfs.sys('bus', 'pci', 'devices', str(addr))
+        if sysfs.read(path + '/boot_vga', default='0') != '1':
+            continue
+        dev = PciDevice.read(sysfs, addr)
+        if (dev.vendor_id, dev.device_id) in ids:
+            out.append(Finding('vfio_ids_capture_boot_vga',
+                               'vfio-pci.ids on the command line lists %s, which also matches the boot VGA device %s: '
+                               'vfio-pci would take the host console at the next boot' % (dev.vendor_device, addr),
+                               'bind per address instead (vfio_bind devices, driver_override) and remove %s from '
+                               'vfio-pci.ids' % dev.vendor_device))
+    return out
+
+
 class IommuCheck:
     def __init__(self, sysfs: Sysfs, devices: list | None = None) -> None:
         self.sysfs = sysfs
@@ -206,6 +238,7 @@ class IommuCheck:
             findings.append(Finding('secure_boot_enabled', 'Secure Boot is on: kernel modules must be signed '
                                     '(out-of-tree GPU drivers included)',
                                     'nothing to do for vfio-pci; sign or enroll keys for out-of-tree modules'))
+        findings.extend(vfio_ids_findings(s, iommu.cmdline))
         devices = []
         for addr in self.targets:
             devices.append(self._device(addr, iommu, findings))

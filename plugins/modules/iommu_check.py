@@ -14,7 +14,8 @@ description:
   - "Host checks: CPU virtualization flags (C(vmx)/C(svm)), IOMMU active (groups in C(/sys/kernel/iommu_groups),
     units in C(/sys/class/iommu)), interrupt remapping (Intel: the IR bit of each DMAR unit's C(ecap); AMD: an
     IVHD unit, unless the command line turns remapping off), IOMMU tokens of the running command line and their
-    contradictions (C(intel_iommu=off), both vendors' flags, C(amd_iommu=on) which is not a valid value), vfio-pci
+    contradictions (C(intel_iommu=off), both vendors' flags, C(amd_iommu=on) which is not a valid value),
+    C(vfio-pci.ids) that also match the boot VGA device, vfio-pci
     built in, installed or loaded, C(/dev/vfio/vfio), and Secure Boot where the EFI variable can be read."
   - "Device checks, for each address in O(devices): the device exists, has an IOMMU group, and its group is
     viable: every other member is one of O(devices), a function of the same slot, a bridge or PCIe port, or
@@ -53,6 +54,7 @@ options:
       - no_iommu_group
       - group_not_viable
       - boot_vga
+      - vfio_ids_capture_boot_vga
 extends_documentation_fragment:
   - fleetgpu.passthrough.sysfs
   - fleetgpu.passthrough.sysfs.INFO_MODULE

@@ -209,3 +209,18 @@ def test_module_bad_input(roots: dict, tmp_path: Path, args: dict, needle: str) 
 def test_module_bad_root(tmp_path: Path) -> None:
     rc, out = run_module({'sysfs_root': str(tmp_path / 'nowhere' / 'sys')}, tmp_path)
     assert rc != 0 and 'sysfs_root' in out['msg']
+
+
+@pytest.mark.parametrize('cmdline,expected', [
+    ('root=/dev/vda intel_iommu=on vfio-pci.ids=1234:1111', True),      # also the boot console's id
+    ('root=/dev/vda intel_iommu=on vfio_pci.ids=8086:293e,1234:1111', True),
+    ('root=/dev/vda intel_iommu=on vfio-pci.ids=8086:293e', False),
+    ('root=/dev/vda intel_iommu=on', False),
+])
+def test_vfio_ids_capturing_the_boot_console(tmp_path: Path, cmdline: str, expected: bool) -> None:
+    root = variant(tmp_path, 'identical_pair', kernel__cmdline=cmdline)
+    result = check(Sysfs(root))
+    found = [f for f in result['findings'] if f['name'] == 'vfio_ids_capture_boot_vga']
+    assert bool(found) is expected
+    if expected:
+        assert '0000:00:01.0' in found[0]['message'] and '1234:1111' in found[0]['message']
