@@ -27,7 +27,13 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._iommu import
     describe,
     offending_members,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciDevice, class_name, list_addresses
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
+    PciAddress,
+    PciDevice,
+    class_name,
+    list_addresses,
+    read_locked_attributes,
+)
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 
 EFI_GLOBAL_GUID = '8be4df61-93ca-11d2-aa0d-00e098032b8c'
@@ -59,6 +65,7 @@ FINDINGS = {
     'group_not_viable': ERROR,
     'boot_vga': WARNING,
     'vfio_ids_capture_boot_vga': WARNING,
+    'device_stuck': ERROR,
 }
 
 
@@ -242,6 +249,7 @@ class IommuCheck:
         devices = []
         for addr in self.targets:
             devices.append(self._device(addr, iommu, findings))
+        self._stuck_devices(devices, findings)
         errors = [f for f in findings if f.severity == ERROR]
         return {
             'host': host,
@@ -250,10 +258,27 @@ class IommuCheck:
             'ready': not errors,
         }
 
+    def _stuck_devices(self, devices: list[dict], findings: list[Finding]) -> None:
+        """Targets whose device lock does not answer (a driver stuck in its probe), in one bounded batch."""
+        present = [PciDevice(self.sysfs, PciAddress.parse(d['address'])) for d in devices if d['exists']]
+        if not present:
+            return
+        _values, stuck = read_locked_attributes(self.sysfs, present, names=('driver_override',))
+        for entry in devices:
+            names = stuck.get(PciAddress.parse(entry['address']))
+            entry['stuck'] = names or []
+            if names:
+                findings.append(Finding('device_stuck', '%s did not answer within %gs (%s): its device lock is held, '
+                                        'probably by a driver stuck in its probe' % (entry['address'],
+                                                                                     self.sysfs.timeout,
+                                                                                     ', '.join(names)),
+                                        'keep that driver from binding (modprobe.blacklist=<driver> on the kernel '
+                                        'command line) and reboot; nothing can unbind it while it is stuck'))
+
     def _device(self, addr: PciAddress, iommu: HostIommu, findings: list[Finding]) -> dict:
         s = self.sysfs
         entry: dict = {'address': str(addr), 'exists': False, 'iommu_group': None, 'viable': False,
-                       'offending_members': [], 'driver': None}
+                       'offending_members': [], 'driver': None, 'stuck': []}
         if not s.isdir(s.sys('bus', 'pci', 'devices', str(addr))):
             findings.append(Finding('device_not_found', 'device %s given in devices does not exist on this host'
                                     % addr, 'check the address with gpu_facts (ansible_facts.gpu_passthrough.gpus)'))

@@ -20,6 +20,8 @@ description:
   - "Device checks, for each address in O(devices): the device exists, has an IOMMU group, and its group is
     viable: every other member is one of O(devices), a function of the same slot, a bridge or PCIe port, or
     already on vfio-pci. Offending members are named."
+  - A target whose C(driver_override) does not answer within O(timeout) (a driver stuck in its probe holds the
+    device lock) is reported as C(device_stuck); the read runs in a separate process, so the task does not hang.
   - Each finding has a C(name), a C(severity) (error, warning, info), a C(message) and a C(remedy).
     O(fail_on) turns the named findings into a task failure whose message lists each problem and what to do.
 author:
@@ -55,6 +57,7 @@ options:
       - group_not_viable
       - boot_vga
       - vfio_ids_capture_boot_vga
+      - device_stuck
 extends_documentation_fragment:
   - fleetgpu.passthrough.sysfs
   - fleetgpu.passthrough.sysfs.INFO_MODULE
@@ -105,7 +108,7 @@ host:
   type: dict
 devices:
   description: One entry per address in O(devices) with C(address), C(exists), C(driver), C(iommu_group),
-    C(group_members), C(viable) and C(offending_members).
+    C(group_members), C(viable), C(offending_members) and C(stuck).
   returned: always
   type: list
   elements: dict

@@ -224,3 +224,14 @@ def test_vfio_ids_capturing_the_boot_console(tmp_path: Path, cmdline: str, expec
     assert bool(found) is expected
     if expected:
         assert '0000:00:01.0' in found[0]['message'] and '1234:1111' in found[0]['message']
+
+
+def test_stuck_target_is_reported_not_waited_for(tmp_path: Path) -> None:
+    root = simkernel.materialize('stuck', str(tmp_path / 's'))
+    result = check(Sysfs(root, timeout=0.5), ['0000:01:00.0', '0000:02:00.0'])
+    assert result['ready'] is False
+    stuck = [f for f in result['findings'] if f['name'] == 'device_stuck']
+    assert len(stuck) == 1 and '0000:01:00.0' in stuck[0]['message'] and 'blacklist' in stuck[0]['remedy']
+    by_addr = {d['address']: d for d in result['devices']}
+    assert by_addr['0000:01:00.0']['stuck'] == ['driver_override']
+    assert by_addr['0000:02:00.0']['stuck'] == []
