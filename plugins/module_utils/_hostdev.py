@@ -72,13 +72,13 @@ def _set_addr(elem: object, addr: PciAddress, guest: bool) -> None:
 class RomSpec:
     """``<rom bar='on|off' file='...'/>`` of a hostdev; None fields are left as they are."""
 
-    def __init__(self, file: str | None = None, bar: bool | None = None) -> None:
+    def __init__(self, file: str | None = None, bar_on: bool | None = None) -> None:
         self.file = file
-        self.bar = bar
+        self.bar_on = bar_on
 
     @property
     def empty(self) -> bool:
-        return self.file is None and self.bar is None
+        return self.file is None and self.bar_on is None
 
 
 class Hostdev:
@@ -269,8 +269,8 @@ class DomainDefinition:
                 # <rom> goes after <source> (and after a boot element if any).
                 src = dev.elem.find('source')  # type: ignore[attr-defined]
                 src.addnext(elem)
-            if rom.bar is not None:
-                elem.set('bar', 'on' if rom.bar else 'off')
+            if rom.bar_on is not None:
+                elem.set('bar', 'on' if rom.bar_on else 'off')
             if rom.file is not None:
                 elem.set('file', rom.file)
 
@@ -411,8 +411,8 @@ def hostdev_xml(source: PciAddress, managed: bool, rom: RomSpec | None = None) -
     _set_addr(etree.SubElement(src, 'address'), source, guest=False)
     if rom is not None and not rom.empty:
         rom_elem = etree.SubElement(elem, 'rom')
-        if rom.bar is not None:
-            rom_elem.set('bar', 'on' if rom.bar else 'off')
+        if rom.bar_on is not None:
+            rom_elem.set('bar', 'on' if rom.bar_on else 'off')
         if rom.file is not None:
             rom_elem.set('file', rom.file)
     return etree.tostring(elem, encoding='unicode')

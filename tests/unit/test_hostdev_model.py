@@ -134,9 +134,9 @@ def test_present_is_idempotent_and_merges(existing: list[str], functions: list[s
 def test_rom_applies_to_listed_devices_only_and_merges() -> None:
     defn = q35()
     slot = SlotRequest([A('41:00.0'), A('41:00.1')], [A('41:00.0')])
-    defn.plan_present(slot, managed=False, rom=RomSpec(file='/srv/gpu.rom', bar=True))
+    defn.plan_present(slot, managed=False, rom=RomSpec(file='/srv/gpu.rom', bar_on=True))
     assert [h.rom for h in defn.hostdevs()] == [{'bar': 'on', 'file': '/srv/gpu.rom'}, None]
-    changes = defn.plan_present(slot, managed=False, rom=RomSpec(bar=False))
+    changes = defn.plan_present(slot, managed=False, rom=RomSpec(bar_on=False))
     assert [c.action for c in changes] == ['updated', 'unchanged']
     assert defn.hostdevs()[0].rom == {'bar': 'off', 'file': '/srv/gpu.rom'}
     # <rom> sits right after <source>, where libvirt's schema puts it.
@@ -195,7 +195,7 @@ def test_canonical_form_makes_diffs_show_only_changes() -> None:
 
 
 def test_standalone_hostdev_xml_and_sources() -> None:
-    xml = hostdev_xml(A('41:00.1'), managed=True, rom=RomSpec(bar=False))
+    xml = hostdev_xml(A('41:00.1'), managed=True, rom=RomSpec(bar_on=False))
     elem = etree.fromstring(xml)
     assert elem.get('managed') == 'yes'
     assert elem.find('source/address').attrib == {'domain': '0x0000', 'bus': '0x41', 'slot': '0x00', 'function': '0x1'}

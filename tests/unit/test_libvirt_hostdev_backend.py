@@ -167,7 +167,7 @@ def test_device_in_another_domain_is_refused_naming_it_unless_allowed(conn, tree
 def test_rom_managed_and_guest_address(conn, trees) -> None:
     name = conn.define()
     res, warnings = run(conn, trees['workstation'], domain=name, devices=['01:00.0'], managed=True,
-                        rom=RomSpec(file='/srv/vbios.rom', bar=True), guest_address=A('0000:07:00.0'))
+                        rom=RomSpec(file='/srv/vbios.rom', bar_on=True), guest_address=A('0000:07:00.0'))
     assert warnings == []  # managed: libvirt detaches the driver itself
     assert hostdevs(conn, name) == [('0000:01:00.0', '0000:07:00.0', True), ('0000:01:00.1', '0000:07:00.1', False)]
     assert [h['rom'] for h in res['hostdevs']] == [{'bar': 'on', 'file': '/srv/vbios.rom'}, None]
