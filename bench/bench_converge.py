@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Converge figures on a real kernel: the main job (playbooks/site.yml) on a QEMU test host.
 
 Boots an ``intel`` test host (tests/testbed/launch.py), defines the VM ``gpu-vm`` in it, runs

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """QEMU test hosts with a real (emulated) IOMMU and emulated GPUs, for end-to-end tests.
 
 Every host boots the cached base image (``build_image.sh``) through a qcow2 overlay under
@@ -7,7 +6,7 @@ QEMU always dies with the run: in-process hosts are stopped by ``atexit`` and si
 handlers, detached hosts (``up``) by ``down`` / ``sweep``, and every QEMU also runs under
 ``timeout`` with a hard lifetime, so nothing survives a crashed caller for long.
 
-Command line::
+Command line (``python3 tests/testbed/launch.py ...``)::
 
     launch.py up --name NAME --topology intel [--inventory FILE] [--kernel-args ARGS]
     launch.py down --name NAME            # stop one host, remove its overlay
@@ -264,8 +263,8 @@ class TestHost:
         proc = subprocess.run(self.ssh_command(command), stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, timeout=timeout)
         if check and proc.returncode != 0:
-            raise TestbedError('%s: %s exited %d: %s' % (self.name, ' '.join(command), proc.returncode,
-                                                          (proc.stderr or proc.stdout).strip()[-2000:]))
+            detail = (proc.stderr or proc.stdout).strip()[-2000:]
+            raise TestbedError('%s: %s exited %d: %s' % (self.name, ' '.join(command), proc.returncode, detail))
         return proc
 
     def wait_ssh(self, timeout: int = SSH_WAIT) -> float:
