@@ -49,7 +49,8 @@ def testhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator['launch.TestH
     run_dir = tmp_path_factory.mktemp('testbed-run')
     host = launch.TestHost('awx-intel', topology='intel', run_dir=run_dir)
     try:
-        host.start(wait=True)
+        # TCG boots slowly on a busy machine: wait at least ten minutes for SSH
+        host.start(wait=True, ssh_wait=max(launch.SSH_WAIT, 600))
         yield host
     finally:
         host.stop()
