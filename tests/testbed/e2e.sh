@@ -27,6 +27,14 @@ logs="$here/.cache/e2e-logs"
 mkdir -p "$logs"
 only=" ${FLEETGPU_E2E_ONLY:-image collection runtime noiommu intel amd} "
 jobs=${FLEETGPU_E2E_JOBS:-2}
+# The whole phase stays inside this budget (seconds): each step's limit is cut to what is left.
+budget=${FLEETGPU_E2E_BUDGET:-3600}
+deadline=$((SECONDS + budget))
+cap() {  # cap LIMIT: the limit, or the time left in the budget when that is shorter (at least 60 s)
+  local left=$((deadline - SECONDS))
+  [ "$left" -lt 60 ] && left=60
+  if [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+}
 
 cleanup() {
   python3 tests/testbed/launch.py sweep >/dev/null 2>&1 || true
@@ -41,7 +49,7 @@ record() {  # name seconds status
   [ "$3" = ok ] || failed+=("$1")
 }
 phase() {  # name timeout command...
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit; limit=$(cap "$2"); shift 2
   local t0=$SECONDS status=ok
   echo "--- e2e phase: $name (limit ${limit}s)"
   timeout -k 30 "$limit" "$@" || status=FAILED
@@ -51,7 +59,8 @@ phase() {  # name timeout command...
 wants() { [[ "$only" == *" $1 "* ]]; }
 
 molecule_scenario() {  # scenario: run `molecule test`, output to a log file, bounded
-  local s=$1 limit=$2 log="$logs/molecule-$1.log" t0=$SECONDS status=ok
+  local s=$1 limit log="$logs/molecule-$1.log" t0=$SECONDS status=ok
+  limit=$(cap "$2")
   echo "--- e2e: molecule $s started (log $log)"
   timeout -k 60 "$limit" molecule test -s "$s" > "$log" 2>&1 || status=FAILED
   echo "$status $((SECONDS - t0))" > "$logs/molecule-$s.result"
