@@ -31,6 +31,7 @@ class InitramfsError(Exception):
 
 # The early binding, POSIX sh, sourced or run before udev starts: mark the listed functions
 # for vfio-pci (driver_override), take them from a driver that already holds them, load vfio-pci.
+# Only shell built-ins, readlink and modprobe: klibc initramfs images have no basename.
 EARLY_BIND = r'''fleetgpu_vfio_conf=/etc/fleetgpu-passthrough/vfio-pci-addresses
 if [ -r "$fleetgpu_vfio_conf" ]; then
     while read -r fleetgpu_addr fleetgpu_rest; do
@@ -38,8 +39,9 @@ if [ -r "$fleetgpu_vfio_conf" ]; then
         fleetgpu_dev="/sys/bus/pci/devices/$fleetgpu_addr"
         [ -e "$fleetgpu_dev/driver_override" ] || continue
         echo vfio-pci > "$fleetgpu_dev/driver_override"
-        if [ -e "$fleetgpu_dev/driver" ] && [ "$(basename "$(readlink "$fleetgpu_dev/driver")")" != vfio-pci ]; then
-            echo "$fleetgpu_addr" > "$fleetgpu_dev/driver/unbind"
+        if [ -e "$fleetgpu_dev/driver" ]; then
+            fleetgpu_drv=$(readlink "$fleetgpu_dev/driver")
+            [ "${fleetgpu_drv##*/}" = vfio-pci ] || echo "$fleetgpu_addr" > "$fleetgpu_dev/driver/unbind"
         fi
     done < "$fleetgpu_vfio_conf"
 fi
@@ -50,7 +52,7 @@ if [ -r "$fleetgpu_vfio_conf" ]; then
         [ -e "/sys/bus/pci/devices/$fleetgpu_addr/driver" ] || echo "$fleetgpu_addr" > /sys/bus/pci/drivers_probe
     done < "$fleetgpu_vfio_conf"
 fi
-unset fleetgpu_vfio_conf fleetgpu_addr fleetgpu_rest fleetgpu_dev
+unset fleetgpu_vfio_conf fleetgpu_addr fleetgpu_rest fleetgpu_dev fleetgpu_drv
 '''
 
 
