@@ -241,3 +241,23 @@ def test_unknown_generator(tmp_path: Path) -> None:
 
 def test_decision_unchanged_by_copy() -> None:
     assert copy.deepcopy(FACTS) == FACTS
+
+
+def test_lsinitrd_long_listing(tmp_path: Path) -> None:
+    """lsinitrd prints a header and an ls -l style listing: the paths are the last field."""
+    root = _root(tmp_path, 'dracut')
+    (root / IMAGES['dracut'].lstrip('/')).write_text(
+        'Image: /boot/initramfs-%s.img: 31M\n'
+        '========================================================================\n'
+        'dracut modules:\n'
+        'fleetgpu-passthrough\n'
+        '========================================================================\n'
+        'drwxr-xr-x  12 root     root            0 Nov 24 04:00 .\n'
+        'lrwxrwxrwx   1 root     root            7 Nov 24 04:00 bin -> usr/bin\n'
+        '-rw-r--r--   1 root     root          120 Nov 24 04:00 etc/modprobe.d/fleetgpu-passthrough.conf\n'
+        '-rw-r--r--   1 root     root           13 Nov 24 04:00 etc/fleetgpu-passthrough/vfio-pci-addresses\n'
+        '-rwxr-xr-x   1 root     root          900 Nov 24 04:00 var/lib/dracut/hooks/pre-udev/00-fleetgpu-vfio.sh\n'
+        '-rw-r--r--   1 root     root        41234 Nov 24 04:00 usr/lib/modules/%s/kernel/drivers/vfio/pci/vfio-pci.ko.xz\n'
+        % (KERNEL, KERNEL))
+    generator = backend('dracut', str(root), FakeGenerator(root, 'dracut'))
+    assert generator.verify(KERNEL, per_address=True, builtin=False) == []

@@ -97,8 +97,9 @@ class Initramfs(metaclass=abc.ABCMeta):
         """Paths (relative, no leading slash) the image must list, besides the vfio-pci module."""
 
     def list_image(self, image: str) -> list[str]:
+        """Paths in the image; takes the last field of each line, so long listings (lsinitrd) work too."""
         _rc, out, _err = self.runner.run([self.list_tool, self.path(image)])
-        return [line.strip().lstrip('./').lstrip('/') for line in out.splitlines() if line.strip()]
+        return [p for p in (_path_of(line) for line in out.splitlines()) if p]
 
     def verify(self, kernel: str, per_address: bool, builtin: bool, present: bool = True) -> list[str]:
         """Problems found in the images of ``kernel`` (empty: good)."""
@@ -124,6 +125,19 @@ class Initramfs(metaclass=abc.ABCMeta):
                     if gone in names:
                         problems.append('%s still contains %s' % (image, gone))
         return problems
+
+
+def _path_of(line: str) -> str:
+    """``-rw-r--r-- 1 root root 42 Nov 24 04:00 etc/x.conf`` or ``./etc/x.conf`` -> ``etc/x.conf``."""
+    if ' -> ' in line:
+        line = line.split(' -> ', 1)[0]
+    fields = line.split()
+    if not fields:
+        return ''
+    path = fields[-1]
+    while path.startswith('./'):
+        path = path[2:]
+    return path.lstrip('/')
 
 
 def _is_vfio_pci(name: str) -> bool:
