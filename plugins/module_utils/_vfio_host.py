@@ -100,6 +100,9 @@ def normalise_selector(sel: object, index: int) -> dict:
 
 def select(gpus: list[dict], selectors: list, allow_boot_vga: bool = False) -> list[dict]:
     """The GPUs the selectors name, in address order; fails clearly when nothing or too few match."""
+    if not selectors:
+        raise SelectionError('vfio_host_devices is empty: name the GPUs to give to vfio-pci (by address, '
+                             'vendor_id/device_id or name); this host has: %s' % _inventory(gpus))
     chosen: dict[str, dict] = {}
     for index, raw in enumerate(selectors):
         sel = normalise_selector(raw, index)

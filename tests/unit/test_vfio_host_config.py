@@ -65,6 +65,7 @@ def test_select(selectors: list, allow: bool, expected: list) -> None:
     ([{'address': '01:00.0', 'name': 'x'}], 'exactly one of'),
     (['01:00.0'], 'must be a mapping'),
     ([{'name': 'x', 'count': 0}], 'count must be a positive number'),
+    ([], 'vfio_host_devices is empty'),
 ])
 def test_select_errors(selectors: list, fragment: str) -> None:
     with pytest.raises(SelectionError) as info:
