@@ -148,6 +148,17 @@ def test_running_libvirt_domain_using_the_device_is_a_holder(tmp_path: Path) -> 
         conn.close()
 
 
+def test_stuck_topology_device_is_reported_not_waited_for(tmp_path: Path) -> None:
+    """Opening the stuck GPU's driver_override blocks (as under a held device lock)."""
+    sysfs = static(tmp_path, 'stuck')
+    with pytest.raises(BindingApplyError) as info:
+        binder(sysfs, tmp_path).plan(['0000:01:00.0'])
+    assert '0000:01:00.0 does not answer' in str(info.value) and 'within 1s' in str(info.value)
+    assert info.value.details['stuck'] == ['0000:01:00.0']
+    # the healthy GPU beside it plans normally
+    assert binder(sysfs, tmp_path).plan(['0000:02:00.0']).changed
+
+
 def test_no_iommu_group_refused(tmp_path: Path) -> None:
     sysfs = static(tmp_path, 'iommu_off')
     with pytest.raises(BindingRefused) as info:
