@@ -9,7 +9,10 @@ without notice.
 
 mkinitramfs copies /etc/modprobe.d into the image itself.  The init-top
 script runs before udev's coldplug, so ``driver_override`` is set before any
-host driver module is loaded.
+host driver module is loaded: mkinitramfs orders the scripts of one phase by
+their PREREQ pairs through tsort, which emits independent scripts in name
+order, and ``fleetgpu-passthrough`` sorts before ``udev``.  Should a driver
+hold the device anyway, the script unbinds it and probes again.
 """
 
 from __future__ import annotations
