@@ -161,6 +161,15 @@ def test_bind_gpu_and_audio_group_then_restore(workstation: Kernel) -> None:
     assert k.run(devices=[GPU, AUDIO], state='absent')['changed'] is False
 
 
+def test_bind_and_restore_by_ids(workstation: Kernel) -> None:
+    k = workstation
+    res = k.run(match={'vendor_id': '10de', 'device_id': '2204'}, include_group=True)
+    assert res['changed'] and k.driver(GPU) == k.driver(AUDIO) == 'vfio-pci', res
+    res = k.run(match={'vendor_id': '10de', 'device_id': '2204', 'subsystem_vendor_id': '1458'}, state='absent')
+    assert res['changed'] and not res.get('failed'), res
+    assert k.driver(GPU) == 'nvidia' and k.driver(AUDIO) == 'snd_hda_intel'
+
+
 def test_check_mode_plans_and_leaves_the_tree_untouched(workstation: Kernel) -> None:
     k = workstation
     before = k.snapshot()
