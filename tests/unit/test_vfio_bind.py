@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from ansible.module_utils import _internal as ansible_internal
 from ansible.module_utils.testing import patch_module_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'sim'))
@@ -89,9 +90,17 @@ class Kernel:
 def run_module(args: dict, check: bool = False, diff: bool = False) -> dict:
     args = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
     out = io.StringIO()
-    with patch_module_args(args), contextlib.redirect_stdout(out):
-        with pytest.raises(SystemExit):
-            vfio_bind.main()
+    # Another test in the same process may have imported controller code, which makes
+    # module warnings go to the controller's display instead of the result: run the
+    # module as it runs on a managed host.
+    was_controller = ansible_internal.is_controller
+    ansible_internal.is_controller = False
+    try:
+        with patch_module_args(args), contextlib.redirect_stdout(out):
+            with pytest.raises(SystemExit):
+                vfio_bind.main()
+    finally:
+        ansible_internal.is_controller = was_controller
     return json.loads(out.getvalue())
 
 
