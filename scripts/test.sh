@@ -20,9 +20,7 @@ phase() {
 }
 sanity() {
   (cd .cache/src/ansible_collections/fleetgpu/passthrough &&
-    ansible-test sanity --python 3.11 --color no \
-      --skip-test pylint --skip-test mypy --skip-test pep8 --skip-test validate-modules \
-      && ansible-test sanity --python 3.11 --color no --test validate-modules --test pep8)
+    ansible-test sanity --python 3.11 --color no)
 }
 lint() { ansible-lint --profile production --offline -q; }
 docs() {
