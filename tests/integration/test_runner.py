@@ -283,6 +283,8 @@ def test_site_survey_strings_then_idempotent(site) -> None:
     assert required == {host: True for host in HOSTS}
     messages = [e['res'].get('msg', '') for e in results(r) if e['task'].endswith('Say that a reboot is required')]
     assert messages and all('vfio_host_reboot_ok' in m for m in messages)
+    # the artifact a workflow hands to its approval node
+    assert stats(r).get('artifact_data', {}).get('fleetgpu_reboot_required') == {host: True for host in HOSTS}
     for host, root in hosts.roots.items():
         assert 'intel_iommu=on' in (root / 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg').read_text(), host
 
@@ -294,6 +296,7 @@ def test_site_survey_strings_then_idempotent(site) -> None:
     assert changed == {} or set(changed.values()) == {0}, [
         (e['host'], e['task']) for e in results(r) if e['res'].get('changed')]
     assert hosts.snapshot() == after
+    assert stats(r).get('artifact_data', {}).get('fleetgpu_reboot_required') == {host: True for host in HOSTS}
 
     # restore.yml in check mode after the converge: plans the undo, writes nothing
     r = job.run('playbooks/restore.yml', check=True, diff=True)
