@@ -28,7 +28,7 @@ mkdir -p "$logs"
 only=" ${FLEETGPU_E2E_ONLY:-image collection runtime noiommu intel amd} "
 jobs=${FLEETGPU_E2E_JOBS:-2}
 # The whole phase stays inside this budget (seconds): each step's limit is cut to what is left.
-budget=${FLEETGPU_E2E_BUDGET:-3600}
+budget=${FLEETGPU_E2E_BUDGET:-2400}
 deadline=$((SECONDS + budget))
 cap() {  # cap LIMIT: the limit, or the time left in the budget when that is shorter (at least 60 s)
   local left=$((deadline - SECONDS))
