@@ -20,8 +20,9 @@ export PATH="$here/.venv/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$here/.cache/collections"
 export ANSIBLE_NOCOLOR=1 ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 NO_COLOR=1
 export FLEETGPU_TESTBED_CACHE=${FLEETGPU_TESTBED_CACHE:-/var/cache/fleetgpu-testbed}
-# Hosts started by this run live in their own run directory, so the sweep stops exactly them.
-export FLEETGPU_TESTBED_RUN=${FLEETGPU_TESTBED_RUN:-$FLEETGPU_TESTBED_CACHE/run-e2e}
+# Hosts started by this run live in a run directory of their own, so the sweep on exit stops
+# exactly them (never a host another run is using).
+export FLEETGPU_TESTBED_RUN=${FLEETGPU_TESTBED_RUN:-$FLEETGPU_TESTBED_CACHE/run-e2e.$$}
 export FLEETGPU_TESTBED_LIFETIME=${FLEETGPU_TESTBED_LIFETIME:-3600}
 logs="$here/.cache/e2e-logs"
 mkdir -p "$logs"
@@ -37,7 +38,13 @@ cap() {  # cap LIMIT: the limit, or the time left in the budget when that is sho
 }
 
 cleanup() {
+  local d
   python3 tests/testbed/launch.py sweep >/dev/null 2>&1 || true
+  # Keep the serial consoles with the logs; drop the run directory (overlays are gone already).
+  for d in "$FLEETGPU_TESTBED_RUN"/*/; do
+    [ -f "$d/serial.log" ] && cp "$d/serial.log" "$logs/serial-$(basename "$d").log"
+  done
+  case "$FLEETGPU_TESTBED_RUN" in */run-e2e.*) rm -rf "$FLEETGPU_TESTBED_RUN" ;; esac
 }
 trap cleanup EXIT
 trap 'echo "e2e: interrupted"; exit 130' INT TERM HUP
@@ -104,12 +111,13 @@ fi
 echo
 echo "=== e2e phase times (total $((SECONDS - t_all)) s; logs in $logs)"
 printf '%s\n' "${times[@]}"
-stray=$(pgrep -f "fleetgpu-testbed-.*$FLEETGPU_TESTBED_RUN" || true)
+stray=$(pgrep -f "qemu-system-x86_64 -name fleetgpu-testbed-.*$FLEETGPU_TESTBED_RUN/" | tr '\n' ' ' || true)
+run_dir=$FLEETGPU_TESTBED_RUN
 cleanup
-if [ -n "$(pgrep -f "qemu-system-x86_64 -name fleetgpu-testbed-.*$FLEETGPU_TESTBED_RUN" || true)" ]; then
+if [ -n "$(pgrep -f "qemu-system-x86_64 -name fleetgpu-testbed-.*$run_dir/" || true)" ]; then
   echo "e2e: QEMU processes survived the sweep"; failed+=(cleanup)
 fi
-[ -n "$stray" ] && echo "e2e: the sweep stopped QEMU processes left by a phase: $stray"
+[ -n "$stray" ] && echo "e2e: the final sweep stopped QEMU processes a phase had left running: $stray"
 if [ "${#failed[@]}" -gt 0 ]; then
   echo "e2e FAILED: ${failed[*]}"
   exit 1
