@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Print gpu_facts' own body time on simulated hosts, beside `lspci -nnk` on this machine.
 
 Usage: .venv/bin/python bench/bench_gpu_facts.py [--runs N]
@@ -39,7 +38,7 @@ def median_ms(func, runs: int) -> tuple[float, float, float]:
     """(median wall ms, best wall ms, median CPU ms of this process) over ``runs`` calls."""
     times = []
     cpu = []
-    for _ in range(runs):
+    for _run in range(runs):
         start = time.perf_counter()
         cstart = time.process_time()
         func()
@@ -49,7 +48,7 @@ def median_ms(func, runs: int) -> tuple[float, float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--runs', type=int, default=21)
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix='bench-gpu-facts-')

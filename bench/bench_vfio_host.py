@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Print how long the vfio_host planning takes on simulated hosts.
 
 Usage: .venv/bin/python bench/bench_vfio_host.py [--runs N]
@@ -50,7 +49,7 @@ class NoCommands(Runner):
 
 def median_ms(func, runs: int) -> float:
     times = []
-    for _ in range(runs):
+    for _run in range(runs):
         start = time.perf_counter()
         func()
         times.append((time.perf_counter() - start) * 1000)

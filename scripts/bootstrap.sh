@@ -42,4 +42,5 @@ cache="$HOME/.ansible/test/cache/get_pip_${pipver//./_}.py"
 if [ -n "$pipver" ] && ! cmp -s scripts/get_pip_offline.py "$cache"; then
   mkdir -p "$(dirname "$cache")" && cp scripts/get_pip_offline.py "$cache"
 fi
-echo "bootstrap: ready ($(.venv/bin/ansible --version | head -1))"
+version=$(.venv/bin/ansible --version)
+echo "bootstrap: ready (${version%%$'\n'*})"

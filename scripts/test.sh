@@ -3,7 +3,7 @@
 # Every phase runs; the run fails if any phase failed. Phase times are printed.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-cd "$here"
+cd "$here" || exit 1
 bash scripts/bootstrap.sh || exit 1
 export PATH="$here/.venv/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="$here/.cache/collections"
@@ -24,12 +24,19 @@ sanity() {
 }
 lint() { ansible-lint --profile production --offline -q; }
 docs() {
-  local m r
-  for m in $(ls plugins/modules/*.py 2>/dev/null | xargs -n1 basename | sed 's/\.py$//'); do
+  local f m r
+  for f in plugins/modules/*.py; do
+    m=$(basename "$f" .py)
     ansible-doc "fleetgpu.passthrough.$m" >/dev/null || { echo "ansible-doc failed for module $m"; return 1; }
   done
-  for r in $(ls roles 2>/dev/null); do
+  for f in roles/*/; do
+    r=$(basename "$f")
     ansible-doc -t role "fleetgpu.passthrough.$r" >/dev/null || { echo "ansible-doc failed for role $r"; return 1; }
+  done
+  for f in plugins/filter/*.py; do
+    [ "$(basename "$f")" = __init__.py ] && continue
+    r=$(basename "$f" .py)
+    ansible-doc -t filter "fleetgpu.passthrough.$r" >/dev/null || { echo "ansible-doc failed for filter $r"; return 1; }
   done
   echo "ansible-doc renders every module and role"
 }

@@ -96,7 +96,7 @@ def run_playbook(installed_collection: Path, tmp_path: Path):
         if env:
             extra_env.update(env)
         return subprocess.run(cmd, capture_output=True, text=True, env=playbook_env(installed_collection, extra_env),
-                              timeout=timeout, cwd=str(tmp_path))
+                              timeout=timeout, cwd=str(tmp_path), check=False)
 
     return _run
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: (c) 2026, fleetgpu.passthrough contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -121,8 +120,7 @@ def _class(value: Any) -> int:
 def iter_nodes(nodes: List[Node]) -> Iterator[Node]:
     for node in nodes:
         yield node
-        for child in iter_nodes(node.get('children') or []):
-            yield child
+        yield from iter_nodes(node.get('children') or [])
 
 
 # ----------------------------------------------------------------------------- writing
@@ -624,8 +622,8 @@ def materialize(topology: Any, dest: str) -> str:
             'drm': drm.get(fn.address, []),
         }
     w.write(w.path('.sim', 'devices.json'), json.dumps(record, indent=1, sort_keys=True) + '\n')
-    w.write(w.path('.sim', 'topology.json'), json.dumps({'name': topo.get('name'), 'iommu': iommu_type,
-                                                          'release': release}, indent=1) + '\n')
+    w.write(w.path('.sim', 'topology.json'),
+            json.dumps({'name': topo.get('name'), 'iommu': iommu_type, 'release': release}, indent=1) + '\n')
     return sys_root
 
 
@@ -735,7 +733,7 @@ GENERATORS = {
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     sub = parser.add_subparsers(dest='cmd', required=True)
     mat = sub.add_parser('materialize', help='write a simulated kernel tree; prints the sysfs root')
     mat.add_argument('topology')

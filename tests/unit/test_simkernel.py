@@ -242,7 +242,7 @@ def test_cli(tmp_path) -> None:
                           str(tmp_path / 't')], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(tmp_path / 't' / 'sys')
     bad = subprocess.run([sys.executable, os.path.join(simkernel.HERE, 'simkernel.py'), 'materialize', 'nosuch',
-                          str(tmp_path / 'u')], capture_output=True, text=True)
+                          str(tmp_path / 'u')], capture_output=True, text=True, check=False)
     assert bad.returncode == 2 and 'nosuch' in bad.stderr
 
 
