@@ -113,8 +113,26 @@ def test_vfio_bind_binds_and_restores_the_gpu_group_at_runtime(hosts, tmp_path):
     assert _drivers(host) == before
 
 
-def test_gpu_facts_reports_the_stuck_device_instead_of_hanging(hosts, tmp_path):
+@pytest.fixture()
+def stuck_host(hosts) -> launch.TestHost:
+    """The radeon host, when 02:00.0 really is stuck (its driver_override read does not return).
+
+    radeon's probe of ati-vga was seen to hang for good on this kind of machine, but it can
+    also give up on the missing firmware and finish; then there is no stuck device to test
+    and the test is skipped, saying so, rather than passing on nothing.
+    """
     host = hosts['radeon']
+    probe = host.ssh(['timeout', '15', 'cat', '/sys/bus/pci/devices/%s/driver_override' % AMD_GPU],
+                     timeout=120, check=False)
+    if probe.returncode != 124:
+        driver = host.ssh(['readlink', '-f', '/sys/bus/pci/devices/%s/driver' % AMD_GPU], check=False).stdout.strip()
+        pytest.skip('radeon finished probing %s on this run (driver %s): no stuck device to test'
+                    % (AMD_GPU, driver.rsplit('/', 1)[-1] or 'none'))
+    return host
+
+
+def test_gpu_facts_reports_the_stuck_device_instead_of_hanging(stuck_host, tmp_path):
+    host = stuck_host
     doc = _play(host, tmp_path, [
         {'name': 'facts', 'fleetgpu.passthrough.gpu_facts': {'timeout': 5}},
     ], 'facts')
@@ -130,8 +148,8 @@ def test_gpu_facts_reports_the_stuck_device_instead_of_hanging(hosts, tmp_path):
     assert gpus[BOOT_GPU]['state'] == 'boot-vga'
 
 
-def test_vfio_bind_fails_clearly_on_the_stuck_device_instead_of_hanging(hosts, tmp_path):
-    host = hosts['radeon']
+def test_vfio_bind_fails_clearly_on_the_stuck_device_instead_of_hanging(stuck_host, tmp_path):
+    host = stuck_host
     doc = _play(host, tmp_path, [
         {'name': 'bind stuck', 'fleetgpu.passthrough.vfio_bind': {'devices': [AMD_GPU], 'timeout': 5},
          'ignore_errors': True},
