@@ -1,9 +1,12 @@
 # Two commands for a new user: `make demo` (the main job on a local QEMU test host)
 # and `make test` (every test and quality gate; installs what it needs).
-.PHONY: test demo bootstrap collection clean
+.PHONY: test demo e2e bootstrap collection clean
 
 test:
 	bash scripts/test.sh
+
+e2e:
+	bash scripts/bootstrap.sh && bash scripts/install-collection.sh && bash tests/testbed/e2e.sh
 
 demo:
 	bash scripts/demo.sh

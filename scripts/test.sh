@@ -46,7 +46,11 @@ phase ansible-lint lint
 phase ansible-doc docs
 phase unit pytest -q -p no:cacheprovider tests/unit
 phase integration pytest -q -p no:cacheprovider tests/integration
-[ -x tests/testbed/e2e.sh ] && phase e2e-real-kernels tests/testbed/e2e.sh
+# The end-to-end phase on QEMU test hosts (tests/testbed/e2e.sh, `make e2e`) is not yet part of
+# the default run: FLEETGPU_E2E=1 adds it.
+if [ "${FLEETGPU_E2E:-0}" = 1 ]; then
+  phase e2e-real-kernels bash tests/testbed/e2e.sh
+fi
 echo
 echo "=== phase times"
 printf '%s\n' "${times[@]}"
