@@ -45,7 +45,7 @@ def converge(host: launch.TestHost, inventory: Path) -> Dict[str, float]:
            str(REPO / 'playbooks' / 'site.yml')]
     b0 = boots(host)
     t0 = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=2400)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=2400, check=False)
     wall = time.monotonic() - t0
     start = proc.stdout.find('{"tasks"')
     if proc.returncode != 0 or start < 0:
@@ -58,7 +58,7 @@ def converge(host: launch.TestHost, inventory: Path) -> Dict[str, float]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--topology', default='intel', choices=['intel', 'amd'])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix='fleetgpu-bench-') as tmp:

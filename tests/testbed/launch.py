@@ -123,7 +123,7 @@ def image_dir(build: bool = True) -> Path:
     if forced:
         return Path(forced)
     cmd = [str(HERE / 'build_image.sh')] + ([] if build else ['--path'])
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=3600)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=3600, check=False)
     if proc.returncode != 0:
         raise TestbedError('image build failed (%s exited %d)' % (cmd[0], proc.returncode))
     path = Path(proc.stdout.strip().splitlines()[-1])
@@ -261,7 +261,7 @@ class TestHost:
     def ssh(self, command: Sequence[str], timeout: int = 120, check: bool = True) -> subprocess.CompletedProcess:
         """Run a command on the host (argument list, quoted for the remote shell by the caller)."""
         proc = subprocess.run(self.ssh_command(command), stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, check=False)
         if check and proc.returncode != 0:
             detail = (proc.stderr or proc.stdout).strip()[-2000:]
             raise TestbedError('%s: %s exited %d: %s' % (self.name, ' '.join(command), proc.returncode, detail))
@@ -276,7 +276,7 @@ class TestHost:
                 raise TestbedError('%s: QEMU died while booting; serial log tail:\n%s' % (self.name, self.serial_tail()))
             try:
                 proc = subprocess.run(self.ssh_command(['true']), stdin=subprocess.DEVNULL,
-                                      capture_output=True, text=True, timeout=30)
+                                      capture_output=True, text=True, timeout=30, check=False)
                 if proc.returncode == 0:
                     break
             except subprocess.TimeoutExpired:
@@ -481,7 +481,7 @@ def _load(name: str, run_dir: Path) -> TestHost:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--run-dir', type=Path, default=RUN_DIR)
     sub = ap.add_subparsers(dest='cmd', required=True)
     up = sub.add_parser('up', help='start one host, wait for SSH, leave it running')
@@ -536,7 +536,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.cmd == 'ssh':
             h = _load(args.name, args.run_dir)
             cmd = [c for c in args.command if c != '--'] or ['true']
-            proc = subprocess.run(h.ssh_command(cmd), timeout=args.timeout)
+            proc = subprocess.run(h.ssh_command(cmd), timeout=args.timeout, check=False)
             return proc.returncode
     except TestbedError as exc:
         log('error: %s' % exc)

@@ -56,7 +56,7 @@ def _boot_records(host) -> List[Dict[str, object]]:
 def _before(host) -> Dict[str, List[str]]:
     out: Dict[str, List[str]] = {}
     for line in host.file(STATE + '/before.txt').content_string.splitlines():
-        key, _, rest = line.partition(' ')
+        key, _sep, rest = line.partition(' ')
         out.setdefault(key, []).append(rest)
     return out
 
@@ -174,7 +174,7 @@ def test_vm_holds_gpu_and_audio_as_one_multifunction_device(converged):
         assert src and guest, hd
         sources[tuple(int(x, 16) for x in src.groups())] = (tuple(int(x, 16) for x in guest.groups()[:3]), guest.group(4))
     assert set(sources) == {(1, 0, 0), (1, 0, 1)}, xml.stdout
-    (gpu_at, gpu_extra), (audio_at, _) = sources[(1, 0, 0)], sources[(1, 0, 1)]
+    (gpu_at, gpu_extra), (audio_at, _audio_extra) = sources[(1, 0, 0)], sources[(1, 0, 1)]
     assert gpu_at[:2] == audio_at[:2], 'GPU and audio on different guest slots: %s %s' % (gpu_at, audio_at)
     assert (gpu_at[2], audio_at[2]) == (0, 1)
     assert "multifunction='on'" in gpu_extra
