@@ -229,8 +229,11 @@ class Binder:
     def __init__(self, sysfs: Sysfs, driver: str = 'vfio-pci', state: str = 'present', include_group: bool = False,
                  allow_boot_vga: bool = False, allow_in_use: bool = False, journal_path: str = DEFAULT_JOURNAL,
                  runner: Optional[Runner] = None, modprobe: Optional[str] = None,
-                 libvirt_check: Optional[bool] = None, libvirt_uri: str = 'qemu:///system') -> None:
+                 libvirt_check: Optional[bool] = None, libvirt_uri: str = 'qemu:///system',
+                 release_ids: bool = False) -> None:
         self.sysfs = sysfs
+        self.release_ids = release_ids
+        self.released_ids: List[str] = []
         self.driver = validate_driver(driver)
         if state not in ('present', 'absent'):
             raise BindingInputError('state must be present or absent, not %r' % (state,))
@@ -624,13 +627,29 @@ class Binder:
                                     device=addr)
 
     def _restore(self, step: Step) -> None:
-        self._move_back(step, step.driver_after, step.override_after)
+        target = step.driver_after
+        self._move_back(step, target, step.override_after)
+        if target is None and step.driver_after == self.driver and self.release_ids:
+            # vfio-pci holds the vendor:device in its dynamic id table (its ids= option or a new_id):
+            # take the id out of the table, then let the kernel probe again.
+            dev = step.device
+            pair = '%s %s' % (dev.vendor_id, dev.device_id)
+            try:
+                self._write(step, self._drv(self.driver, 'remove_id'), pair,
+                            'removing %s from the dynamic ids of %s' % (dev.vendor_device, self.driver))
+            except BindingApplyError as exc:
+                if exc.details.get('errno') != errno.ENODEV:
+                    raise
+            else:
+                if dev.vendor_device not in self.released_ids:
+                    self.released_ids.append(dev.vendor_device)
+            self._move_back(step, None, step.override_after)
         if step.driver_after == self.driver:
             raise BindingApplyError(
-                '%s: the journal has no driver for it, and the kernel probed %s again: that driver claims the device '
-                'by its ids (a "%s ids=" module option or a new_id). Remove those ids (modprobe.d, the kernel command '
-                'line) and reload %s, then run again.' % (step.address, self.driver, self.driver, self.driver),
-                device=str(step.address))
+                '%s: the kernel probed %s again: that driver claims the device by its ids (a "%s ids=" module '
+                'option or a new_id). Remove those ids (modprobe.d, the kernel command line) and reload %s, or set '
+                'release_ids: true to take them out of its dynamic id table, then run again.'
+                % (step.address, self.driver, self.driver, self.driver), device=str(step.address))
 
     def _move_back(self, step: Step, target: Optional[str], override: Optional[str]) -> None:
         """Put a device on ``target`` (None: whatever the kernel probes), then restore ``override``.

@@ -90,6 +90,16 @@ options:
         they let go, and then fails after O(timeout).
     type: bool
     default: false
+  release_ids:
+    description:
+      - With O(state=absent), when O(driver) takes a device straight back on the restoring probe because the
+        device's vendor:device is in the driver's dynamic id table (its C(ids=) module option or a C(new_id)),
+        remove that id from the table (C(remove_id)) and probe again.
+      - Devices of that vendor:device already bound to O(driver) stay bound; later probes no longer pick O(driver)
+        for them. Role P(fleetgpu.passthrough.vfio_host#role) sets this when it removes its configuration.
+      - Without it such a restore fails with a message that says how to remove the ids.
+    type: bool
+    default: false
   journal_path:
     description:
       - Where the original drivers are recorded (a JSON file readable by root only, replaced atomically).
@@ -181,6 +191,12 @@ rolled_back:
   type: list
   elements: str
   sample: ["0000:01:00.1"]
+released_ids:
+  description: vendor:device ids taken out of O(driver)'s dynamic id table during a restore (see O(release_ids)).
+  returned: always
+  type: list
+  elements: str
+  sample: ["1002:5159"]
 stuck:
   description: Devices whose kernel writes did not return within O(timeout).
   returned: always
@@ -215,6 +231,7 @@ def main() -> None:
             include_group=dict(type='bool', default=False),
             allow_boot_vga=dict(type='bool', default=False),
             allow_in_use=dict(type='bool', default=False),
+            release_ids=dict(type='bool', default=False),
             journal_path=dict(type='path', default='/var/lib/fleetgpu-passthrough/vfio_bind.json'),
             sysfs_root=dict(type='path', default='/sys'),
             timeout=dict(type='float', default=5.0),
@@ -224,7 +241,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
-    result = dict(changed=False, devices=[], rolled_back=[], stuck=[], journal_path=params['journal_path'])
+    result = dict(changed=False, devices=[], rolled_back=[], stuck=[], released_ids=[], journal_path=params['journal_path'])
 
     def runner(cmd: list[str]) -> tuple[int, str, str]:
         return module.run_command(cmd, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
@@ -236,7 +253,7 @@ def main() -> None:
             driver=params['driver'], state=params['state'], include_group=params['include_group'],
             allow_boot_vga=params['allow_boot_vga'], allow_in_use=params['allow_in_use'],
             journal_path=params['journal_path'], runner=runner,
-            modprobe=module.get_bin_path('modprobe'))
+            modprobe=module.get_bin_path('modprobe'), release_ids=params['release_ids'])
         plan = binder.plan(params['devices'], params['match'])
         for warning in plan.warnings:
             module.warn(warning)
@@ -246,10 +263,12 @@ def main() -> None:
         result.update(exc.details)
         if binder is not None:
             result['devices'] = binder.results()
+            result['released_ids'] = binder.released_ids
         module.fail_json(msg=str(exc), **result)
 
     result['changed'] = plan.changed
     result['devices'] = binder.results()
+    result['released_ids'] = binder.released_ids
     if module._diff and plan.changed:
         result['diff'] = plan.diff()
     module.exit_json(**result)

@@ -344,8 +344,38 @@ def test_restore_without_journal_fails_when_vfio_claims_the_ids(tmp_path: Path) 
         with open(os.path.join(k.root, 'bus/pci/drivers/vfio-pci/new_id'), 'w', encoding='utf-8') as fh:
             fh.write('10de 2204')
         res = k.run(devices=[GPU, AUDIO], state='absent')
-        assert res['failed'] and GPU in res['msg'] and 'ids=' in res['msg'], res
+        assert res['failed'] and GPU in res['msg'] and 'ids=' in res['msg'] and 'release_ids' in res['msg'], res
         assert k.driver(GPU) == 'vfio-pci'
+
+
+def test_restore_with_release_ids_takes_the_id_out_of_vfio_pci(tmp_path: Path) -> None:
+    """The role's undo: the id vfio-pci was loaded with is removed, the host drivers come back."""
+    topo = topology('workstation', **{'01:00.0': {'driver': 'vfio-pci', 'default_driver': 'nvidia'},
+                                      '01:00.1': {'driver': 'vfio-pci', 'default_driver': 'snd_hda_intel'}})
+    with kernel_for(topo, tmp_path) as k:
+        with open(os.path.join(k.root, 'bus/pci/drivers/vfio-pci/new_id'), 'w', encoding='utf-8') as fh:
+            fh.write('10de 2204')
+        res = k.run(devices=[GPU, AUDIO], state='absent', release_ids=True)
+        assert not res.get('failed') and res['changed'], res
+        assert res['released_ids'] == ['10de:2204'], res
+        assert k.driver(GPU) == 'nvidia' and k.driver(AUDIO) == 'snd_hda_intel'
+        assert k.run(devices=[GPU, AUDIO], state='absent', release_ids=True)['changed'] is False
+        # the id is really gone from the table: a second remove_id is refused by the kernel
+        with pytest.raises(OSError):
+            with open(os.path.join(k.root, 'bus/pci/drivers/vfio-pci/remove_id'), 'w', encoding='utf-8') as fh:
+                fh.write('10de 2204')
+
+
+def test_restore_to_no_driver_with_release_ids(tmp_path: Path) -> None:
+    """A device that had no driver (its host driver blacklisted) ends with none, not back on vfio-pci."""
+    topo = topology('workstation', **{'01:00.0': {'driver': 'vfio-pci', 'default_driver': None},
+                                      '01:00.1': {'driver': 'vfio-pci', 'default_driver': 'snd_hda_intel'}})
+    with kernel_for(topo, tmp_path) as k:
+        with open(os.path.join(k.root, 'bus/pci/drivers/vfio-pci/new_id'), 'w', encoding='utf-8') as fh:
+            fh.write('10de 2204')
+        res = k.run(devices=[GPU, AUDIO], state='absent', release_ids=True)
+        assert not res.get('failed'), res
+        assert k.driver(GPU) is None and k.driver(AUDIO) == 'snd_hda_intel'
 
 
 def test_rerun_after_a_crash_converges(workstation: Kernel) -> None:
