@@ -14,6 +14,8 @@ Secure Boot) and, for a list of target devices, their groups, and returns
 
 from __future__ import annotations
 
+import os
+
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import (
     FactsError,
     host_facts,
@@ -42,6 +44,9 @@ EFI_GLOBAL_GUID = '8be4df61-93ca-11d2-aa0d-00e098032b8c'
 AMD_IOMMU_VALUES = ('fullflush', 'off', 'force_enable', 'force_isolation', 'pgtbl_v1', 'pgtbl_v2',
                     'irtcachedis', 'nohugepages', 'v2_pgsizes_only')
 
+# ACPI tables that describe an IOMMU: Intel VT-d (DMAR), AMD-Vi (IVRS), Arm SMMU (IORT), VIOT.
+ACPI_IOMMU_TABLES = ('DMAR', 'IVRS', 'IORT', 'VIOT')
+
 ERROR = 'error'
 WARNING = 'warning'
 INFO = 'info'
@@ -50,6 +55,7 @@ INFO = 'info'
 FINDINGS = {
     'no_virtualization': ERROR,
     'iommu_off': ERROR,
+    'no_iommu_hardware': ERROR,
     'iommu_disabled_on_cmdline': ERROR,
     'cmdline_contradiction': WARNING,
     'cmdline_wrong_vendor': WARNING,
@@ -220,6 +226,14 @@ class IommuCheck:
                 remedy = 'enable the IOMMU in the firmware setup and on the kernel command line, then reboot'
             findings.append(Finding('iommu_off', 'the IOMMU is not active: no IOMMU groups in /sys/kernel/iommu_groups '
                                     'and no unit in /sys/class/iommu', remedy))
+            tables = self.sysfs.sys('firmware', 'acpi', 'tables')
+            if self.sysfs.isdir(tables) and not any(
+                    self.sysfs.exists(os.path.join(tables, name)) for name in ACPI_IOMMU_TABLES):
+                findings.append(Finding('no_iommu_hardware', 'the firmware describes no IOMMU: no %s table in %s, so '
+                                        'no kernel argument can turn one on'
+                                        % (' or '.join(ACPI_IOMMU_TABLES), tables),
+                                        'enable VT-d / AMD-Vi (IOMMU) in the firmware setup, or run on hardware that '
+                                        'has an IOMMU; nothing on this host can be passed through until then'))
         elif iommu.interrupt_remapping is False:
             findings.append(Finding('no_interrupt_remapping', 'interrupt remapping is off: vfio refuses to assign '
                                     'devices unless allow_unsafe_interrupts is set, which lets a VM inject interrupts',

@@ -42,6 +42,7 @@ options:
     choices:
       - no_virtualization
       - iommu_off
+      - no_iommu_hardware
       - iommu_disabled_on_cmdline
       - cmdline_contradiction
       - cmdline_wrong_vendor

@@ -235,3 +235,31 @@ def test_stuck_target_is_reported_not_waited_for(tmp_path: Path) -> None:
     by_addr = {d['address']: d for d in result['devices']}
     assert by_addr['0000:01:00.0']['stuck'] == ['driver_override']
     assert by_addr['0000:02:00.0']['stuck'] == []
+
+
+@pytest.mark.parametrize('tables,expected', [
+    (['FACP', 'APIC', 'HPET'], True),     # ACPI firmware without an IOMMU table: no IOMMU to turn on
+    (['FACP', 'APIC', 'DMAR'], False),    # Intel VT-d described: the IOMMU is only off
+    (['FACP', 'IVRS'], False),            # AMD-Vi described
+    (None, False),                        # no ACPI tables readable: cannot tell, say nothing
+])
+def test_no_iommu_hardware_from_acpi_tables(tmp_path: Path, tables: list | None, expected: bool) -> None:
+    root = simkernel.materialize('iommu_off', str(tmp_path / 'k'))
+    if tables is not None:
+        tdir = Path(root) / 'firmware' / 'acpi' / 'tables'
+        tdir.mkdir(parents=True)
+        for name in tables:
+            (tdir / name).write_bytes(b'')
+    result = check(Sysfs(root))
+    assert ('no_iommu_hardware' in names(result)) is expected
+    assert 'iommu_off' in names(result)
+    if expected:
+        finding = [f for f in result['findings'] if f['name'] == 'no_iommu_hardware'][0]
+        assert finding['severity'] == 'error' and 'DMAR' in finding['message'] and 'firmware' in finding['remedy']
+        assert failure_message(result['findings'], ['no_iommu_hardware']) is not None
+
+
+def test_iommu_on_never_reports_missing_hardware(roots: dict, tmp_path: Path) -> None:
+    root = simkernel.materialize('workstation', str(tmp_path / 'w'))
+    (Path(root) / 'firmware' / 'acpi' / 'tables').mkdir(parents=True)
+    assert 'no_iommu_hardware' not in names(check(Sysfs(root)))
