@@ -79,9 +79,11 @@ class FileChange:
         if not self.changed:
             return
         if self.after is None:
-            owned = _owned_dir(self.path)
-            remove(self.path, keep_backup=not owned)
-            if owned:
+            # A managed file removed on purpose leaves nothing behind: no backup of it (the content
+            # is kept in memory for revert()), and no backup left by earlier runs either.
+            remove(self.path, keep_backup=False)
+            remove(self.path + BACKUP_SUFFIX, keep_backup=False)
+            if _owned_dir(self.path):
                 _rmdir_if_empty(os.path.dirname(self.path))
         else:
             write(self.path, self.after, self.mode)

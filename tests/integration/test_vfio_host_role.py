@@ -162,7 +162,7 @@ def test_check_real_repeat_absent(run_playbook, host: Host) -> None:
     doc = _run(run_playbook, host, (), vfio_host_state='absent')
     assert _changed(doc) > 0
     assert host.commands() == ['update-initramfs -u -k all', 'update-grub']
-    leftovers = [p for p in host.snapshot() if 'fleetgpu' in p and not p.endswith('.fleetgpu.bak')]
+    leftovers = [p for p in host.snapshot() if 'fleetgpu' in p]
     assert leftovers == []
     assert (host.root / 'etc/default/grub').read_text() == GRUB
     doc = _run(run_playbook, host, (), vfio_host_state='absent')
@@ -221,7 +221,7 @@ def test_site_and_restore_playbooks(run_playbook, host: Host, tmp_path: Path) ->
     restore = run_playbook(repo / 'playbooks' / 'restore.yml', extra_vars=ev, inventory=str(inventory), env=host.env())
     doc = playbook_json(restore)
     assert restore.returncode == 0, [t['result'].get('msg') for t in doc['tasks'] if t['status'] == 'failed']
-    assert [p for p in host.snapshot() if 'fleetgpu' in p and not p.endswith('.fleetgpu.bak')] == []
+    assert [p for p in host.snapshot() if 'fleetgpu' in p] == []
 
 
 @pytest.mark.skipif(not os.path.exists('/dev/fuse'), reason='needs /dev/fuse for the behaving simulated kernel')

@@ -161,7 +161,7 @@ def test_grub_dropin_removed_when_nothing_left(tmp_path: Path) -> None:
     assert dropin.exists()
     loader.apply(loader.plan(Change([], ['iommu=pt'])))
     assert not dropin.exists()
-    assert (tmp_path / (DROPIN.lstrip('/') + BACKUP_SUFFIX)).exists()
+    assert not (tmp_path / (DROPIN.lstrip('/') + BACKUP_SUFFIX)).exists()
 
 
 def test_grub_failed_update_restores(root: Path) -> None:

@@ -55,6 +55,19 @@ def test_unchanged_plan_does_nothing(tmp_path: Path) -> None:
     assert not Path(str(path) + _files.BACKUP_SUFFIX).exists()
 
 
+def test_removal_leaves_no_backup_behind(tmp_path: Path) -> None:
+    """Undoing the configuration removes the managed file and any backup an earlier run kept."""
+    path = tmp_path / 'modprobe.d' / 'fleetgpu-passthrough.conf'
+    _files.write(str(path), 'one\n')
+    _files.write(str(path), 'two\n')
+    assert Path(str(path) + _files.BACKUP_SUFFIX).exists()
+    change = _files.plan(str(path), None)
+    change.apply()
+    assert sorted(p.name for p in path.parent.iterdir()) == []
+    change.revert()
+    assert path.read_text() == 'two\n'
+
+
 def test_removal_in_own_directory_leaves_nothing(tmp_path: Path) -> None:
     own = tmp_path / 'etc' / 'fleetgpu-passthrough'
     own.mkdir(parents=True)
