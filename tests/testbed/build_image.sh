@@ -193,7 +193,7 @@ log "first boot (direct kernel): grub-install inside the guest"
 timeout 600 qemu-system-x86_64 -accel tcg -machine q35 -cpu Skylake-Client -smp 2 -m 1536 \
   -display none -no-reboot -nic none \
   -kernel "$work/out/vmlinuz" -initrd "$work/out/initrd.img" \
-  -append "root=/dev/vda1 rw console=ttyS0,115200n8" \
+  -append "root=/dev/vda1 rw console=ttyS0,115200n8 no_timer_check" \
   -drive "file=$disk,format=raw,if=virtio" \
   -serial "file:$work/out/firstboot.log" 2> "$work/out/firstboot.qemu.log" &
 qemu_pid=$!

@@ -89,7 +89,8 @@ TOPOLOGIES: Dict[str, Dict[str, object]] = {
         'load_radeon': False,
     },
     'radeon': {
-        'description': 'intel, IOMMU on from boot (direct kernel), radeon loaded on purpose: 02:00.0 gets stuck',
+        'description': 'intel, IOMMU on from boot (direct kernel), radeon loaded on purpose: its probe of 02:00.0 '
+                       'waits for firmware holding the device lock',
         'machine': 'q35,kernel-irqchip=split',
         'cpu': INTEL_CPU,
         'iommu': ['-device', 'intel-iommu,intremap=on,caching-mode=on'],
@@ -97,6 +98,9 @@ TOPOLOGIES: Dict[str, Dict[str, object]] = {
         'load_radeon': True,
     },
 }
+
+# How long (s) radeon's probe waits for its firmware on the radeon topology.
+RADEON_HOLD = 3600
 
 SSH_OPTIONS = [
     '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR',
@@ -207,7 +211,7 @@ class TestHost:
         if self.kernel_args:
             # Direct kernel boot with extra arguments (the host's GRUB is bypassed).
             cmd += ['-kernel', str(self.image / 'vmlinuz'), '-initrd', str(self.image / 'initrd.img'),
-                    '-append', 'root=/dev/vda1 rw console=ttyS0,115200n8 %s' % self.kernel_args]
+                    '-append', 'root=/dev/vda1 rw console=ttyS0,115200n8 no_timer_check %s' % self.kernel_args]
         return cmd
 
     def start(self, wait: bool = True, ssh_wait: int = SSH_WAIT) -> 'TestHost':
@@ -291,10 +295,26 @@ class TestHost:
         return waited
 
     def load_radeon(self) -> None:
-        """Load radeon on purpose (detached): its probe of 02:00.0 never finishes under TCG."""
-        self.ssh(['sh', '-c', "'setsid nohup modprobe radeon >/dev/null 2>&1 < /dev/null &'"], timeout=60)
-        time.sleep(5)
+        """Load radeon on purpose so that its probe of 02:00.0 holds the device lock.
+
+        radeon's probe asks for its microcode (radeon/R100_cp.bin), which the image does not
+        have. With the kernel's firmware sysfs fallback forced on, a long fallback timeout and
+        udev's stub rule that refuses such requests at once masked (50-firmware.rules),
+        request_firmware() waits inside the probe for a loader that never comes, the device
+        lock held all the while: the same state as a probe that never finishes, but
+        deterministic, and undone by release_radeon(). modprobe runs detached: it blocks too.
+        """
+        self.ssh(['sh', '-c', "'ln -sf /dev/null /etc/udev/rules.d/50-firmware.rules && udevadm control --reload && "
+                  "echo 1 > /proc/sys/kernel/firmware_config/force_sysfs_fallback && "
+                  "echo %d > /sys/class/firmware/timeout && "
+                  "{ setsid nohup modprobe radeon >/dev/null 2>&1 < /dev/null & }'" % RADEON_HOLD], timeout=60)
         log('%s: radeon loading in the background (02:00.0 will be stuck)' % self.name)
+
+    def release_radeon(self) -> None:
+        """End the wait of radeon's probe (abort every pending firmware load)."""
+        self.ssh(['sh', '-c', "'echo 0 > /proc/sys/kernel/firmware_config/force_sysfs_fallback; "
+                  "for f in /sys/class/firmware/*/loading; do [ -e \"$f\" ] && echo -1 > \"$f\"; done; true'"],
+                 timeout=60, check=False)
 
     def serial_tail(self, lines: int = 40) -> str:
         try:

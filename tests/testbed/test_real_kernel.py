@@ -4,9 +4,10 @@
   whole IOMMU group (01:00.0 display + 01:00.1 HDMI audio) to vfio-pci, a second run is no
   change, and ``state: absent`` gives both functions back to their drivers; the boot GPU
   with the same vendor:device keeps its driver throughout.
-* ``radeon`` host: radeon is loaded on purpose and its probe of the ati-vga (02:00.0) never
-  finishes under TCG, holding the device lock. gpu_facts and vfio_bind must report that
-  device as stuck within their time bound instead of hanging the play.
+* ``radeon`` host: radeon is loaded on purpose and its probe of the ati-vga (02:00.0) waits
+  for firmware that never comes (firmware sysfs fallback forced on), holding the device lock,
+  so reading the device's driver_override blocks in the kernel. gpu_facts and vfio_bind must
+  report that device as stuck within their time bound instead of hanging the play.
 
 Run by tests/testbed/e2e.sh (needs root, qemu and the test-host image, which it builds).
 Each play runs under a subprocess timeout: a hang fails the test instead of the whole run.
@@ -113,22 +114,28 @@ def test_vfio_bind_binds_and_restores_the_gpu_group_at_runtime(hosts, tmp_path):
     assert _drivers(host) == before
 
 
-@pytest.fixture()
-def stuck_host(hosts) -> launch.TestHost:
-    """The radeon host, when 02:00.0 really is stuck (its driver_override read does not return).
+@pytest.fixture(scope='module')
+def stuck_host(hosts) -> Iterator[launch.TestHost]:
+    """The radeon host once 02:00.0 is really stuck: radeon's probe waits for its firmware.
 
-    radeon's probe of ati-vga was seen to hang for good on this kind of machine, but it can
-    also give up on the missing firmware and finish; then there is no stuck device to test
-    and the test is skipped, saying so, rather than passing on nothing.
+    The launcher loaded radeon with the firmware sysfs fallback forced on (launch.load_radeon):
+    the probe sits in request_firmware() holding the device lock, so reading driver_override
+    blocks in the kernel. The fixture waits for that state (the pending firmware load shows up
+    under /sys/class/firmware) and proves it (a bounded read of driver_override times out),
+    and ends the wait afterwards.
     """
     host = hosts['radeon']
-    probe = host.ssh(['timeout', '15', 'cat', '/sys/bus/pci/devices/%s/driver_override' % AMD_GPU],
+    pending = host.ssh(['sh', '-c', "'for i in $(seq 120); do ls -d /sys/class/firmware/radeon* 2>/dev/null "
+                        "&& exit 0; sleep 1; done; exit 1'"], timeout=200, check=False)
+    if pending.returncode != 0:
+        dmesg = host.ssh(['sh', '-c', "'dmesg | grep -i -e radeon -e firmware | tail -20'"], check=False).stdout
+        pytest.fail('radeon did not start waiting for its firmware within 120 s; dmesg:\n%s' % dmesg)
+    probe = host.ssh(['timeout', '10', 'cat', '/sys/bus/pci/devices/%s/driver_override' % AMD_GPU],
                      timeout=120, check=False)
-    if probe.returncode != 124:
-        driver = host.ssh(['readlink', '-f', '/sys/bus/pci/devices/%s/driver' % AMD_GPU], check=False).stdout.strip()
-        pytest.skip('radeon finished probing %s on this run (driver %s): no stuck device to test'
-                    % (AMD_GPU, driver.rsplit('/', 1)[-1] or 'none'))
-    return host
+    assert probe.returncode == 124, 'driver_override of %s answered (%d): the device is not stuck' % (
+        AMD_GPU, probe.returncode)
+    yield host
+    host.release_radeon()
 
 
 def test_gpu_facts_reports_the_stuck_device_instead_of_hanging(stuck_host, tmp_path):
