@@ -121,7 +121,7 @@ def stuck_host(hosts) -> Iterator[launch.TestHost]:
     The launcher loaded radeon with the firmware sysfs fallback forced on (launch.load_radeon):
     the probe sits in request_firmware() holding the device lock, so reading driver_override
     blocks in the kernel. The fixture waits for that state (the pending firmware load shows up
-    under /sys/class/firmware) and proves it (a bounded read of driver_override times out),
+    under /sys/class/firmware) and proves it (a read of driver_override still blocks after 10 s),
     and ends the wait afterwards.
     """
     host = hosts['radeon']
@@ -130,10 +130,13 @@ def stuck_host(hosts) -> Iterator[launch.TestHost]:
     if pending.returncode != 0:
         dmesg = host.ssh(['sh', '-c', "'dmesg | grep -i -e radeon -e firmware | tail -20'"], check=False).stdout
         pytest.fail('radeon did not start waiting for its firmware within 120 s; dmesg:\n%s' % dmesg)
-    probe = host.ssh(['timeout', '10', 'cat', '/sys/bus/pci/devices/%s/driver_override' % AMD_GPU],
-                     timeout=120, check=False)
-    assert probe.returncode == 124, 'driver_override of %s answered (%d): the device is not stuck' % (
-        AMD_GPU, probe.returncode)
+    # A reader of driver_override sleeps uninterruptibly on the device lock: `timeout` could not
+    # end it, so it runs detached and is looked at after 10 s.
+    probe = host.ssh(['sh', '-c', "'setsid cat /sys/bus/pci/devices/%s/driver_override >/dev/null 2>&1 </dev/null & "
+                      "p=$!; sleep 10; if kill -0 $p 2>/dev/null; then echo blocked $(cat /proc/$p/wchan); "
+                      "else echo answered; fi'" % AMD_GPU], timeout=120)
+    assert probe.stdout.startswith('blocked'), 'driver_override of %s answered: the device is not stuck (%s)' % (
+        AMD_GPU, probe.stdout.strip())
     yield host
     host.release_radeon()
 
