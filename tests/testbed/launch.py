@@ -464,10 +464,29 @@ def _on_signal(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def _mem_available_mib() -> int:
+    try:
+        for line in Path('/proc/meminfo').read_text().splitlines():
+            if line.startswith('MemAvailable:'):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def parallel_slots(hosts: Sequence[TestHost], reserve_mib: int = 1024) -> int:
+    """How many of these hosts fit in memory at once (guest RAM + QEMU overhead each)."""
+    need = max(h.memory_mib for h in hosts) + 384
+    return max(1, min(len(hosts), (_mem_available_mib() - reserve_mib) // need))
+
+
 def start_many(hosts: Sequence[TestHost], ssh_wait: int = SSH_WAIT) -> None:
-    """Start hosts in parallel; if one fails, stop them all and raise."""
+    """Start hosts in parallel, as many at a time as memory allows; if one fails, stop them all and raise."""
     image_dir(build=True)   # build once, before the threads
     errors: List[BaseException] = []
+    slots = parallel_slots(hosts)
+    if slots < len(hosts):
+        log('memory for %d test host(s) at a time: starting %d in waves' % (slots, len(hosts)))
 
     def run(h: TestHost) -> None:
         try:
@@ -475,15 +494,16 @@ def start_many(hosts: Sequence[TestHost], ssh_wait: int = SSH_WAIT) -> None:
         except (TestbedError, OSError, subprocess.SubprocessError) as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(h,), daemon=True) for h in hosts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(ssh_wait + 120)
-    if errors or any(t.is_alive() for t in threads):
-        for h in hosts:
-            h.stop()
-        raise TestbedError('; '.join(str(e) for e in errors) or 'start timed out')
+    for first in range(0, len(hosts), slots):
+        threads = [threading.Thread(target=run, args=(h,), daemon=True) for h in hosts[first:first + slots]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(ssh_wait + 120)
+        if errors or any(t.is_alive() for t in threads):
+            for h in hosts:
+                h.stop()
+            raise TestbedError('; '.join(str(e) for e in errors) or 'start timed out')
 
 
 def detach(host: TestHost) -> None:

@@ -1,0 +1,99 @@
+"""The test-host launcher's pure parts: QEMU command lines, inventories, memory-bounded starts."""
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'testbed'))
+import launch  # noqa: E402
+
+
+def _host(name='h1', topology='intel', memory=2048, tmp=Path('/nonexistent')):
+    return launch.TestHost(name, topology, memory_mib=memory, run_dir=tmp)
+
+
+@pytest.mark.parametrize('topology,iommu,cpu', [
+    ('intel', 'intel-iommu,intremap=on,caching-mode=on', 'Skylake-Client,svm=on'),
+    ('amd', 'amd-iommu,intremap=on', 'EPYC'),
+    ('noiommu', None, 'Skylake-Client,svm=on'),
+])
+def test_qemu_command_matches_the_topology(topology, iommu, cpu):
+    cmd = _host(topology=topology).qemu_command()
+    assert cmd[cmd.index('-accel') + 1] == 'tcg'
+    assert cmd[cmd.index('-cpu') + 1] == cpu
+    devices = [cmd[i + 1] for i, word in enumerate(cmd) if word == '-device']
+    iommus = [d for d in devices if 'iommu' in d]
+    assert iommus == ([iommu] if iommu else [])
+    # The GPUs of every topology: boot VGA, discrete VGA + audio, ati-vga behind root ports.
+    assert any(d.startswith('ati-vga') for d in devices)
+    assert any(d.startswith('ich9-intel-hda') for d in devices)
+    # Boots through the image's own GRUB: no direct kernel unless kernel_args are given.
+    assert '-kernel' not in cmd
+    netdev = cmd[cmd.index('-netdev') + 1]
+    assert 'hostfwd=tcp:127.0.0.1:' in netdev  # loopback only
+
+
+def test_direct_kernel_boot_adds_no_timer_check_and_the_arguments():
+    cmd = _host(topology='radeon').qemu_command()
+    append = cmd[cmd.index('-append') + 1].split()
+    assert 'no_timer_check' in append and 'intel_iommu=on' in append
+
+
+def test_unknown_topology_is_refused_by_name():
+    with pytest.raises(launch.TestbedError, match="unknown topology 'sparc'"):
+        launch.TestHost('x', 'sparc')
+
+
+def test_inventory_carries_keepalives_and_loopback_only():
+    h = _host()
+    h.port = 40022
+    text = launch.inventory_text([h], group='gpu_hosts')
+    assert 'ansible_host: 127.0.0.1' in text and 'ansible_port: 40022' in text
+    line = [ln for ln in text.splitlines() if 'ansible_ssh_common_args' in ln][0]
+    words = shlex.split(line.split(':', 1)[1].strip().strip("'"))
+    assert 'ServerAliveInterval=5' in words and 'ServerAliveCountMax=6' in words
+
+
+@pytest.mark.parametrize('available,count,expected', [
+    (24000, 2, 2),      # plenty: all at once
+    (24000, 20, 9),     # (24000 - 1024) // (2048 + 384)
+    (4000, 3, 1),       # one at a time
+    (1000, 2, 1),       # never zero
+    (0, 2, 1),          # meminfo unreadable
+])
+def test_parallel_slots_follow_available_memory(monkeypatch, available, count, expected):
+    monkeypatch.setattr(launch, '_mem_available_mib', lambda: available)
+    hosts = [_host('h%d' % i) for i in range(count)]
+    assert launch.parallel_slots(hosts) == expected
+
+
+def test_start_many_starts_in_waves_and_stops_all_on_failure(monkeypatch):
+    monkeypatch.setattr(launch, 'image_dir', lambda build=True: Path('/nonexistent'))
+    monkeypatch.setattr(launch, '_mem_available_mib', lambda: 1024 + 2 * (2048 + 384))
+    running, peak, started, stopped = [0], [0], [], []
+
+    class Fake(launch.TestHost):
+        def start(self, wait=True, ssh_wait=0):
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            started.append(self.name)
+            time.sleep(0.05)
+            running[0] -= 1
+            if self.name == 'h3':
+                raise launch.TestbedError('h3: QEMU exited at once')
+            return self
+
+        def stop(self):
+            stopped.append(self.name)
+
+    hosts = [Fake('h%d' % i, 'intel') for i in range(5)]
+    with pytest.raises(launch.TestbedError, match='h3'):
+        launch.start_many(hosts)
+    assert peak[0] <= 2
+    assert sorted(started) == ['h0', 'h1', 'h2', 'h3']
+    assert 'h4' not in started            # the wave after the failure never starts
+    assert sorted(stopped) == ['h0', 'h1', 'h2', 'h3', 'h4']
