@@ -52,7 +52,8 @@ timeout 1800 ansible-playbook -i inventories/testbed -i "$inv" playbooks/site.ym
 site_s=$((SECONDS - t))
 
 echo "== summary"
-facts=$(ANSIBLE_LOAD_CALLBACK_PLUGINS=1 ANSIBLE_STDOUT_CALLBACK=json timeout 300 \
+# The ad-hoc output of the minimal callback: "<host> | SUCCESS => {module result as JSON}".
+facts=$(ANSIBLE_STDOUT_CALLBACK=ansible.builtin.minimal timeout 300 \
   ansible gpu_hosts -i inventories/testbed -i "$inv" -m fleetgpu.passthrough.gpu_facts)
 domain_xml=$("${launcher[@]}" ssh --name "$host" -- virsh -c qemu:///system dumpxml --inactive gpu-vm)
 boots_after=$("${launcher[@]}" ssh --name "$host" -- wc -l /var/lib/fleetgpu-testbed/boots | cut -d' ' -f1)
@@ -60,8 +61,12 @@ FACTS="$facts" DOMAIN_XML="$domain_xml" python3 - "$host" "$((boots_after - boot
   "$image_s" "$boot_s" "$site_s" "$((SECONDS - t0))" <<'EOF'
 import json, os, re, sys
 host, reboots, image_s, boot_s, site_s, total_s = sys.argv[1:]
-doc = json.loads(os.environ['FACTS'])
-res = doc['plays'][0]['tasks'][0]['hosts'][host]
+out = os.environ['FACTS']
+head = out.find(host + ' | ')
+status, sep, _ = out[head:].partition(' => ')
+if head < 0 or not sep or 'SUCCESS' not in status:
+    sys.exit('gpu_facts failed on %s: %s' % (host, out[:2000]))
+res = json.JSONDecoder().raw_decode(out, head + len(status) + len(sep))[0]
 gpus = res['ansible_facts']['gpu_passthrough']['gpus']
 print('GPUs found on %s: %d' % (host, len(gpus)))
 for g in gpus:
