@@ -44,7 +44,7 @@ def silent_server() -> Iterator[int]:
     def serve() -> None:
         while not stop.is_set():
             try:
-                conn, _ = srv.accept()
+                conn, _peer = srv.accept()
             except OSError:
                 continue
             conn.sendall(b'SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n')
@@ -106,4 +106,3 @@ def test_reboot_tasks_are_bounded_by_a_task_timeout():
         for task in reboots:
             assert 'vfio_host_reboot_timeout' in str(task.get('timeout', '')), (name, task)
             assert task['ansible.builtin.reboot']['reboot_timeout'] == '{{ vfio_host_reboot_timeout }}'
-
