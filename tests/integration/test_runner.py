@@ -46,8 +46,8 @@ class Job:
         inv = {'all': {'children': {'gpu_hosts': {'hosts': {}}}}}
         for host, root in hosts.items():
             hv = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable,
-                  'fleetgpu_sysfs_root': str(root), 'vfio_host_sysfs_root': str(root),
-                  'libvirt_gpu_sysfs_root': str(root)}
+                  # The one fleet-wide variable: the playbooks and both roles must follow it.
+                  'fleetgpu_sysfs_root': str(root)}
             hv.update((host_vars or {}).get(host, {}))
             inv['all']['children']['gpu_hosts']['hosts'][host] = hv
         (self.pdd / 'inventory').mkdir(parents=True)
