@@ -152,6 +152,8 @@ def test_context_copies_all_the_collection_ships(ee_context: Path, installed_col
     # metadata ansible-galaxy writes, the EE definition itself and tool configuration files
     top = {name for name in top if not name.startswith('.')}
     top -= {'MANIFEST.json', 'FILES.json', 'execution-environment.yml'}
+    # the repository's test-host material stays out of what users install
+    assert not top & {'inventories', 'tests', 'molecule', 'scripts', 'bench'}, sorted(top)
     copied = {p.name for p in (ee_context / '_build' / 'collection').iterdir()}
     missing = sorted(top - copied)
     assert not missing, 'add these to additional_build_files in execution-environment.yml: %s' % missing
