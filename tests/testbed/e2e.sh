@@ -6,6 +6,9 @@
 #   collection       build + install the collection as users do
 #   runtime          tests/testbed/test_real_kernel.py: vfio_bind binds and restores a group on
 #                    a running host; gpu_facts and vfio_bind report a stuck device (radeon)
+#   awx-runner       tests/integration/test_runner_testbed.py: facts.yml as an AWX job
+#                    (ansible-runner) over SSH on a booted host; it skips in the integration
+#                    phase when no image is cached yet, so it runs here, after the image phase
 #   molecule-noiommu site.yml stops early on a host without an IOMMU, changes nothing
 #   molecule-intel   site.yml end to end (one reboot, idempotence, VM with the GPU, restore)
 #   molecule-amd     the same on an AMD CPU + AMD IOMMU host
@@ -26,7 +29,7 @@ export FLEETGPU_TESTBED_RUN=${FLEETGPU_TESTBED_RUN:-$FLEETGPU_TESTBED_CACHE/run-
 export FLEETGPU_TESTBED_LIFETIME=${FLEETGPU_TESTBED_LIFETIME:-3600}
 logs="$here/.cache/e2e-logs"
 mkdir -p "$logs"
-only=" ${FLEETGPU_E2E_ONLY:-image collection runtime noiommu intel amd} "
+only=" ${FLEETGPU_E2E_ONLY:-image collection runtime awx-runner noiommu intel amd} "
 jobs=${FLEETGPU_E2E_JOBS:-2}
 # The whole phase stays inside this budget (seconds): each step's limit is cut to what is left.
 budget=${FLEETGPU_E2E_BUDGET:-2400}
@@ -86,6 +89,9 @@ if [ ! -f "$(bash tests/testbed/build_image.sh --path)/ready" ]; then
 else
   wants collection && phase collection 300 bash scripts/install-collection.sh
   wants runtime && phase runtime 900 pytest -q -p no:cacheprovider tests/testbed/test_real_kernel.py
+  # FLEETGPU_TESTBED_BUILD=1: the image is there now, so the test runs instead of skipping.
+  wants awx-runner && phase awx-runner 900 env FLEETGPU_TESTBED_BUILD=1 \
+    pytest -q -rs -p no:cacheprovider tests/integration/test_runner_testbed.py
 
   scenarios=()
   for s in noiommu intel amd; do wants "$s" && scenarios+=("$s"); done
