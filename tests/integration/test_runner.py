@@ -70,6 +70,10 @@ class Job:
     def run(self, playbook: str, extravars: Optional[Dict[str, Any]] = None, limit: Optional[str] = None,
             check: bool = False, diff: bool = False) -> 'ansible_runner.Runner':
         cmdline = ' '.join(a for a, on in (('--check', check), ('--diff', diff)) if on) or None
+        # ansible-runner keeps a run's cmdline in env/cmdline and reuses it when the next run
+        # passes none: a job after a check job would run in check mode too. AWX starts every
+        # job from a fresh directory; drop the file to do the same.
+        (self.pdd / 'env' / 'cmdline').unlink(missing_ok=True)
         return ansible_runner.run(private_data_dir=str(self.pdd), playbook=playbook,
                                   inventory=str(self.inventory), extravars=extravars or {},
                                   limit=limit, cmdline=cmdline, quiet=True)

@@ -70,7 +70,7 @@ def pdd(tmp_path: Path, testhost: 'launch.TestHost', installed_collection: Path,
         'ANSIBLE_NOCOLOR': '1',
     }))
     (root / 'env' / 'extravars').write_text(yaml.safe_dump({}))
-    (root / 'env' / 'settings').write_text(yaml.safe_dump({'job_timeout': 900}))
+    (root / 'env' / 'settings').write_text(yaml.safe_dump({'job_timeout': 1500}))
     return root
 
 
@@ -98,3 +98,74 @@ def test_facts_job_on_a_real_kernel(pdd: Path, testhost: 'launch.TestHost') -> N
     assert isinstance(addresses['0000:01:00.0']['iommu_group'], int)
     if '0000:00:01.0' in addresses:
         assert addresses['0000:00:01.0']['state'] == 'boot-vga'
+
+
+# -- an AWX "check, approve, run" workflow on a real kernel ------------------------------
+
+SNAPSHOT = REPO / 'molecule' / 'shared' / 'files' / 'snapshot.sh'
+VM_XML = REPO / 'molecule' / 'shared' / 'files' / 'gpu-vm.xml'
+# What the job may change besides the files snapshot.sh lists: the initramfs, the VM's
+# definition, and the boot count kept by the image's fleetgpu-bootlog.service.
+EXTRA_STATE = ('echo "initrd $(md5sum < /boot/initrd.img-$(uname -r) | cut -d" " -f1)"; '
+               'echo "domain $(virsh -q -c qemu:///system dumpxml --inactive gpu-vm | md5sum | cut -d" " -f1)"; '
+               'echo "boots $(wc -l < /var/lib/fleetgpu-testbed/boots)"')
+
+
+def _host_state(host: 'launch.TestHost') -> list:
+    """Every line of state the main job may change on the host, sorted."""
+    script = SNAPSHOT.read_text() + '\n' + EXTRA_STATE + '\n'
+    proc = subprocess.run(host.ssh_command(['sh', '-s']), input=script, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return sorted(proc.stdout.splitlines())
+
+
+def _boots(state: list) -> int:
+    (count,) = [int(line.split()[1]) for line in state if line.startswith('boots ')]
+    return count
+
+
+def _changed_tasks(r: 'ansible_runner.Runner', host: str) -> list:
+    """(play, role, task) of every task that reported changed on the host, in order."""
+    out = []
+    for e in r.events:
+        data = e.get('event_data', {})
+        if e.get('event') == 'runner_on_ok' and data.get('host') == host and data.get('res', {}).get('changed'):
+            out.append((data.get('play', ''), data.get('role', ''), data.get('task', '')))
+    return out
+
+
+def test_check_job_predicts_the_converge_job(pdd: Path, testhost: 'launch.TestHost') -> None:
+    """site.yml in check + diff mode writes nothing and names exactly the tasks the real job
+    then changes (the reboot included); the real job reboots the host once."""
+    define = subprocess.run(testhost.ssh_command(['virsh', '-q', '-c', 'qemu:///system', 'define', '/dev/stdin']),
+                            input=VM_XML.read_text(), capture_output=True, text=True, timeout=300, check=False)
+    assert define.returncode == 0, define.stderr
+    group_vars = pdd / 'inventory' / 'group_vars'
+    group_vars.mkdir(parents=True)
+    shutil.copy(REPO / 'inventories' / 'testbed' / 'group_vars' / 'gpu_hosts.yml', group_vars / 'gpu_hosts.yml')
+    inventory = str(pdd / 'inventory')
+    before = _host_state(testhost)
+
+    check = ansible_runner.run(private_data_dir=str(pdd), playbook='playbooks/site.yml', inventory=inventory,
+                               cmdline='--check --diff', quiet=True)
+    out = check.stdout.read() if check.stdout else ''
+    assert check.status == 'successful' and check.rc == 0, out[-4000:]
+    assert _host_state(testhost) == before, 'check mode changed the host'
+    predicted = _changed_tasks(check, testhost.name)
+    assert any('reboot' in task.lower() for _play, _role, task in predicted), predicted
+    diffs = [e['event_data']['res']['diff'] for e in check.events
+             if e.get('event') == 'runner_on_ok' and e['event_data'].get('res', {}).get('diff')]
+    assert any('iommu' in str(d) for d in diffs), 'diff mode did not show the kernel command line'
+
+    # ansible-runner kept '--check --diff' in env/cmdline for the next run: drop it (AWX would
+    # start the approved job from a fresh private data directory).
+    (pdd / 'env' / 'cmdline').unlink()
+    assert not (pdd / 'env' / 'cmdline').exists()
+    real = ansible_runner.run(private_data_dir=str(pdd), playbook='playbooks/site.yml', inventory=inventory,
+                              quiet=True)
+    out = real.stdout.read() if real.stdout else ''
+    assert real.status == 'successful' and real.rc == 0, out[-4000:]
+    done = _changed_tasks(real, testhost.name)
+    assert done == predicted, 'check mode predicted %s, the job changed %s' % (predicted, done)
+    assert _boots(_host_state(testhost)) == _boots(before) + 1, 'the job did not reboot the host exactly once'

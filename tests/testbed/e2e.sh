@@ -90,7 +90,7 @@ else
   wants collection && phase collection 300 bash scripts/install-collection.sh
   wants runtime && phase runtime 900 pytest -q -p no:cacheprovider tests/testbed/test_real_kernel.py
   # FLEETGPU_TESTBED_BUILD=1: the image is there now, so the test runs instead of skipping.
-  wants awx-runner && phase awx-runner 900 env FLEETGPU_TESTBED_BUILD=1 \
+  wants awx-runner && phase awx-runner 1500 env FLEETGPU_TESTBED_BUILD=1 \
     pytest -q -rs -p no:cacheprovider tests/integration/test_runner_testbed.py
 
   scenarios=()
