@@ -2,8 +2,9 @@
 (real kernel, emulated Intel IOMMU, emulated GPUs: see tests/testbed/launch.py), over SSH.
 
 Runs when the test-host image is already built (the end-to-end phase builds and caches it) or
-when FLEETGPU_TESTBED_BUILD=1 asks this test to build it; skipped otherwise. Only read-only
-and check-mode jobs run here: the converge with reboots is the end-to-end phase's work.
+when FLEETGPU_TESTBED_BUILD=1 asks this test to build it; skipped otherwise (the end-to-end
+phase runs it with FLEETGPU_TESTBED_BUILD=1, after the image phase). Jobs: facts.yml, then the
+"check, approve, run" pair: site.yml in check + diff mode, then for real with its one reboot.
 """
 from __future__ import annotations
 

@@ -6,9 +6,10 @@
 #   collection       build + install the collection as users do
 #   runtime          tests/testbed/test_real_kernel.py: vfio_bind binds and restores a group on
 #                    a running host; gpu_facts and vfio_bind report a stuck device (radeon)
-#   awx-runner       tests/integration/test_runner_testbed.py: facts.yml as an AWX job
-#                    (ansible-runner) over SSH on a booted host; it skips in the integration
-#                    phase when no image is cached yet, so it runs here, after the image phase
+#   awx-runner       tests/integration/test_runner_testbed.py: AWX jobs (ansible-runner) over
+#                    SSH on a booted host: facts.yml, then site.yml in check + diff mode and for
+#                    real (the check must predict exactly the tasks the real job changes); it
+#                    runs here, after the image phase, not in the integration phase
 #   molecule-noiommu site.yml stops early on a host without an IOMMU, changes nothing
 #   molecule-intel   site.yml end to end (one reboot, idempotence, VM with the GPU, restore)
 #   molecule-amd     the same on an AMD CPU + AMD IOMMU host
