@@ -33,7 +33,7 @@ mkdir -p "$logs"
 only=" ${FLEETGPU_E2E_ONLY:-image collection runtime awx-runner noiommu intel amd} "
 jobs=${FLEETGPU_E2E_JOBS:-2}
 # The whole phase stays inside this budget (seconds): each step's limit is cut to what is left.
-budget=${FLEETGPU_E2E_BUDGET:-2400}
+budget=${FLEETGPU_E2E_BUDGET:-3000}
 deadline=$((SECONDS + budget))
 cap() {  # cap LIMIT: the limit, or the time left in the budget when that is shorter (at least 60 s)
   local left=$((deadline - SECONDS))
@@ -69,14 +69,64 @@ phase() {  # name timeout command...
 }
 wants() { [[ "$only" == *" $1 "* ]]; }
 
-molecule_scenario() {  # scenario: run `molecule test`, output to a log file, bounded
-  local s=$1 limit log="$logs/molecule-$1.log" t0=$SECONDS status=ok
+diagnose() {  # scenario reason: keep and print what a failure needs to be understood from CI's output
+  local s=$1 reason=$2 log="$logs/molecule-$1.log" out="$logs/diagnosis-$1.txt" d step task pids port
+  step=$(grep -oE '\[[a-z0-9_-]+ > [a-z_]+\]' "$log" 2>/dev/null | tail -1)
+  task=$(grep -E '^[0-9:]{8} (TASK|RUNNING HANDLER) \[' "$log" 2>/dev/null | tail -1 | sed 's/ \**$//')
+  {
+    echo "molecule $s: $reason"
+    echo "molecule step: ${step:-(none)}"
+    echo "last Ansible task: ${task:-(none)}"
+    echo
+    echo "--- SSH state (client processes, control sockets, loopback connections)"
+    pids=$(pgrep -d, -f 'ssh .*127\.0\.0\.1|ssh: .*\[mux\]' || true)
+    [ -n "$pids" ] && ps -o pid,etimes,stat,args -p "$pids" | cut -c1-300
+    ls -la "$HOME/.ansible/cp" 2>/dev/null || true
+    for d in "$FLEETGPU_TESTBED_RUN"/testbed-"$s"*/; do
+      [ -f "$d/host.json" ] || continue
+      port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$d/host.json" 2>/dev/null)
+      echo "host $(basename "$d"), ssh port ${port:-?}:"
+      [ -n "${port:-}" ] && ss -tnp "( dport = :$port or sport = :$port )" 2>/dev/null | cut -c1-200
+      [ -n "${port:-}" ] && timeout 20 python3 tests/testbed/launch.py ssh --name "$(basename "$d")" --timeout 15 -- \
+        "cat /proc/sys/kernel/random/boot_id /proc/uptime /proc/loadavg; timeout 10 systemctl list-jobs --no-pager; ps -eo pid,stat,etimes,wchan:24,args | awk 'NR == 1 || \$2 ~ /^D/'" 2>&1 | sed 's/^/  probe: /'
+    done
+    for d in "$FLEETGPU_TESTBED_RUN"/testbed-"$s"*/; do
+      [ -f "$d/serial.log" ] || continue
+      cp "$d/serial.log" "$logs/serial-$(basename "$d").log"
+      echo
+      echo "--- serial console of $(basename "$d") (last 40 lines; whole in $logs/serial-$(basename "$d").log)"
+      tail -40 "$d/serial.log" | tr -d '\r' | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g'
+    done
+  } > "$out" 2>&1
+  cat "$out"
+}
+
+molecule_scenario() {  # scenario limit: run `molecule test`, output to a log file, bounded
+  local s=$1 limit log="$logs/molecule-$1.log" t0=$SECONDS status=ok pid end
   limit=$(cap "$2")
-  echo "--- e2e: molecule $s started (log $log)"
-  timeout -k 60 "$limit" molecule test -s "$s" > "$log" 2>&1 || status=FAILED
+  end=$((SECONDS + limit))
+  echo "--- e2e: molecule $s started (limit ${limit}s, log $log)"
+  # A session of its own, so that a time-out stops molecule and every ansible/ssh it started,
+  # after the state of the moment has been recorded.
+  # Every line carries the time it was printed: a slow step shows where the time went.
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  # Verbosity 3: the reboot tasks log each poll of the host, so a slow return can be read.
+  setsid env ANSIBLE_VERBOSITY="${FLEETGPU_E2E_VERBOSITY:-3}" bash -c 'set -o pipefail; molecule test -s "$1" 2>&1 |
+    while IFS= read -r line; do printf "%(%H:%M:%S)T %s\n" -1 "$line"; done' _ "$s" > "$log" &
+  pid=$!
+  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$end" ]; do sleep 5; done
+  if kill -0 "$pid" 2>/dev/null; then
+    status=TIMEOUT
+    diagnose "$s" "ran out of time after ${limit} s"
+    kill -TERM -- "-$pid" 2>/dev/null; sleep 20; kill -KILL -- "-$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+  else
+    wait "$pid" || status=FAILED
+  fi
   echo "$status $((SECONDS - t0))" > "$logs/molecule-$s.result"
   echo "--- e2e: molecule $s: $status after $((SECONDS - t0)) s"
-  if [ "$status" != ok ]; then
+  if [ "$status" = FAILED ]; then
+    diagnose "$s" "failed"
     echo "----- last lines of $log"
     tail -60 "$log"
   fi
@@ -100,7 +150,7 @@ else
     rm -f "$logs"/molecule-*.result
     running=0
     for s in "${scenarios[@]}"; do
-      limit=1800; [ "$s" = noiommu ] && limit=600
+      limit=2400; [ "$s" = noiommu ] && limit=900
       molecule_scenario "$s" "$limit" &
       # Molecule installs the collection under ~/.ansible when it starts: do not race it.
       sleep 30

@@ -576,7 +576,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.cmd == 'ssh':
             h = _load(args.name, args.run_dir)
             cmd = [c for c in args.command if c != '--'] or ['true']
-            proc = subprocess.run(h.ssh_command(cmd), timeout=args.timeout, check=False)
+            try:
+                proc = subprocess.run(h.ssh_command(cmd), timeout=args.timeout, check=False)
+            except subprocess.TimeoutExpired:
+                log('%s: %s did not finish within %d s' % (h.name, ' '.join(cmd), args.timeout))
+                return 124
             return proc.returncode
     except TestbedError as exc:
         log('error: %s' % exc)
