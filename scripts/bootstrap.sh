@@ -24,6 +24,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# The reboot tests run Debian's sshd privately (tests/integration/sshhost.py): unpack the
+# package into .cache/sshd instead of installing it, so no ssh service starts on this machine.
+if [ ! -x .cache/sshd/usr/sbin/sshd ]; then
+  echo "bootstrap: unpacking openssh-server into .cache/sshd"
+  rm -rf .cache/sshd-debs && mkdir -p .cache/sshd-debs .cache/sshd
+  (cd .cache/sshd-debs && { apt-get download -q openssh-server libwrap0 2>/dev/null ||
+    { apt-get update -q && apt-get download -q openssh-server libwrap0; }; })
+  for deb in .cache/sshd-debs/*.deb; do dpkg-deb -x "$deb" .cache/sshd; done
+  rm -rf .cache/sshd-debs
+fi
+
 PY=${PYTHON:-python3}
 stamp=.venv/.requirements.sha256
 want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)

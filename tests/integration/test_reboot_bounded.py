@@ -1,0 +1,148 @@
+"""The role's reboot returns once the host is back, and fails clearly when it is not.
+
+A host behind a NAT that never resets a connection (QEMU's user network, and many real
+firewalls) keeps the TCP connection of an SSH ControlPersist master "open" across the
+reboot. ansible.builtin.reboot, as configured by default, polls the new boot id through that
+master: with Ansible's default SSH arguments (ControlPersist, no keepalives) the poll waits
+for good although the host answers new connections again within seconds. The first test
+reproduces that with a private sshd behind a proxy that freezes open connections when the
+host "reboots" (tests/integration/sshhost.py); the second proves that the role's reboot
+(roles/vfio_host/tasks/reboot.yml) returns as soon as the host is back; the third that a host
+that never comes back fails with a message that says so, within the role's time-out.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import playbook_env, tool
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sshhost  # noqa: E402
+
+_WHY_NOT = sshhost.sshd_available()
+pytestmark = pytest.mark.skipif(_WHY_NOT is not None, reason=_WHY_NOT or '')
+
+
+def _inventory(tmp: Path, host: sshhost.RebootingHost) -> Path:
+    inv = tmp / 'inventory.yml'
+    inv.write_text(
+        'all:\n  hosts:\n    rebooting:\n'
+        '      ansible_connection: ssh\n'
+        '      ansible_host: 127.0.0.1\n'
+        '      ansible_port: %d\n'
+        '      ansible_user: root\n'
+        '      ansible_ssh_private_key_file: %s\n'
+        '      ansible_python_interpreter: /usr/bin/python3\n'
+        # Ansible's own default SSH arguments: a ControlPersist master, no keepalives.
+        "      ansible_ssh_args: '-C -o ControlMaster=auto -o ControlPersist=60s'\n"
+        "      ansible_ssh_common_args: '-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no'\n"
+        % (host.port, host.key))
+    return inv
+
+
+def _run(installed_collection: Path, tmp: Path, host: sshhost.RebootingHost, tasks: str,
+         timeout: int = 300, verbose: bool = False) -> subprocess.CompletedProcess:
+    play = tmp / 'play.yml'
+    play.write_text('- hosts: rebooting\n  gather_facts: false\n  tasks:\n'
+                    '    - name: Open the SSH connection (its ControlPersist master stays)\n'
+                    '      ansible.builtin.command: cat /proc/sys/kernel/random/boot_id\n'
+                    '      changed_when: false\n' + tasks)
+    env = playbook_env(installed_collection, {'ANSIBLE_SSH_CONTROL_PATH_DIR': str(tmp / 'cp'),
+                                              'ANSIBLE_HOST_KEY_CHECKING': 'False',
+                                              'ANSIBLE_PIPELINING': 'True'})
+    return subprocess.run([tool('ansible-playbook'), '-i', str(_inventory(tmp, host)), str(play)] + (['-vvv'] if verbose else []),
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=str(tmp), check=False)
+
+
+@pytest.fixture()
+def rebooting_host(tmp_path: Path) -> Iterator[sshhost.RebootingHost]:
+    host = sshhost.RebootingHost(tmp_path / 'host', boot_seconds=3).start()
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+@pytest.fixture()
+def dead_host(tmp_path: Path) -> Iterator[sshhost.RebootingHost]:
+    host = sshhost.RebootingHost(tmp_path / 'host', down_for=None).start()
+    try:
+        yield host
+    finally:
+        host.stop()
+
+
+def test_default_reboot_poll_outlives_the_hosts_return(installed_collection: Path, tmp_path: Path,
+                                                       rebooting_host: sshhost.RebootingHost) -> None:
+    """The cause: ansible.builtin.reboot without connect_timeout rides the stale master."""
+    first_boot = rebooting_host.boot_id
+    proc = _run(installed_collection, tmp_path, rebooting_host,
+                '    - name: Reboot as ansible.builtin.reboot does by default\n'
+                '      ansible.builtin.reboot:\n'
+                '        reboot_timeout: 120\n'
+                '      timeout: 45\n')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert rebooting_host.reboots == 1, out
+    # The host rebooted and answers new connections with its new boot id ...
+    assert rebooting_host.boot_id != first_boot
+    now = rebooting_host.ssh('cat /proc/sys/kernel/random/boot_id')
+    assert now.stdout.strip() == rebooting_host.boot_id, now.stderr
+    # ... yet the task was still waiting on the old connection when its time-out ended it.
+    assert 'Timed out after 45 second' in out, out
+
+
+def test_role_reboot_returns_once_the_host_is_back(installed_collection: Path, tmp_path: Path,
+                                                   rebooting_host: sshhost.RebootingHost) -> None:
+    first_boot = rebooting_host.boot_id
+    proc = _run(installed_collection, tmp_path, rebooting_host,
+                '    - name: The role\'s reboot\n'
+                '      ansible.builtin.include_role:\n'
+                '        name: fleetgpu.passthrough.vfio_host\n'
+                '        tasks_from: reboot.yml\n'
+                '      vars:\n'
+                '        vfio_host_reboot_timeout: 120\n'
+                '        __vfio_host_reboot_msg: test reboot\n'
+                '    - name: Read the boot id after the reboot\n'
+                '      ansible.builtin.command: cat /proc/sys/kernel/random/boot_id\n'
+                '      changed_when: false\n'
+                '      register: after\n'
+                '    - name: Show it\n'
+                '      ansible.builtin.debug:\n'
+                '        msg: "boot id after: {{ after.stdout }} rebooted={{ __vfio_host_rebooted | default(false) }}"\n',
+                timeout=240, verbose=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert rebooting_host.reboots == 1
+    assert rebooting_host.shutdown_calls() and 'test reboot' in rebooting_host.shutdown_calls()[0]
+    assert rebooting_host.boot_id != first_boot
+    assert 'boot id after: %s rebooted=True' % rebooting_host.boot_id in out, out
+    # Every SSH command of the reboot (the shutdown and each poll) carries keepalives.
+    reboot_part = out[out.index('Start the reboot on a fresh SSH connection'):out.index('Remember that the host rebooted')]
+    ssh_lines = [line for line in reboot_part.splitlines() if 'SSH: EXEC ssh' in line]
+    assert ssh_lines, reboot_part
+    assert all('ServerAliveInterval=5' in line for line in ssh_lines), ssh_lines
+
+
+def test_role_reboot_of_a_host_that_never_returns_fails_clearly(installed_collection: Path, tmp_path: Path,
+                                                                 dead_host: sshhost.RebootingHost) -> None:
+    proc = _run(installed_collection, tmp_path, dead_host,
+                '    - name: The role\'s reboot\n'
+                '      ansible.builtin.include_role:\n'
+                '        name: fleetgpu.passthrough.vfio_host\n'
+                '        tasks_from: reboot.yml\n'
+                '      vars:\n'
+                '        vfio_host_reboot_timeout: 20\n'
+                '        vfio_host_reboot_connect_timeout: 5\n'
+                '        __vfio_host_reboot_msg: test reboot\n',
+                timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert dead_host.reboots == 1, out
+    assert 'rebooting did not come back from its reboot within 20 s (vfio_host_reboot_timeout)' in out, out
+    assert 'Traceback' not in out
