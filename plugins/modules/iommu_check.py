@@ -67,8 +67,8 @@ options:
         C(unsafe_interrupts_allowed) (a warning), and the task warns that a VM given a device can then inject
         interrupts into the host.
       - VFIO itself still refuses such a host until the C(vfio_iommu_type1) module option
-        C(allow_unsafe_interrupts=1) is set; the P(fleetgpu.passthrough.vfio_host#role) role sets it when
-        C(vfio_host_allow_unsafe_interrupts) is true.
+        C(allow_unsafe_interrupts=1) is set; the collection does not set it. Role
+        P(fleetgpu.passthrough.vfio_host#role) passes this option from C(vfio_host_allow_unsafe_interrupts).
     type: bool
     default: false
   python_modules:
