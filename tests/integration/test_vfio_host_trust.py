@@ -116,20 +116,21 @@ def test_include_group_gives_the_whole_group_and_needs_no_reboot(run_playbook, t
 
 
 def test_sriov_refusal_of_the_bind_is_not_a_reboot_reason(run_playbook, tmp_path: Path) -> None:
-    """vfio_bind refuses a physical function with live VFs; no reboot changes that, so the role fails with
-    vfio_bind's reason instead of swallowing it into a reboot reason (the rescue did that before)."""
+    """vfio_bind refuses a physical function with live VFs; no reboot changes that. Before, the rescue turned
+    the refusal into a reboot reason after writing the files; now the preflight asks vfio_bind in check
+    mode and refuses with its reason before anything is written."""
     host = Host(tmp_path, 'sriov')
+    before = host.snapshot()
     proc = run_playbook(PLAY, extra_vars=host.vars(vfio_host_devices=[{'address': '0000:01:00.0'}],
                                                    vfio_host_runtime_bind=True), env=host.env())
     doc = playbook_json(proc)
     assert proc.returncode != 0
-    binds = [t for t in doc['tasks'] if t['action'] == 'fleetgpu.passthrough.vfio_bind']
-    assert binds and binds[0]['status'] == 'failed', [t['task'] for t in doc['tasks']]
     failed = _failed(proc)
-    assert failed[-1]['task'].endswith('Stop on a bind failure that a reboot cannot fix')
+    assert failed[-1]['task'].endswith('refuse what a reboot cannot fix, before anything is written')
     msg = failed[-1]['result']['msg']
-    assert 'a reboot would not fix it' in msg and 'virtual functions' in msg, msg
+    assert 'virtual functions' in msg and 'no reboot changes this' in msg, msg
     assert not [t for t in doc['tasks'] if t['task'].endswith('Say that a reboot is required') and t['status'] == 'ok']
+    assert host.snapshot() == before and host.commands() == []
 
 
 # 2. interrupt remapping ------------------------------------------------------------------------------
