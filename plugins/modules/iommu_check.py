@@ -48,7 +48,9 @@ options:
       - cmdline_contradiction
       - cmdline_wrong_vendor
       - amd_iommu_invalid_value
+      - amd_iommu_on_ignored
       - no_interrupt_remapping
+      - unsafe_interrupts_allowed
       - interrupt_remapping_unknown
       - vfio_unavailable
       - vfio_not_loaded

@@ -196,7 +196,7 @@ def host_pair(tmp_path: Path) -> Host:
 
 # 5. libvirt-python and lxml before any change -----------------------------------------------------------
 def test_missing_lxml_fails_before_any_change_naming_the_packages(run_playbook, host_pair: Host,
-                                                                   tmp_path: Path) -> None:
+                                                                  tmp_path: Path) -> None:
     shadow = tmp_path / 'shadow'
     shadow.mkdir()
     (shadow / 'lxml.py').write_text('raise ImportError("simulated: lxml is not installed")\n')
