@@ -14,7 +14,9 @@ Secure Boot) and, for a list of target devices, their groups, and returns
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import (
     FactsError,
@@ -60,7 +62,9 @@ FINDINGS = {
     'cmdline_contradiction': WARNING,
     'cmdline_wrong_vendor': WARNING,
     'amd_iommu_invalid_value': WARNING,
+    'amd_iommu_on_ignored': INFO,
     'no_interrupt_remapping': ERROR,
+    'unsafe_interrupts_allowed': WARNING,
     'interrupt_remapping_unknown': WARNING,
     'vfio_unavailable': ERROR,
     'vfio_not_loaded': INFO,
@@ -72,6 +76,7 @@ FINDINGS = {
     'boot_vga': WARNING,
     'vfio_ids_capture_boot_vga': WARNING,
     'device_stuck': ERROR,
+    'python_module_missing': ERROR,
 }
 
 
@@ -150,7 +155,14 @@ def cmdline_findings(cmdline: str, cpu_vendor: str) -> list[Finding]:
     if cpu_vendor == 'intel' and amd:
         out.append(Finding('cmdline_wrong_vendor', 'amd_iommu=%s is on the command line of an Intel host, where it '
                            'does nothing' % ','.join(amd), 'remove amd_iommu from this host\'s command line'))
-    bad = [v for v in amd if v not in AMD_IOMMU_VALUES]
+    if 'on' in amd:
+        # The guides that tell users to add amd_iommu=on are wrong but harmless: the kernel logs
+        # "AMD-Vi: Unknown option" and keeps AMD-Vi on, its default. Reported, never a failure.
+        out.append(Finding('amd_iommu_on_ignored', 'amd_iommu=on is on the command line: the kernel does not know '
+                           'this value and ignores it (AMD-Vi is on by default), so it does no harm',
+                           'nothing to do; you may remove amd_iommu=on from your own kernel arguments, the '
+                           'collection leaves it alone'))
+    bad = [v for v in amd if v not in AMD_IOMMU_VALUES and v != 'on']
     if bad:
         out.append(Finding('amd_iommu_invalid_value', 'amd_iommu=%s is not a valid value (the kernel logs '
                            '"AMD-Vi: Unknown option"); AMD-Vi is on by default' % ','.join(bad),
@@ -189,9 +201,27 @@ def vfio_ids_findings(sysfs: Sysfs, cmdline: str) -> list[Finding]:
     return out
 
 
+def python_module_findings(names: list[str]) -> list[Finding]:
+    """Python modules (import names) the interpreter running this check cannot import."""
+    missing: list[str] = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if not missing:
+        return []
+    return [Finding('python_module_missing', 'the Python interpreter %s on this host cannot import %s'
+                    % (sys.executable, ', '.join(missing)),
+                    'install the distribution packages that provide %s for that interpreter' % ', '.join(missing))]
+
+
 class IommuCheck:
-    def __init__(self, sysfs: Sysfs, devices: list | None = None) -> None:
+    def __init__(self, sysfs: Sysfs, devices: list | None = None, allow_unsafe_interrupts: bool = False,
+                 python_modules: list[str] | None = None) -> None:
         self.sysfs = sysfs
+        self.allow_unsafe_interrupts = allow_unsafe_interrupts
+        self.python_modules = list(python_modules or [])
         try:
             self.targets = parse_addresses(devices, option='devices')
         except FactsError as exc:
@@ -234,11 +264,20 @@ class IommuCheck:
                                         % (' or '.join(ACPI_IOMMU_TABLES), tables),
                                         'enable VT-d / AMD-Vi (IOMMU) in the firmware setup, or run on hardware that '
                                         'has an IOMMU; nothing on this host can be passed through until then'))
+        elif iommu.interrupt_remapping is False and self.allow_unsafe_interrupts:
+            findings.append(Finding('unsafe_interrupts_allowed', 'interrupt remapping is off and '
+                                    'allow_unsafe_interrupts is set: a VM given a device can inject interrupts '
+                                    'into the host (MSI spoofing)',
+                                    'turn interrupt remapping on (remove intremap=off / nointremap, enable x2APIC / '
+                                    'interrupt remapping in the firmware) and drop allow_unsafe_interrupts'))
         elif iommu.interrupt_remapping is False:
             findings.append(Finding('no_interrupt_remapping', 'interrupt remapping is off: vfio refuses to assign '
-                                    'devices unless allow_unsafe_interrupts is set, which lets a VM inject interrupts',
+                                    'devices (vfio_iommu_type1 allow_unsafe_interrupts=0), so no VM can start with '
+                                    'a passed-through device',
                                     'remove intremap=off / nointremap from the command line, enable x2APIC / '
-                                    'interrupt remapping in the firmware, or use a platform that supports it'))
+                                    'interrupt remapping in the firmware, or use a platform that supports it; to '
+                                    'run without it anyway (a VM can then inject interrupts into the host), set '
+                                    'allow_unsafe_interrupts (role vfio_host: vfio_host_allow_unsafe_interrupts)'))
         elif iommu.interrupt_remapping is None:
             findings.append(Finding('interrupt_remapping_unknown', 'interrupt remapping state cannot be read from '
                                     'sysfs for IOMMU units %s' % ', '.join(iommu.units),
@@ -260,6 +299,7 @@ class IommuCheck:
                                     '(out-of-tree GPU drivers included)',
                                     'nothing to do for vfio-pci; sign or enroll keys for out-of-tree modules'))
         findings.extend(vfio_ids_findings(s, iommu.cmdline))
+        findings.extend(python_module_findings(self.python_modules))
         devices = []
         for addr in self.targets:
             devices.append(self._device(addr, iommu, findings))
@@ -315,15 +355,19 @@ class IommuCheck:
         entry['group_members'] = [str(m.address) for m in members]
         entry['viable'] = not bad
         if bad:
-            findings.append(Finding('group_not_viable', 'IOMMU group %d of %s also holds %s, which would have to '
-                                    'leave the host with it' % (dev.iommu_group, addr, ', '.join(describe(b) for b in bad)),
+            findings.append(Finding('group_not_viable', 'IOMMU group %d of %s (members %s) also holds %s, which '
+                                    'would have to leave the host with it; a group only changes with the hardware '
+                                    '(another slot), never with a reboot'
+                                    % (dev.iommu_group, addr, ', '.join(str(m.address) for m in members),
+                                       ', '.join(describe(b) for b in bad)),
                                     'pass those devices too (add them to devices, vfio_bind include_group), move '
                                     'the GPU to a slot with its own group, or bind them to vfio-pci'))
         return entry
 
 
-def check(sysfs: Sysfs, devices: list | None = None) -> dict:
-    return IommuCheck(sysfs, devices).run()
+def check(sysfs: Sysfs, devices: list | None = None, allow_unsafe_interrupts: bool = False,
+          python_modules: list[str] | None = None) -> dict:
+    return IommuCheck(sysfs, devices, allow_unsafe_interrupts, python_modules).run()
 
 
 def failure_message(findings: list[dict], fail_on: list[str]) -> str | None:

@@ -208,12 +208,19 @@ def _is_companion(sysfs: Sysfs, addr: PciAddress) -> bool:
     return dev.physfn is None and not dev.is_bridge
 
 
-def driver_warnings(sysfs: Sysfs | None, addresses: list[PciAddress], managed: bool) -> list[str]:
-    """Unmanaged hostdevs need vfio-pci before the domain starts: say so when they are not."""
+def driver_warnings(sysfs: Sysfs | None, addresses: list[PciAddress], managed: bool,
+                    assume_vfio: set[PciAddress] | None = None) -> list[str]:
+    """Unmanaged hostdevs need vfio-pci before the domain starts: say so when they are not.
+
+    ``assume_vfio``: addresses an earlier task of the same run moves to vfio-pci (in check mode that
+    task only predicted the move); they are taken as on vfio-pci.
+    """
     if managed or sysfs is None:
         return []
     out = []
     for addr in addresses:
+        if assume_vfio and addr in assume_vfio:
+            continue
         try:
             dev = PciDevice.read(sysfs, addr)
         except (PciDeviceNotFound, SysfsError):
@@ -233,6 +240,7 @@ class HostdevBackend:
         self.sysfs = sysfs
         self._conn = conn
         self.warnings: list[str] = []
+        self.assume_vfio: set[PciAddress] = set()
 
     def _connection(self) -> object:
         if self._conn is None:
@@ -266,7 +274,7 @@ class HostdevBackend:
             self._check_shared(wanted, shared, defn)
             for slot in slots:
                 changes += defn.plan_present(slot, req.managed, req.rom, req.guest_address)
-            self.warnings += driver_warnings(self.sysfs, wanted, req.managed)
+            self.warnings += driver_warnings(self.sysfs, wanted, req.managed, self.assume_vfio)
         else:
             changes += defn.plan_absent(wanted)
 

@@ -14,7 +14,8 @@ description:
   - "Host checks: CPU virtualization flags (C(vmx)/C(svm)), IOMMU active (groups in C(/sys/kernel/iommu_groups),
     units in C(/sys/class/iommu)), interrupt remapping (Intel: the IR bit of each DMAR unit's C(ecap); AMD: an
     IVHD unit, unless the command line turns remapping off), IOMMU tokens of the running command line and their
-    contradictions (C(intel_iommu=off), both vendors' flags, C(amd_iommu=on) which is not a valid value),
+    contradictions (C(intel_iommu=off), both vendors' flags, values of C(amd_iommu) the kernel does not know;
+    C(amd_iommu=on), which the kernel ignores, is reported as C(amd_iommu_on_ignored) with severity info),
     C(vfio-pci.ids) that also match the boot VGA device, vfio-pci
     built in, installed or loaded, C(/dev/vfio/vfio), and Secure Boot where the EFI variable can be read."
   - "Device checks, for each address in O(devices): the device exists, has an IOMMU group, and its group is
@@ -47,7 +48,9 @@ options:
       - cmdline_contradiction
       - cmdline_wrong_vendor
       - amd_iommu_invalid_value
+      - amd_iommu_on_ignored
       - no_interrupt_remapping
+      - unsafe_interrupts_allowed
       - interrupt_remapping_unknown
       - vfio_unavailable
       - vfio_not_loaded
@@ -59,6 +62,26 @@ options:
       - boot_vga
       - vfio_ids_capture_boot_vga
       - device_stuck
+      - python_module_missing
+  allow_unsafe_interrupts:
+    description:
+      - Accept a host whose interrupt remapping is off. The finding C(no_interrupt_remapping) (an error) becomes
+        C(unsafe_interrupts_allowed) (a warning), and the task warns that a VM given a device can then inject
+        interrupts into the host.
+      - VFIO itself still refuses such a host until the C(vfio_iommu_type1) module option
+        C(allow_unsafe_interrupts=1) is set; the collection does not set it. Role
+        P(fleetgpu.passthrough.vfio_host#role) passes this option from C(vfio_host_allow_unsafe_interrupts).
+    type: bool
+    default: false
+  python_modules:
+    description:
+      - Python modules that must import in the interpreter that runs this module on the host; each one that does
+        not is named in the finding C(python_module_missing) (an error).
+      - The P(fleetgpu.passthrough.libvirt_gpu#role) role needs V(libvirt) (libvirt-python) and V(lxml).
+    type: list
+    elements: str
+    default: []
+    choices: [libvirt, lxml]
 extends_documentation_fragment:
   - fleetgpu.passthrough.sysfs
   - fleetgpu.passthrough.sysfs.INFO_MODULE
@@ -78,6 +101,11 @@ EXAMPLES = r'''
       - 0000:41:00.0
       - 0000:41:00.1
     fail_on: [iommu_off, no_interrupt_remapping, group_not_viable, device_not_found]
+
+- name: Check, before any change, that libvirt_hostdev can run here
+  fleetgpu.passthrough.iommu_check:
+    python_modules: [libvirt, lxml]
+    fail_on: [python_module_missing]
 
 - name: Report
   ansible.builtin.debug:
@@ -134,6 +162,8 @@ def main() -> None:
             fail_on=dict(type='list', elements='str', default=[], choices=sorted(FINDINGS)),
             sysfs_root=dict(type='path', default='/sys'),
             timeout=dict(type='float', default=5.0),
+            allow_unsafe_interrupts=dict(type='bool', default=False),
+            python_modules=dict(type='list', elements='str', default=[], choices=['libvirt', 'lxml']),
         ),
         supports_check_mode=True,
     )
@@ -142,9 +172,13 @@ def main() -> None:
     try:
         if not sysfs.isdir(sysfs.sys('bus', 'pci')):
             raise CheckError('%s is not a sysfs tree (no bus/pci): check sysfs_root' % sysfs.sys_root)
-        result = check(sysfs, params['devices'])
+        result = check(sysfs, params['devices'], allow_unsafe_interrupts=params['allow_unsafe_interrupts'],
+                       python_modules=params['python_modules'])
     except (CheckError, PciDeviceNotFound, SysfsError) as exc:
         module.fail_json(msg=str(exc))
+    for finding in result['findings']:
+        if finding['name'] == 'unsafe_interrupts_allowed':
+            module.warn('%s. To do: %s.' % (finding['message'], finding['remedy']))
     message = failure_message(result['findings'], params['fail_on'])
     if message:
         module.fail_json(msg=message, changed=False, **result)

@@ -121,6 +121,16 @@ options:
     description: Seconds to wait for a graceful shutdown before the domain is forced off (0 forces at once).
     type: float
     default: 120
+  assume_vfio:
+    description:
+      - Addresses that an earlier task of the same run puts on C(vfio-pci). With O(managed=false) they get no
+        "bound to ..., not vfio-pci" warning.
+      - For check mode, where M(fleetgpu.passthrough.vfio_bind) only predicts the move; role
+        P(fleetgpu.passthrough.libvirt_gpu#role) passes the prediction of role P(fleetgpu.passthrough.vfio_host#role)
+        here, so a check run warns exactly as the real run does.
+    type: list
+    elements: str
+    default: []
 notes:
   - Check mode returns the plan (RV(devices), RV(live)) and defines nothing; diff mode shows the
     persistent domain XML before and after.
@@ -248,6 +258,7 @@ def argument_spec() -> dict:
         start=dict(type='bool', default=False),
         restart=dict(type='bool', default=False),
         shutdown_timeout=dict(type='float', default=120.0),
+        assume_vfio=dict(type='list', elements='str', default=[]),
         sysfs_root=dict(type='path', default='/sys'),
         timeout=dict(type='float', default=5.0),
     )
@@ -281,6 +292,7 @@ def main() -> None:
         request = build_request(module.params)
         sysfs = Sysfs(module.params['sysfs_root'], timeout=module.params['timeout'])
         backend = HostdevBackend(request, sysfs)
+        backend.assume_vfio = {PciAddress.parse(text) for text in module.params['assume_vfio']}
         result = backend.run(module.check_mode)
     except (PciAddressError, HostdevError, SysfsError) as exc:
         module.fail_json(msg=str(exc), domain=module.params['domain'])

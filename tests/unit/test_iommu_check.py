@@ -143,8 +143,11 @@ def test_vfio_unavailable(tmp_path: Path) -> None:
     ('quiet iommu=off', 'amd', ['iommu_disabled_on_cmdline']),
     ('quiet amd_iommu=off', 'amd', ['iommu_disabled_on_cmdline']),
     ('intel_iommu=on amd_iommu=on', 'intel',
-     ['cmdline_contradiction', 'cmdline_wrong_vendor', 'amd_iommu_invalid_value']),
-    ('amd_iommu=on', 'amd', ['amd_iommu_invalid_value']),
+     ['cmdline_contradiction', 'cmdline_wrong_vendor', 'amd_iommu_on_ignored']),
+    # the guides' amd_iommu=on is ignored by the kernel: reported (info), not an invalid value
+    ('amd_iommu=on', 'amd', ['amd_iommu_on_ignored']),
+    ('amd_iommu=on,bogus', 'amd', ['amd_iommu_on_ignored', 'amd_iommu_invalid_value']),
+    ('amd_iommu=bogus', 'amd', ['amd_iommu_invalid_value']),
     ('amd_iommu=force_isolation iommu=pt', 'amd', []),
     ('intel_iommu=on intel_iommu=off', 'intel', ['iommu_disabled_on_cmdline', 'cmdline_contradiction']),
     ('intel_iommu=on,sm_on', 'amd', ['cmdline_wrong_vendor']),
@@ -263,3 +266,57 @@ def test_iommu_on_never_reports_missing_hardware(roots: dict, tmp_path: Path) ->
     root = simkernel.materialize('workstation', str(tmp_path / 'w'))
     (Path(root) / 'firmware' / 'acpi' / 'tables').mkdir(parents=True)
     assert 'no_iommu_hardware' not in names(check(Sysfs(root)))
+
+
+def test_amd_iommu_on_is_info_not_a_failure(tmp_path: Path) -> None:
+    root = variant(tmp_path, 'amd_host', kernel__cmdline='root=/dev/md0 ro amd_iommu=on iommu=pt')
+    rc, out = run_module({'sysfs_root': root, 'devices': ['41:00.0'],
+                          'fail_on': ['no_virtualization', 'no_iommu_hardware', 'amd_iommu_invalid_value']}, tmp_path)
+    assert rc == 0, out['msg']
+    found = [f for f in out['findings'] if f['name'] == 'amd_iommu_on_ignored']
+    assert found and found[0]['severity'] == 'info' and 'amd_iommu=on' in found[0]['message']
+    assert out['ready'] is True
+
+
+def test_no_interrupt_remapping_fails_unless_allowed(tmp_path: Path) -> None:
+    root = variant(tmp_path, 'workstation', iommu__interrupt_remapping=False)
+    rc, out = run_module({'sysfs_root': root, 'fail_on': ['no_interrupt_remapping']}, tmp_path)
+    assert rc != 0 and 'no_interrupt_remapping' in out['msg'] and 'allow_unsafe_interrupts' in out['msg']
+    rc, out = run_module({'sysfs_root': root, 'fail_on': ['no_interrupt_remapping'],
+                          'allow_unsafe_interrupts': True}, tmp_path)
+    assert rc == 0, out['msg']
+    assert 'no_interrupt_remapping' not in names(out) and 'unsafe_interrupts_allowed' in names(out)
+    assert 'inject interrupts' in json.dumps(out.get('warnings', [])), out.get('warnings')
+
+
+def test_allow_unsafe_interrupts_does_not_warn_when_remapping_is_on(roots: dict, tmp_path: Path) -> None:
+    rc, out = run_module({'sysfs_root': roots['workstation'], 'allow_unsafe_interrupts': True}, tmp_path)
+    assert rc == 0 and 'unsafe_interrupts_allowed' not in names(out) and not out.get('warnings')
+
+
+def test_group_not_viable_names_every_member(roots: dict) -> None:
+    result = check(Sysfs(roots['shared_group']), ['0000:03:00.0'])
+    msg = [f['message'] for f in result['findings'] if f['name'] == 'group_not_viable'][0]
+    for member in ('0000:03:00.0', '0000:03:00.1', '0000:03:01.0'):
+        assert member in msg
+    assert 'never with a reboot' in msg
+
+
+def test_python_modules_missing_are_named(roots: dict, tmp_path: Path) -> None:
+    shadow = tmp_path / 'shadow'
+    shadow.mkdir()
+    (shadow / 'lxml.py').write_text('raise ImportError("simulated: lxml is not installed")\n')
+    argfile = tmp_path / 'args.json'
+    argfile.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': {
+        'sysfs_root': roots['workstation'], 'python_modules': ['libvirt', 'lxml'],
+        'fail_on': ['python_module_missing']}}))
+    env = dict(os.environ, PYTHONPATH='%s:%s' % (shadow, REPO / '.cache' / 'pyroot'))
+    proc = subprocess.run([sys.executable, str(REPO / 'plugins' / 'modules' / 'iommu_check.py'), str(argfile)],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    out = json.loads(proc.stdout)
+    assert proc.returncode != 0 and 'python_module_missing' in out['msg']
+    assert 'cannot import lxml' in out['msg'] and sys.executable in out['msg']
+    rc, out = run_module({'sysfs_root': roots['workstation'], 'python_modules': ['lxml']}, tmp_path)
+    assert rc == 0 and 'python_module_missing' not in names(out)
+    rc, out = run_module({'sysfs_root': roots['workstation'], 'python_modules': ['os']}, tmp_path)
+    assert rc != 0 and 'python_modules' in out['msg']
