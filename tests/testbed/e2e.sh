@@ -11,8 +11,10 @@
 #                    real (the check must predict exactly the tasks the real job changes); it
 #                    runs here, after the image phase, not in the integration phase
 #   molecule-noiommu site.yml stops early on a host without an IOMMU, changes nothing
-#   molecule-intel   site.yml end to end (one reboot, idempotence, VM with the GPU, restore)
-#   molecule-amd     the same on an AMD CPU + AMD IOMMU host
+#   molecule-fleet   site.yml end to end on two hosts at once, an Intel-IOMMU and an AMD-IOMMU
+#                    one: VM requests placed across them (spread), one reboot each,
+#                    idempotence, each VM starts with its GPU, a request that cannot fit and
+#                    drift refused before any change, a fourth request moves nothing, restore
 # The Molecule scenarios run two at a time (FLEETGPU_E2E_JOBS, default 2).
 #
 # Every QEMU started here is stopped on exit, whatever happens (trap + launch.py sweep).
@@ -30,7 +32,7 @@ export FLEETGPU_TESTBED_RUN=${FLEETGPU_TESTBED_RUN:-$FLEETGPU_TESTBED_CACHE/run-
 export FLEETGPU_TESTBED_LIFETIME=${FLEETGPU_TESTBED_LIFETIME:-3600}
 logs="$here/.cache/e2e-logs"
 mkdir -p "$logs"
-only=" ${FLEETGPU_E2E_ONLY:-image collection runtime awx-runner noiommu intel amd} "
+only=" ${FLEETGPU_E2E_ONLY:-image collection runtime awx-runner noiommu fleet} "
 jobs=${FLEETGPU_E2E_JOBS:-2}
 # The whole phase stays inside this budget (seconds): each step's limit is cut to what is left.
 budget=${FLEETGPU_E2E_BUDGET:-3000}
@@ -82,7 +84,7 @@ diagnose() {  # scenario reason: keep and print what a failure needs to be under
     pids=$(pgrep -d, -f 'ssh .*127\.0\.0\.1|ssh: .*\[mux\]' || true)
     [ -n "$pids" ] && ps -o pid,etimes,stat,args -p "$pids" | cut -c1-300
     ls -la "$HOME/.ansible/cp" 2>/dev/null || true
-    for d in "$FLEETGPU_TESTBED_RUN"/testbed-"$s"*/; do
+    for d in "$FLEETGPU_TESTBED_RUN"/testbed-*/; do
       [ -f "$d/host.json" ] || continue
       port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$d/host.json" 2>/dev/null)
       echo "host $(basename "$d"), ssh port ${port:-?}:"
@@ -90,7 +92,7 @@ diagnose() {  # scenario reason: keep and print what a failure needs to be under
       [ -n "${port:-}" ] && timeout 20 python3 tests/testbed/launch.py ssh --name "$(basename "$d")" --timeout 15 -- \
         "cat /proc/sys/kernel/random/boot_id /proc/uptime /proc/loadavg; timeout 10 systemctl list-jobs --no-pager; ps -eo pid,stat,etimes,wchan:24,args | awk 'NR == 1 || \$2 ~ /^D/'" 2>&1 | sed 's/^/  probe: /'
     done
-    for d in "$FLEETGPU_TESTBED_RUN"/testbed-"$s"*/; do
+    for d in "$FLEETGPU_TESTBED_RUN"/testbed-*/; do
       [ -f "$d/serial.log" ] || continue
       cp "$d/serial.log" "$logs/serial-$(basename "$d").log"
       echo
@@ -145,7 +147,7 @@ else
     pytest -q -rs -p no:cacheprovider tests/integration/test_runner_testbed.py
 
   scenarios=()
-  for s in noiommu intel amd; do wants "$s" && scenarios+=("$s"); done
+  for s in noiommu fleet intel amd; do wants "$s" && scenarios+=("$s"); done
   if [ "${#scenarios[@]}" -gt 0 ]; then
     rm -f "$logs"/molecule-*.result
     running=0

@@ -22,7 +22,6 @@ BOOT_GPU = '0000:00:01.0'
 GPU = '0000:01:00.0'
 AUDIO = '0000:01:00.1'
 AMD_GPU = '0000:02:00.0'
-DOMAIN = 'gpu-vm'
 
 
 def _phase(host) -> str:
@@ -163,8 +162,21 @@ def _virsh(host, args: str, timeout: int = 120):
     return host.run('timeout %d virsh -c qemu:///system %s' % (timeout, args))
 
 
+def _domains(host) -> List[str]:
+    out = _virsh(host, 'list --all --name')
+    assert out.rc == 0, out.stderr
+    return [n for n in out.stdout.split() if n]
+
+
+def _domain(host) -> str:
+    """The one VM of this host: gpu-vm (defined by prepare), or the fleet VM placed here."""
+    names = _domains(host)
+    assert len(names) == 1, 'expected one VM on this host, found %s' % names
+    return names[0]
+
+
 def test_vm_holds_gpu_and_audio_as_one_multifunction_device(converged):
-    xml = _virsh(converged, 'dumpxml --inactive %s' % DOMAIN)
+    xml = _virsh(converged, 'dumpxml --inactive %s' % _domain(converged))
     assert xml.rc == 0, xml.stderr
     hostdevs = re.findall(r'<hostdev .*?</hostdev>', xml.stdout, re.S)
     sources = {}
@@ -181,24 +193,25 @@ def test_vm_holds_gpu_and_audio_as_one_multifunction_device(converged):
 
 
 def test_vm_starts_and_its_qemu_holds_the_vfio_devices(converged):
-    start = _virsh(converged, 'start %s' % DOMAIN, timeout=180)
+    domain = _domain(converged)
+    start = _virsh(converged, 'start %s' % domain, timeout=180)
     try:
         assert start.rc == 0, start.stderr
         info = ''
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            out = _virsh(converged, "qemu-monitor-command --hmp %s 'info pci'" % DOMAIN)
+            out = _virsh(converged, "qemu-monitor-command --hmp %s 'info pci'" % domain)
             info = out.stdout
             if '1234:1111' in info and '8086:293e' in info:
                 break
             time.sleep(3)
         assert 'PCI device 1234:1111' in info, info
         assert 'PCI device 8086:293e' in info, info
-        pid = converged.check_output('cat /run/libvirt/qemu/%s.pid' % DOMAIN)
+        pid = converged.check_output('cat /run/libvirt/qemu/%s.pid' % domain)
         fds = converged.check_output('ls -l /proc/%s/fd' % pid)
         assert '/dev/vfio/' in fds, 'the VM process holds no /dev/vfio file'
     finally:
-        _virsh(converged, 'destroy %s' % DOMAIN)
+        _virsh(converged, 'destroy %s' % domain)
 
 
 # -- after restore.yml ------------------------------------------------------------------
@@ -222,7 +235,10 @@ def test_restore_brings_back_the_drivers(restored):
         assert _driver(restored, address) == driver.strip(), address
 
 
-def test_restore_leaves_the_vm_without_host_devices(restored):
-    xml = _virsh(restored, 'dumpxml --inactive %s' % DOMAIN)
-    assert xml.rc == 0, xml.stderr
-    assert '<hostdev' not in xml.stdout
+def test_restore_leaves_the_vms_without_host_devices(restored):
+    names = _domains(restored)
+    assert names
+    for name in names:
+        xml = _virsh(restored, 'dumpxml --inactive %s' % name)
+        assert xml.rc == 0, xml.stderr
+        assert '<hostdev' not in xml.stdout, name
