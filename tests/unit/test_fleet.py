@@ -271,7 +271,7 @@ def test_drift_is_reported_and_refuses_the_model_on_that_host(mapped, g, needle:
     p = run(hosts, [vm('a', 1, host='n1')], models)
     assert any(needle in d for d in p.drift['n1'])
     assert 'n2' not in p.drift
-    assert not p.placements and 'drift: ' + needle in p.failure_message()
+    assert not p.placements and 'drift: model a100: ' in p.failure_message() and needle in p.failure_message()
     assert where(run(hosts, [vm('a', 1)], models))['a'][0] == 'n2'
 
 
