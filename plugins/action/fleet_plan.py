@@ -130,10 +130,10 @@ class ActionModule(ActionBase):
                 result['report'] = None
                 result['report_msg'] = 'check mode: the fleet report was not written (%s)' % args['report_dir']
             else:
-                paths, changed = write(doc, args['report_dir'])
+                # a controller-side artifact: rewritten only when its content differs, never a change of the fleet
+                paths, _rewritten = write(doc, args['report_dir'])
                 result['report'] = paths
                 result['report_msg'] = 'fleet report: %s and %s' % (paths['html'], paths['json'])
-                result['changed'] = changed
         if strict and fleet.unplaced:
             result.update(failed=True, msg=fleet.failure_message())
         return result
