@@ -302,8 +302,10 @@ class HostInput:
     problems: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(eq=False)
 class Gpu:
+    """One GPU of one host (compared by identity: two hosts have GPUs at the same address)."""
+
     host: str
     address: str
     raw: dict
@@ -485,6 +487,32 @@ def _choose_on_host(vm: VmRequest, host: str, free: dict[str, list[Gpu]], need: 
     return {m: _take(free.get(m, []), n) for m, n in need.items()}, ''
 
 
+def _has_libvirt(host: HostInput) -> bool:
+    return isinstance(host.libvirt, dict) and bool(host.libvirt.get('available'))
+
+
+def _rejection(vm: VmRequest, host: HostInput, candidates: list[str] | None, drifted: dict[str, set[str]],
+               drift: dict[str, list[str]], free: dict[str, list[Gpu]], free_count: dict[str, int],
+               policy: str) -> Rejection:
+    """Why ``host`` cannot take ``vm`` (only computed for a request that fits nowhere)."""
+    hname = host.name
+    if host.status != 'ok':
+        return Rejection(hname, '%s: %s' % (host.status, host.message or 'no facts'), {})
+    if vm.host is not None and hname != vm.host:
+        return Rejection(hname, 'pin: the VM is pinned to %s' % vm.host, free_count)
+    if candidates is not None and hname not in candidates:
+        return Rejection(hname, 'domain: %r is defined on %s only' % (vm.name, ', '.join(candidates)), free_count)
+    if not _has_libvirt(host):
+        why = host.libvirt.get('error') if isinstance(host.libvirt, dict) else None
+        return Rejection(hname, 'no libvirt%s' % (': %s' % why if why else ''), free_count)
+    bad = sorted(a.model for a in vm.gpus if a.model in drifted.get(hname, set()))
+    if bad:
+        return Rejection(hname, 'drift: ' + '; '.join(d for d in drift.get(hname, [])
+                                                    if any(d.startswith('model %s:' % m) for m in bad)), free_count)
+    _chosen, why = _choose_on_host(vm, hname, free, {a.model: a.count for a in vm.gpus}, set(), policy)
+    return Rejection(hname, why or 'fits now, but not when the requests before it were placed', free_count)
+
+
 def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequest], policy: str = 'spread',
          strict: bool = True) -> FleetPlan:
     """Match, check drift and place.
@@ -571,22 +599,40 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
         for dom in _libvirt_domains(hosts[hname].libvirt):
             exists.setdefault(str(dom['name']), []).append(hname)
 
+    # free pool GPUs per host and model, kept up to date as GPUs are given out
+    free_idx: dict[str, dict[str, list[Gpu]]] = {}
+    for hname, gpus in result.gpus.items():
+        for g in gpus:
+            if g.model is not None and g.usable and not g.holders:
+                free_idx.setdefault(hname, {}).setdefault(g.model, []).append(g)
+
     def free_of(hname: str) -> dict[str, list[Gpu]]:
-        out: dict[str, list[Gpu]] = {}
-        for g in result.gpus.get(hname, []):
-            if g.model is not None and g.usable and not g.holders and g.vm is None:
-                out.setdefault(g.model, []).append(g)
-        return out
+        return free_idx.get(hname, {})
+
+    def counts(hname: str) -> dict[str, int]:
+        return {m: len(v) for m, v in free_of(hname).items() if v}
+
+    def give(vm: VmRequest, gpus: list[Gpu]) -> None:
+        for g in gpus:
+            g.vm = vm.name
+            pool = free_idx.get(g.host, {}).get(str(g.model), [])
+            if g in pool:
+                pool.remove(g)
+
+    by_holder: dict[str, list[Gpu]] = {}
+    for gpus in result.gpus.values():
+        for g in gpus:
+            for name in g.holders:
+                by_holder.setdefault(name, []).append(g)
 
     anchored: list[tuple[VmRequest, str, dict[str, list[Gpu]]]] = []
     floating: list[VmRequest] = []
     for vm in vms:
         wanted = {a.model for a in vm.gpus}
         held: dict[str, dict[str, list[Gpu]]] = {}
-        for hname, gpus in result.gpus.items():
-            for g in gpus:
-                if vm.name in g.holders and g.model in wanted:
-                    held.setdefault(hname, {}).setdefault(str(g.model), []).append(g)
+        for g in by_holder.get(vm.name, []):
+            if g.model in wanted:
+                held.setdefault(g.host, {}).setdefault(str(g.model), []).append(g)
         if len(held) > 1:
             result.unplaced.append(Unplaced(vm, 'it holds GPUs on several hosts (%s); a passthrough VM lives on one '
                                                 'host: remove the others by hand' % ', '.join(sorted(held)), []))
@@ -603,89 +649,77 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
 
     # 3. anchored VMs keep their GPUs (up to their count) and top up on their host
     for vm, hname, held in anchored:
-        kept: dict[str, list[Gpu]] = {}
-        for ask in vm.gpus:
-            kept[ask.model] = sorted(held.get(ask.model, []), key=lambda g: g.address)[:ask.count]
-            for g in kept[ask.model]:
-                g.vm = vm.name
+        kept = {a.model: sorted(held.get(a.model, []), key=lambda g: g.address)[:a.count] for a in vm.gpus}
         need = {a.model: a.count - len(kept[a.model]) for a in vm.gpus}
-        if any(m in drifted.get(hname, set()) for m in need):
-            bad = sorted(m for m in need if m in drifted.get(hname, set()))
+        bad = sorted(m for m in need if m in drifted.get(hname, set()))
+        if bad:
             result.unplaced.append(Unplaced(vm, 'it holds GPUs on %s, where model(s) %s drifted' % (hname, ', '.join(bad)),
                                             [Rejection(hname, 'drift: ' + '; '.join(result.drift.get(hname, [])),
-                                                       {m: len(v) for m, v in free_of(hname).items()})]))
+                                                       counts(hname))]))
             continue
-        free = free_of(hname)
         nodes = {g.numa for gs in kept.values() for g in gs} if vm.numa != 'any' else set()
-        chosen, why = _choose_on_host(vm, hname, free, need, nodes, policy)
+        chosen, why = _choose_on_host(vm, hname, free_of(hname), need, nodes, result.policy)
         if chosen is None:
             result.unplaced.append(Unplaced(vm, 'it already holds GPUs on %s and does not move; the rest does not fit '
-                                                'there' % hname,
-                                            [Rejection(hname, why, {m: len(v) for m, v in free.items()})]))
-            for gs in kept.values():
-                for g in gs:
-                    g.vm = None
+                                                'there' % hname, [Rejection(hname, why, counts(hname))]))
             continue
-        for gs in chosen.values():
-            for g in gs:
-                g.vm = vm.name
+        give(vm, [g for gs in kept.values() for g in gs] + [g for gs in chosen.values() for g in gs])
         result.placements.append(Placement(
             vm=vm, host=hname,
             devices={m: sorted(g.address for g in kept[m] + chosen.get(m, [])) for m in kept},
             kept=sorted(g.address for gs in kept.values() for g in gs),
             added=sorted(g.address for gs in chosen.values() for g in gs)))
 
-    # 4. the others, in request order
+    # 4. the others, in request order: the hosts that pass the cheap checks, best first by policy
+    host_names = sorted(hosts)
+    eligible_list = [h for h in host_names if hosts[h].status == 'ok' and _has_libvirt(hosts[h])]
+    eligible = set(eligible_list)
     for vm in floating:
-        rejections: list[Rejection] = []
-        fits: list[tuple[tuple, str, dict[str, list[Gpu]]]] = []
         candidates = exists.get(vm.name)
         if candidates is None and vm.domain_xml is None:
             result.unplaced.append(Unplaced(vm, 'its domain is not defined on any reachable host and it has no '
                                                 'domain_xml to define it from', []))
             continue
-        for hname in sorted(hosts):
-            host = hosts[hname]
-            free = free_of(hname)
-            free_count = {m: len(v) for m, v in free.items()}
-            if host.status != 'ok':
-                rejections.append(Rejection(hname, '%s: %s' % (host.status, host.message or 'no facts'), {}))
+        need = {a.model: a.count for a in vm.gpus}
+        items = list(need.items())
+        spread = result.policy == 'spread'
+        if vm.host is not None:
+            pool = [vm.host] if vm.host in eligible else []
+        elif candidates is not None:
+            pool = [h for h in candidates if h in eligible]
+        else:
+            pool = eligible_list
+        if candidates is not None and vm.host is not None and vm.host not in candidates:
+            pool = []
+        ranked = []
+        for hname in pool:
+            free = free_idx.get(hname)
+            if not free:
                 continue
-            if vm.host is not None and hname != vm.host:
-                rejections.append(Rejection(hname, 'pin: the VM is pinned to %s' % vm.host, free_count))
-                continue
-            if candidates is not None and hname not in candidates:
-                rejections.append(Rejection(hname, 'domain: %r is defined on %s only' % (vm.name, ', '.join(candidates)),
-                                            free_count))
-                continue
-            if not (isinstance(host.libvirt, dict) and host.libvirt.get('available')):
-                why = (host.libvirt or {}).get('error') if isinstance(host.libvirt, dict) else None
-                rejections.append(Rejection(hname, 'no libvirt%s' % (': %s' % why if why else ''), free_count))
-                continue
-            bad = sorted(a.model for a in vm.gpus if a.model in drifted.get(hname, set()))
-            if bad:
-                rejections.append(Rejection(hname, 'drift: ' + '; '.join(d for d in result.drift.get(hname, [])
-                                                                         if any(d.startswith('model %s:' % m) for m in bad)),
-                                            free_count))
-                continue
-            need = {a.model: a.count for a in vm.gpus}
-            chosen, why = _choose_on_host(vm, hname, free, need, set(), policy)
-            if chosen is None:
-                rejections.append(Rejection(hname, why, free_count))
-                continue
-            total_free = sum(free_count.values())
-            key = (-total_free if policy == 'spread' else total_free, hname)
-            fits.append((key, hname, chosen))
-        if not fits:
-            result.unplaced.append(Unplaced(vm, 'no host fits', rejections))
-            continue
-        fits.sort(key=lambda t: t[0])
-        _key, hname, chosen = fits[0]
-        for gs in chosen.values():
-            for g in gs:
-                g.vm = vm.name
-        result.placements.append(Placement(
-            vm=vm, host=hname, devices={m: sorted(g.address for g in gs) for m, gs in chosen.items()},
-            kept=[], added=sorted(g.address for gs in chosen.values() for g in gs)))
+            for m, n in items:
+                if len(free.get(m, ())) < n:
+                    break
+            else:
+                if drifted and any(m in drifted.get(hname, ()) for m in need):
+                    continue
+                total = sum(len(v) for v in free.values())
+                ranked.append(((-total if spread else total), hname))
+        ranked.sort()
+        placed = False
+        for _key, hname in ranked:
+            chosen, _why = _choose_on_host(vm, hname, free_of(hname), need, set(), result.policy)
+            if chosen is not None:
+                give(vm, [g for gs in chosen.values() for g in gs])
+                result.placements.append(Placement(
+                    vm=vm, host=hname, devices={m: sorted(g.address for g in gs) for m, gs in chosen.items()},
+                    kept=[], added=sorted(g.address for gs in chosen.values() for g in gs)))
+                placed = True
+                break
+        if not placed:
+            why = 'no host fits' if vm.host is None or vm.host in hosts else \
+                'it is pinned to %s, which is not a host of this play' % vm.host
+            result.unplaced.append(Unplaced(vm, why, [
+                _rejection(vm, hosts[h], candidates, drifted, result.drift, free_of(h), counts(h), result.policy)
+                for h in host_names]))
     result.placements.sort(key=lambda p: p.vm.index)
     return result

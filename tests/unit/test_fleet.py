@@ -349,3 +349,15 @@ def test_placement_policy_is_checked() -> None:
     with pytest.raises(fleet.FleetInputError) as err:
         run(two_hosts(), [], policy='random')
     assert "fleetgpu_placement_policy must be spread or pack, got 'random'" in str(err.value)
+
+
+def test_pin_to_a_host_outside_the_play_and_pin_where_the_domain_is_not() -> None:
+    hosts = two_hosts()
+    inv = {'n1', 'n2', 'n3'}
+    m = fleet.parse_models(MODELS, inv)
+    p = fleet.plan({h.name: h for h in hosts}, m, fleet.parse_vms([vm('a', host='n3')], m, inv))
+    assert 'it is pinned to n3, which is not a host of this play' in p.failure_message()
+    hosts[1].libvirt['domains'] = [dom('b')]
+    p = run(hosts, [vm('b', host='n1', domain_xml=None)])
+    assert "domain: 'b' is defined on n2 only" in p.failure_message() and 'pin: the VM is pinned to n1' in p.failure_message()
+    assert not p.placements
