@@ -57,8 +57,8 @@ class Fleet:
         for d in self.daemons.values():
             d.cleanup()
 
-    def inventory(self, **group_vars: object) -> str:
-        hosts: dict[str, dict] = {}
+    def inventory(self, extra_hosts: dict | None = None, **group_vars: object) -> str:
+        hosts: dict[str, dict] = dict(extra_hosts or {})
         for name, host in self.hosts.items():
             wrapper = host.tmp / 'python'
             env = host.env()
@@ -116,8 +116,9 @@ def clean(fleet: Fleet):
     return fleet
 
 
-def run(run_playbook, fleet: Fleet, playbook: Path, vms: list, args: tuple = (), **group_vars: object):
-    proc = run_playbook(playbook, inventory=fleet.inventory(fleetgpu_vms=vms, **group_vars), args=args)
+def run(run_playbook, fleet: Fleet, playbook: Path, vms: list, args: tuple = (), extra_hosts: dict | None = None,
+        **group_vars: object):
+    proc = run_playbook(playbook, inventory=fleet.inventory(extra_hosts, fleetgpu_vms=vms, **group_vars), args=args)
     return proc, playbook_json(proc)
 
 
@@ -266,10 +267,15 @@ def test_site_drift_is_refused(run_playbook, clean: Fleet) -> None:
 
 def test_facts_report_renders_in_chromium(run_playbook, clean: Fleet, tmp_path: Path) -> None:
     fleet = clean
-    proc, doc = run(run_playbook, fleet, FACTS, [vm('vm1'), vm('big', count=3)])
-    assert proc.returncode == 0, proc.stdout[-4000:]
+    broken = {'broken1': {'ansible_connection': 'local', 'fleetgpu_sysfs_root': str(tmp_path / 'no-such-sysfs')},
+              # nothing listens on port 1 of the loopback: the host is unreachable at once
+              'gone1': {'ansible_connection': 'ssh', 'ansible_host': '127.0.0.1', 'ansible_port': 1,
+                        'ansible_ssh_common_args': '-o ConnectTimeout=5 -o StrictHostKeyChecking=no'}}
+    proc, doc = run(run_playbook, fleet, FACTS, [vm('vm1'), vm('big', count=3)], extra_hosts=broken)
+    assert proc.returncode in (2, 4), proc.stdout[-4000:]   # a failed and an unreachable host
     printed = tasks(doc, 'Print the fleet report')[0]['result']['msg']
     assert printed['unplaced'] == ['big'] and 'fleet-report.html' in printed['report']
+    assert printed['failed_or_unreachable'] == ['broken1', 'gone1']
     html = fleet.report_dir / 'fleet-report.html'
     chromium = shutil.which('chromium')
     if chromium is None:
@@ -285,11 +291,48 @@ def test_facts_report_renders_in_chromium(run_playbook, clean: Fleet, tmp_path: 
                          timeout=120).stdout
     # the browser built the page: every host section and every GPU row of every host is in its DOM
     report = json.loads((fleet.report_dir / 'fleet-report.json').read_text())
-    assert {h['name'] for h in report['hosts']} == {'nodeA', 'nodeB', 'lab1'}
+    assert {h['name']: h['status'] for h in report['hosts']} == {
+        'nodeA': 'ok', 'nodeB': 'ok', 'lab1': 'ok', 'broken1': 'failed', 'gone1': 'unreachable'}
+    assert 'no-such-sysfs' in [h for h in report['hosts'] if h['name'] == 'broken1'][0]['message']
     for h in report['hosts']:
-        assert 'id="host-%s"' % h['name'] in dom
+        assert 'id="host-%s" data-host="%s" data-status="%s"' % (h['name'], h['name'], h['status']) in dom
         for g in h['gpus']:
             assert 'data-host="%s" data-address="%s"' % (h['name'], g['address']) in dom
     assert sum(len(h['gpus']) for h in report['hosts']) == 7
     assert dom.count('<tr class="gpu') == 7
     assert 'Requests that cannot be placed' in dom and '<script' not in dom
+
+
+def test_libvirt_gpu_info_reads_every_domain_and_survives_no_libvirt(run_playbook, clean: Fleet, tmp_path: Path) -> None:
+    fleet = clean
+    daemon = fleet.daemons['nodeA']
+    xml = private.domain_xml('info1').replace(
+        '<devices>', '<numatune><memory mode="strict" nodeset="1"/></numatune><devices>').replace(
+        '</devices>', '<hostdev mode="subsystem" type="pci" managed="no"><source>'
+                      '<address domain="0x0000" bus="0x41" slot="0x00" function="0x0"/></source></hostdev></devices>')
+    daemon.define('info1', xml)
+    daemon.define('info2')
+    play = '''
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: info
+      fleetgpu.passthrough.libvirt_gpu_info:
+        uri: "{{ uri }}"
+      check_mode: true
+    - name: none
+      fleetgpu.passthrough.libvirt_gpu_info:
+        uri: "qemu:///system?socket={{ nowhere }}"
+'''
+    proc = run_playbook(play, extra_vars={'uri': daemon.uri, 'nowhere': str(tmp_path / 'no.sock')})
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    doc = playbook_json(proc)
+    info = tasks(doc, 'info')[0]['result']
+    assert info['available'] is True and info['changed'] is False
+    assert info['domains'] == [
+        {'name': 'info1', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': ['0000:41:00.0'],
+         'numa_nodes': [1]},
+        {'name': 'info2', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': [], 'numa_nodes': []}]
+    none = tasks(doc, 'none')[0]
+    assert none['status'] == 'ok' and none['result']['available'] is False and none['result']['domains'] == []
+    assert 'no libvirt at qemu:///system?socket=' in none['result']['error']
