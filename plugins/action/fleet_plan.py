@@ -15,7 +15,6 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._fleet import (
     FleetError,
-    FleetInputError,
     HostInput,
     parse_models,
     parse_vms,

@@ -100,8 +100,8 @@ class Model:
             full = ' '.join(str(n) for n in (gpu.get('vendor_name'), gpu.get('device_name')) if n)
             return bool(device) and wanted in (device.casefold(), full.casefold())
         if self.name_regex is not None:
-            text = ' '.join(str(gpu.get(k) or '') for k in ('vendor_name', 'device_name', 'subsystem_name',
-                                                               'vendor_device'))
+            keys = ('vendor_name', 'device_name', 'subsystem_name', 'vendor_device')
+            text = ' '.join(str(gpu.get(k) or '') for k in keys)
             return bool(self.name_regex.search(text))
         return False  # pragma: no cover - parse_models guarantees one identity
 
@@ -507,8 +507,8 @@ def _rejection(vm: VmRequest, host: HostInput, candidates: list[str] | None, dri
         return Rejection(hname, 'no libvirt%s' % (': %s' % why if why else ''), free_count)
     bad = sorted(a.model for a in vm.gpus if a.model in drifted.get(hname, set()))
     if bad:
-        return Rejection(hname, 'drift: ' + '; '.join(d for d in drift.get(hname, [])
-                                                    if any(d.startswith('model %s:' % m) for m in bad)), free_count)
+        mine = [d for d in drift.get(hname, []) if any(d.startswith('model %s:' % m) for m in bad)]
+        return Rejection(hname, 'drift: ' + '; '.join(mine), free_count)
     _chosen, why = _choose_on_host(vm, hname, free, {a.model: a.count for a in vm.gpus}, set(), policy)
     return Rejection(hname, why or 'fits now, but not when the requests before it were placed', free_count)
 

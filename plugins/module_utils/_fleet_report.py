@@ -144,7 +144,7 @@ def render_html(doc: dict) -> str:
            '<h1>GPU fleet report</h1>',
            '<p id="summary">%d host(s), %d OK, %d failed, %d unreachable; %d GPU(s); %d of %d VM request(s) placed '
            '(policy %s, %s)</p>' % (s['hosts'], s['hosts_ok'], len(s['hosts_failed']), len(s['hosts_unreachable']),
-                                     s['gpus'], s['vms_placed'], s['vms'], _e(doc['policy']), _e(doc['mode']))]
+                                    s['gpus'], s['vms_placed'], s['vms'], _e(doc['policy']), _e(doc['mode']))]
     if doc['errors']:
         out.append('<h2>Errors</h2><ul id="errors">%s</ul>' % ''.join('<li class="bad">%s</li>' % _e(e) for e in doc['errors']))
     out.append('<h2>Models</h2><table id="models"><tr><th>model</th><th>identity</th><th>total</th><th>free</th>'

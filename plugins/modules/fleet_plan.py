@@ -82,11 +82,14 @@ options:
     default: fleetgpu_iommu_check
 attributes:
   action:
+    description: Runs on the controller as an action plugin.
     support: full
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: In check mode the plan is computed and published but the report files are not written.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 notes:
   - Passthrough VMs do not live-migrate; a VM that already holds GPUs stays on its host. To move one, remove its

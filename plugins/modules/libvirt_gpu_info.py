@@ -26,9 +26,11 @@ options:
     default: qemu:///system
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module never changes anything.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
   - libvirt-python and lxml on the managed host (without them the module reports C(available=false)).

@@ -194,8 +194,8 @@ def test_site_places_defines_converges_and_is_stable(run_playbook, clean: Fleet)
     proc, doc = run(run_playbook, fleet, SITE, vms + [vm('vm4', model='rv100')])
     assert proc.returncode == 0, proc.stdout[-4000:]
     placed = plan_task(doc)['result']['placement']
-    assert placed[:2] == placement and placed[2] == {'vm': 'vm4', 'host': 'nodeA', 'model': 'rv100',
-                                                      'devices': ['0000:02:00.0']}
+    assert placed[:2] == placement
+    assert placed[2] == {'vm': 'vm4', 'host': 'nodeA', 'model': 'rv100', 'devices': ['0000:02:00.0']}
     assert fleet.hostdevs('nodeA') == {'vm1': ['0:1:0.0', '0:1:0.1'], 'vm4': ['0:2:0.0']}
     assert fleet.hostdevs('nodeB') == {'vm2': ['0:1:0.0', '0:1:0.1']}
 
@@ -261,8 +261,8 @@ def test_site_drift_is_refused(run_playbook, clean: Fleet) -> None:
     # unpinned, the same request goes to the host whose mapping holds
     proc, doc = run(run_playbook, fleet, SITE, [vm('vm1')], ('--check',), fleetgpu_models=models)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert plan_task(doc)['result']['placement'] == [{'vm': 'vm1', 'host': 'nodeA', 'model': 'stdvga',
-                                                       'devices': ['0000:01:00.0']}]
+    expected = [{'vm': 'vm1', 'host': 'nodeA', 'model': 'stdvga', 'devices': ['0000:01:00.0']}]
+    assert plan_task(doc)['result']['placement'] == expected
 
 
 def test_facts_report_renders_in_chromium(run_playbook, clean: Fleet, tmp_path: Path) -> None:

@@ -235,7 +235,7 @@ def test_failure_table_lists_every_host_and_its_reason() -> None:
     p = run(hosts, [vm('big', 2, numa='required'), vm('pinned', 1, host='n2'), vm('ghost', 1, domain_xml=None)])
     msg = p.failure_message()
     assert 'no host was changed: 3 of 3 VM request(s) cannot be placed' in msg
-    table = msg.split("VM 'pinned'")[0]
+    table = msg.split("VM 'pinned'", maxsplit=1)[0]
     assert re.search(r'n1 +a100: 1 +capacity', table) and 'capacity: needs 2 x a100, 1 free' in table
     assert 'no libvirt: no libvirt at qemu:///system: nope' in table
     assert 'unreachable: boom' in table
@@ -285,8 +285,8 @@ def test_mapping_limits_the_model_to_the_mapped_addresses() -> None:
 
 def test_host_plan_and_artifact() -> None:
     hosts = two_hosts() + [host('lab', [])]
-    p = run(hosts, [vm('a', 2, numa='required', start=True), {'name': 'b', 'gpus': [{'model': 'a100', 'count': 1}],
-                                                               'domain_xml': XML % 'b'}])
+    b = {'name': 'b', 'gpus': [{'model': 'a100', 'count': 1}], 'domain_xml': XML % 'b'}
+    p = run(hosts, [vm('a', 2, numa='required', start=True), b])
     assert p.artifact() == [{'vm': 'a', 'host': 'n1', 'model': 'a100', 'devices': ['0000:13:00.0', '0000:14:00.0']},
                             {'vm': 'b', 'host': 'n2', 'model': 'a100', 'devices': ['0000:13:00.0']}]
     n1 = p.host_plan('n1')
