@@ -22,7 +22,12 @@ sanity() {
   (cd .cache/src/ansible_collections/fleetgpu/passthrough &&
     ansible-test sanity --python 3.11 --color no)
 }
-lint() { ansible-lint --profile production --offline -q; }
+lint() {
+  # Molecule (the end-to-end phase) installs this collection under ~/.ansible/collections; a copy
+  # left there by an earlier run would shadow the one just built for ansible-lint.
+  rm -rf "$HOME/.ansible/collections/ansible_collections/fleetgpu/passthrough"
+  ansible-lint --profile production --offline -q
+}
 docs() {
   local f m r
   for f in plugins/modules/*.py; do

@@ -14,11 +14,15 @@ description:
   - Takes the host's C(gpu_passthrough) facts (from M(fleetgpu.passthrough.gpu_facts)), the domains'
     GPU requests and the current assignments of host PCI devices to libvirt domains, and returns the
     concrete GPU addresses for each domain.
-  - Only GPUs in state C(available) or C(vfio-ready) are handed out, never the boot GPU, never a GPU
-    that another domain holds. A domain keeps the GPUs it already has when they fit its request, so a
-    second run resolves to the same devices.
+  - Only GPUs in state C(available) or C(vfio-ready) are handed out, never a GPU that another domain
+    holds, and never the boot GPU unless O(allow_boot_vga) is true (then a boot GPU that nothing else
+    holds is usable). A domain keeps the GPUs it already has when they fit its request, so a second run
+    resolves to the same devices.
   - GPUs on the NUMA node a request names come first; without one, GPUs on the nodes the domain's
-    memory is pinned to (O(numa)).
+    memory is pinned to (O(numa)). Then GPUs already on vfio-pci (C(vfio-ready)) come before GPUs still
+    on their host driver, then the PCI address decides.
+  - Every input is checked; a malformed one fails with a message naming its path
+    (for example C(libvirt_gpu_domains[0].numa_node)), never a raw Python error.
   - When the host cannot satisfy every request, the filter fails before anything changes and says,
     per request, what was asked and how many GPUs of which kind are free.
 options:
@@ -29,7 +33,11 @@ options:
   domains:
     description:
       - The requests, as in the role variable C(libvirt_gpu_domains) - each C(name), C(gpus) (one of
-        C(count), C(addresses), or C(match) with C(count)), optional C(numa_node) and C(start).
+        C(count), C(addresses), or C(match) with C(count)), optional C(numa_node), C(start) and
+        C(domain_xml) (passed through to the result).
+      - C(match.name) matches a GPU whose PCI device name (or vendor and device name) equals it, compared
+        literally and case-insensitively - so C(GP104GL [Tesla P4]) works as written - or, failing that, whose
+        names match it as a case-insensitive regular expression.
     type: list
     elements: dict
     required: true
@@ -50,6 +58,12 @@ options:
     type: str
     default: present
     choices: [present, absent]
+  allow_boot_vga:
+    description:
+      - Let a boot GPU be handed out (the host was told to give it away with C(vfio_host_allow_boot_vga)).
+        A boot GPU that is also in use or unusable is still refused.
+    type: bool
+    default: false
 '''
 
 EXAMPLES = r'''
@@ -90,6 +104,9 @@ _value:
     start:
       description: The request's C(start) flag.
       type: bool
+    domain_xml:
+      description: The request's C(domain_xml), when it has one.
+      type: str
 '''
 
 import re
@@ -123,50 +140,87 @@ def _norm_addr(value: object, domain: str) -> str:
 
 class _Request:
     def __init__(self, entry: object, index: int) -> None:
-        if not isinstance(entry, dict) or not entry.get('name'):
-            raise PlacementRequestError('libvirt_gpu_domains[%d] needs a name' % index)
+        where = 'libvirt_gpu_domains[%d]' % index
+        if not isinstance(entry, dict):
+            raise PlacementRequestError('%s must be a mapping with name and gpus, got a %s' % (where, type(entry).__name__))
+        if not entry.get('name') or not isinstance(entry['name'], str):
+            raise PlacementRequestError('%s needs a name' % where)
         self.name = str(entry['name'])
         gpus = entry.get('gpus')
         if not isinstance(gpus, dict):
-            raise PlacementRequestError('domain %r: gpus must be a dict with count, addresses or match' % self.name)
+            raise PlacementRequestError('domain %r (%s.gpus): gpus must be a mapping with count, addresses or match, got %s'
+                                        % (self.name, where, 'nothing' if gpus is None else 'a %s' % type(gpus).__name__))
         kinds = [k for k in ('addresses', 'match') if gpus.get(k) is not None]
         if len(kinds) > 1:
             raise PlacementRequestError('domain %r: gpus takes addresses or match, not both' % self.name)
-        self.addresses = [_norm_addr(a, self.name) for a in (gpus.get('addresses') or [])]
+        addresses = gpus.get('addresses') or []
+        if not isinstance(addresses, list):
+            raise PlacementRequestError('domain %r (%s.gpus.addresses): addresses must be a list of PCI addresses, got a %s'
+                                        % (self.name, where, type(addresses).__name__))
+        self.addresses = [_norm_addr(a, self.name) for a in addresses]
         self.match = gpus.get('match') or None
         count = gpus.get('count')
+        if count is not None:
+            if isinstance(count, bool) or not isinstance(count, (int, str)):
+                raise PlacementRequestError('domain %r (%s.gpus.count): count %r is not a number' % (self.name, where, count))
+            try:
+                count = int(count)
+            except ValueError:
+                raise PlacementRequestError('domain %r (%s.gpus.count): count %r is not a number'
+                                            % (self.name, where, count)) from None
         if self.addresses:
-            if count is not None and int(count) != len(self.addresses):
+            if count is not None and count != len(self.addresses):
                 raise PlacementRequestError('domain %r: count %s differs from the %d addresses listed'
                                             % (self.name, count, len(self.addresses)))
             self.count = len(self.addresses)
         else:
             if count is None:
                 raise PlacementRequestError('domain %r: gpus needs count (or addresses)' % self.name)
-            try:
-                self.count = int(count)
-            except (TypeError, ValueError):
-                raise PlacementRequestError('domain %r: count %r is not a number' % (self.name, count)) from None
+            self.count = count
             if self.count < 0:
                 raise PlacementRequestError('domain %r: count %d is negative' % (self.name, self.count))
         self.vendor_id = self.device_id = None
         self.name_re = None
+        self.name_literal: str | None = None
         if self.match is not None:
-            if not isinstance(self.match, dict) or not (self.match.get('vendor_id') or self.match.get('name')):
+            if not isinstance(self.match, dict):
+                raise PlacementRequestError('domain %r (%s.gpus.match): match must be a mapping (vendor_id, device_id, name), '
+                                            'got a %s' % (self.name, where, type(self.match).__name__))
+            if not (self.match.get('vendor_id') or self.match.get('name')):
                 raise PlacementRequestError('domain %r: match needs vendor_id (and device_id) or name' % self.name)
             if self.match.get('vendor_id'):
                 self.vendor_id = _norm_id(self.match['vendor_id'], 'vendor_id', self.name)
             if self.match.get('device_id'):
                 self.device_id = _norm_id(self.match['device_id'], 'device_id', self.name)
             if self.match.get('name'):
+                self.name_literal = str(self.match['name']).strip().casefold()
                 try:
                     self.name_re = re.compile(str(self.match['name']), re.IGNORECASE)
-                except re.error as exc:
-                    raise PlacementRequestError('domain %r: match name %r is not a regular expression: %s'
-                                                % (self.name, self.match['name'], exc)) from None
+                except re.error:
+                    self.name_re = None  # not a regular expression: matched literally only
         numa = entry.get('numa_node')
-        self.numa_node = int(numa) if numa is not None else None
+        if numa is not None:
+            if isinstance(numa, bool) or not isinstance(numa, (int, str)):
+                raise PlacementRequestError('domain %r (%s.numa_node): %r is not a NUMA node number'
+                                            % (self.name, where, numa))
+            try:
+                numa = int(numa)
+            except ValueError:
+                raise PlacementRequestError('domain %r (%s.numa_node): %r is not a NUMA node number'
+                                            % (self.name, where, numa)) from None
+        self.numa_node = numa
         self.start = bool(entry.get('start', False))
+        self.domain_xml = entry.get('domain_xml')
+
+    def _name_fits(self, gpu: dict) -> bool:
+        device = str(gpu.get('device_name') or '').casefold()
+        full = ' '.join(str(n) for n in (gpu.get('vendor_name'), gpu.get('device_name')) if n).casefold()
+        if self.name_literal and self.name_literal in (device, full):
+            return True
+        if self.name_re is None:
+            return False
+        text = ' '.join(str(gpu.get(k) or '') for k in ('vendor_name', 'device_name', 'subsystem_name', 'vendor_device'))
+        return bool(self.name_re.search(text))
 
     def fits(self, gpu: dict) -> bool:
         if self.addresses:
@@ -175,10 +229,8 @@ class _Request:
             return False
         if self.device_id and gpu.get('device_id') != self.device_id:
             return False
-        if self.name_re is not None:
-            text = ' '.join(str(gpu.get(k) or '') for k in ('vendor_name', 'device_name', 'subsystem_name', 'vendor_device'))
-            if not self.name_re.search(text):
-                return False
+        if self.name_literal is not None and not self._name_fits(gpu):
+            return False
         return True
 
     def describe(self) -> str:
@@ -187,8 +239,8 @@ class _Request:
         what = []
         if self.vendor_id:
             what.append('%s:%s' % (self.vendor_id, self.device_id or '*'))
-        if self.name_re is not None:
-            what.append('name ~ /%s/' % self.name_re.pattern)
+        if self.name_literal is not None:
+            what.append('name %r' % self.match['name'])
         return '%d GPU(s)%s' % (self.count, (' matching ' + ' and '.join(what)) if what else '')
 
 
@@ -208,18 +260,41 @@ def _free_summary(free: list[dict], first: bool) -> str:
     return 'free on this host%s: %s' % (after, ', '.join('%d x %s' % (n, k) for k, n in sorted(counts.items())))
 
 
-def _usable(gpu: dict) -> bool:
-    return gpu.get('state') in USABLE_STATES and not gpu.get('boot_vga')
+def _usable(gpu: dict, allow_boot_vga: bool = False) -> bool:
+    if gpu.get('boot_vga'):
+        # a boot GPU given away on purpose: usable when nothing but its being the boot GPU stands in the way
+        return allow_boot_vga and gpu.get('state') in USABLE_STATES + ('boot-vga',) and len(gpu.get('state_reasons') or []) <= 1
+    return gpu.get('state') in USABLE_STATES
 
 
-def place(facts: dict, domains: list, assignments: dict | None = None, state: str = 'present',
-          numa: dict | None = None) -> list[dict]:
+def _check_inputs(facts: object, domains: object, assignments: object, numa: object) -> None:
     if not isinstance(facts, dict) or not isinstance(facts.get('gpus'), list):
         raise PlacementRequestError('the GPU facts have no gpus list: run fleetgpu.passthrough.gpu_facts first '
                                     '(or pass its result as libvirt_gpu_facts)')
+    for i, gpu in enumerate(facts['gpus']):
+        if not isinstance(gpu, dict) or not isinstance(gpu.get('address'), str):
+            raise PlacementRequestError('the GPU facts: gpus[%d] must be a mapping with an address' % i)
+    if domains is not None and not isinstance(domains, list):
+        raise PlacementRequestError('libvirt_gpu_domains must be a list of domains, got a %s' % type(domains).__name__)
+    if assignments is not None and not isinstance(assignments, dict):
+        raise PlacementRequestError('assignments must be a mapping of PCI address to domain names, got a %s'
+                                    % type(assignments).__name__)
+    for addr, names in (assignments or {}).items():
+        if not isinstance(names, list):
+            raise PlacementRequestError('assignments[%s] must be a list of domain names, got a %s' % (addr, type(names).__name__))
+    if numa is not None and not isinstance(numa, dict):
+        raise PlacementRequestError('numa must be a mapping of domain name to NUMA nodes, got a %s' % type(numa).__name__)
+    for name, nodes in (numa or {}).items():
+        if not isinstance(nodes, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in nodes):
+            raise PlacementRequestError('numa[%s] must be a list of NUMA node numbers, got %r' % (name, nodes))
+
+
+def place(facts: dict, domains: list, assignments: dict | None = None, state: str = 'present',
+          numa: dict | None = None, allow_boot_vga: bool = False) -> list[dict]:
+    _check_inputs(facts, domains, assignments, numa)
     if state not in ('present', 'absent'):
         raise PlacementRequestError('state must be present or absent, got %r' % (state,))
-    gpus = sorted((g for g in facts['gpus'] if isinstance(g, dict) and g.get('address')), key=lambda g: g['address'])
+    gpus = sorted(facts['gpus'], key=lambda g: g['address'])
     by_addr = {g['address']: g for g in gpus}
     holders: dict[str, list[str]] = {str(a).lower(): list(n) for a, n in (assignments or {}).items()}
     requests = [_Request(entry, i) for i, entry in enumerate(domains or [])]
@@ -235,7 +310,7 @@ def place(facts: dict, domains: list, assignments: dict | None = None, state: st
         own = [g for g in gpus if req.name in holders.get(g['address'], [])]
         if state == 'absent':
             back = [g['address'] for g in own if req.fits(g)]
-            out.append({'name': req.name, 'devices': back, 'kept': [], 'added': [], 'start': req.start})
+            out.append(_entry(req, back, [], []))
             continue
         for addr in req.addresses:
             gpu = by_addr.get(addr)
@@ -247,32 +322,40 @@ def place(facts: dict, domains: list, assignments: dict | None = None, state: st
             if others:
                 problems.append('domain %r asks for %s, which domain %s already holds'
                                 % (req.name, addr, ', '.join(repr(o) for o in others)))
-            elif req.name not in holders.get(addr, []) and not _usable(gpu):
+            elif req.name not in holders.get(addr, []) and not _usable(gpu, allow_boot_vga):
                 reasons = '; '.join(gpu.get('state_reasons') or [])
                 what = 'the boot GPU' if gpu.get('boot_vga') else 'in state %s' % gpu.get('state')
                 problems.append('domain %r asks for %s, which is %s%s'
                                 % (req.name, addr, what, ' (%s)' % reasons if reasons else ''))
         kept = [g['address'] for g in own if req.fits(g)][:req.count]
         need = req.count - len(kept)
-        pool = [g for g in gpus if g['address'] not in taken and _usable(g) and req.fits(g)]
+        pool = [g for g in gpus if g['address'] not in taken and _usable(g, allow_boot_vga) and req.fits(g)]
         preferred = {req.numa_node} if req.numa_node is not None else set((numa or {}).get(req.name) or [])
-        pool.sort(key=lambda g: (bool(preferred) and g.get('numa_node') not in preferred, g['address']))
+        pool.sort(key=lambda g: (bool(preferred) and g.get('numa_node') not in preferred,
+                                 g.get('state') != 'vfio-ready', g['address']))
         added = [g['address'] for g in pool[:max(need, 0)]]
         if len(added) < need and not req.addresses:
             problems.append('domain %r asks for %s but only %d can be given (%d already its own); %s'
                             % (req.name, req.describe(), len(kept) + len(added), len(kept),
-                               _free_summary([g for g in gpus if g['address'] not in taken and _usable(g)], req is requests[0])))
+                               _free_summary([g for g in gpus if g['address'] not in taken and _usable(g, allow_boot_vga)], req is requests[0])))
         taken.update(added)
-        out.append({'name': req.name, 'devices': sorted(kept + added), 'kept': kept, 'added': added, 'start': req.start})
+        out.append(_entry(req, sorted(kept + added), kept, added))
     if problems:
         raise PlacementRequestError('the GPU requests cannot be satisfied, nothing was changed: ' + ' | '.join(problems))
     return out
 
 
+def _entry(req: _Request, devices: list[str], kept: list[str], added: list[str]) -> dict:
+    out: dict[str, object] = {'name': req.name, 'devices': devices, 'kept': kept, 'added': added, 'start': req.start}
+    if req.domain_xml is not None:
+        out['domain_xml'] = req.domain_xml
+    return out
+
+
 def gpu_placement(facts: dict, domains: list, assignments: dict | None = None, state: str = 'present',
-                  numa: dict | None = None) -> list[dict]:
+                  numa: dict | None = None, allow_boot_vga: bool = False) -> list[dict]:
     try:
-        return place(facts, domains, assignments, state, numa)
+        return place(facts, domains, assignments, state, numa, bool(allow_boot_vga))
     except PlacementRequestError as exc:
         raise AnsibleFilterError(str(exc)) from None
 

@@ -67,6 +67,14 @@ class DeviceNotFound(HostdevError):
     """A device the plan needs does not exist in sysfs."""
 
 
+class DomainXmlRejected(LibvirtError):
+    """libvirt refused to define the domain_xml given."""
+
+
+class DomainXmlMismatch(HostdevError):
+    """define_xml names another domain."""
+
+
 class DomainNotPersistent(HostdevError):
     """A definition change was asked of a transient domain."""
 
@@ -141,7 +149,7 @@ class Request:
                  where: str = 'config', managed: bool = False, companions: bool = True,
                  rom: RomSpec | None = None, guest_address: PciAddress | None = None,
                  allow_shared: bool = False, start: bool = False, restart: bool = False,
-                 shutdown_timeout: float = 120.0) -> None:
+                 shutdown_timeout: float = 120.0, define_xml: str | None = None) -> None:
         self.domain = domain
         self.uri = uri
         self.devices = devices
@@ -155,6 +163,7 @@ class Request:
         self.start = start
         self.restart = restart
         self.shutdown_timeout = shutdown_timeout
+        self.define_xml = define_xml
 
 
 def slot_requests(devices: list[PciAddress], companions: bool, sysfs: Sysfs | None,
@@ -254,7 +263,16 @@ class HostdevBackend:
     def run(self, check_mode: bool) -> dict[str, object]:
         req = self.req
         conn = self._connection()
-        dom = lookup(conn, req.domain, req.uri)
+        defined = False
+        try:
+            dom = lookup(conn, req.domain, req.uri)
+        except DomainNotFound:
+            if req.define_xml is None:
+                raise
+            if check_mode:
+                return self._predict_new(conn)
+            dom = self._define(conn)
+            defined = True
         try:
             persistent = dom.isPersistent()  # type: ignore[attr-defined]
         except libvirt.libvirtError as exc:
@@ -296,7 +314,8 @@ class HostdevBackend:
             changes = [Change(PciAddress.parse(c['address']), c['action']) for c in live]
             after_xml = canonical_xml(before_xml)
         result.update({
-            'changed': config_changed or any(c['action'] != 'unchanged' for c in live) or bool(power),
+            'defined': defined,
+            'changed': defined or config_changed or any(c['action'] != 'unchanged' for c in live) or bool(power),
             'devices': [c.to_dict() for c in changes],
             'live': live,
             'power': power,
@@ -311,6 +330,45 @@ class HostdevBackend:
             },
         })
         return result
+
+    def _checked_define_xml(self) -> DomainDefinition:
+        defn = DomainDefinition(self.req.define_xml or '')
+        if defn.name != self.req.domain:
+            raise DomainXmlMismatch('define_xml of domain %r names the domain %r' % (self.req.domain, defn.name))
+        return defn
+
+    def _define(self, conn: object) -> object:
+        """Define the domain from define_xml (it does not exist); libvirt's refusal names the domain."""
+        self._checked_define_xml()
+        try:
+            return conn.defineXML(self.req.define_xml)  # type: ignore[attr-defined]
+        except libvirt.libvirtError as exc:
+            raise DomainXmlRejected('libvirt at %s rejected the domain_xml of %r: %s'
+                                    % (self.req.uri, self.req.domain, exc.get_error_message())) from None
+
+    def _predict_new(self, conn: object) -> dict[str, object]:
+        """Check mode for a domain that define_xml would create: plan on the given definition."""
+        req = self.req
+        defn = self._checked_define_xml()
+        slots = slot_requests(req.devices, req.companions, self.sysfs if req.state == 'present' else None, [])
+        wanted = sorted({a for s in slots for a in s.functions})
+        shared = assignments(conn, req.uri)
+        changes: list[Change] = []
+        if req.state == 'present':
+            self._check_shared(wanted, shared, defn)
+            for slot in slots:
+                changes += defn.plan_present(slot, req.managed, req.rom, req.guest_address)
+        after = defn.to_xml()
+        self.warnings.append('domain %r does not exist at %s yet: it would be defined from define_xml' % (req.domain, req.uri))
+        return {
+            'domain': req.domain, 'uri': req.uri, 'defined': True, 'changed': True,
+            'devices': [c.to_dict() for c in changes], 'live': [],
+            'power': 'started' if req.start and req.state == 'present' else None,
+            'hostdevs': [h.to_dict() for h in DomainDefinition(after).hostdevs()],
+            'numa_nodes': DomainDefinition(after).numa_nodes(), 'assignments': shared,
+            'diff': {'before': '', 'after': canonical_xml(after), 'before_header': '%s (not defined)' % req.domain,
+                     'after_header': '%s (persistent definition)' % req.domain},
+        }
 
     def _check_shared(self, wanted: list[PciAddress], shared: dict[str, list[str]], defn: DomainDefinition) -> None:
         if self.req.allow_shared:

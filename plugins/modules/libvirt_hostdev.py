@@ -117,6 +117,15 @@ options:
         up to O(shutdown_timeout) seconds, then forced off) and start it again so the change applies.
     type: bool
     default: false
+  define_xml:
+    description:
+      - The full definition of O(domain), used only when no domain of that name exists at O(uri) - it is
+        defined from this XML first, then the devices are attached. An existing domain is never redefined
+        from it.
+      - Its C(<name>) must be O(domain). XML libvirt rejects fails the task with libvirt's reason, naming the domain.
+      - In check mode the devices are planned on this definition and nothing is defined.
+    type: str
+    version_added: 0.2.0
   shutdown_timeout:
     description: Seconds to wait for a graceful shutdown before the domain is forced off (0 forces at once).
     type: float
@@ -201,6 +210,10 @@ live:
   returned: success
   type: list
   elements: dict
+defined:
+  description: Whether the domain was (or, in check mode, would be) defined from O(define_xml).
+  returned: success
+  type: bool
 power:
   description: V(started), V(restarted) or null.
   returned: success
@@ -261,6 +274,7 @@ def argument_spec() -> dict:
         assume_vfio=dict(type='list', elements='str', default=[]),
         sysfs_root=dict(type='path', default='/sys'),
         timeout=dict(type='float', default=5.0),
+        define_xml=dict(type='str'),
     )
 
 
@@ -279,7 +293,7 @@ def build_request(params: dict) -> Request:
         domain=params['domain'], uri=params['uri'], devices=devices, state=params['state'],
         where=params['where'], managed=params['managed'], companions=params['companions'], rom=rom,
         guest_address=guest, allow_shared=params['allow_shared'], start=params['start'],
-        restart=params['restart'], shutdown_timeout=params['shutdown_timeout'])
+        restart=params['restart'], shutdown_timeout=params['shutdown_timeout'], define_xml=params['define_xml'])
 
 
 def main() -> None:

@@ -51,4 +51,5 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_stats(self, stats) -> None:
         hosts = sorted(stats.processed.keys())
         summary = {h: stats.summarize(h) for h in hosts}
-        self._display.display(json.dumps({'tasks': self.tasks, 'stats': summary}, default=str))
+        self._display.display(json.dumps({'tasks': self.tasks, 'stats': summary, 'custom': dict(stats.custom)},
+                                         default=str))

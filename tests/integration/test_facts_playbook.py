@@ -147,7 +147,7 @@ def test_facts_playbook_fleet_report(run_playbook, sims: dict, tmp_path: Path) -
     doc = playbook_json(proc)
     report = tasks(doc, 'Print the fleet report')
     assert len(report) == 1
-    fleet = report[0]['result']['msg']
+    fleet = report[0]['result']['msg']['hosts']
     assert set(fleet) == {'ws1', 'off1', 'hgx1'}
     assert fleet['off1']['ready'] is False and fleet['off1']['problems'] == ['iommu_off']
     assert fleet['ws1']['ready'] is True

@@ -8,7 +8,11 @@ import pytest
 
 libvirt = pytest.importorskip('libvirt')
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import DomainDefinition, RomSpec  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (  # noqa: E402
+    DomainDefinition,
+    HostdevError,
+    RomSpec,
+)
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import (  # noqa: E402
     DeviceNotFound,
     DeviceShared,
@@ -229,3 +233,41 @@ def test_transient_domain_takes_live_changes_only(conn, trees) -> None:
         assert res['changed'] is False
     finally:
         dom.destroy()
+
+
+def test_define_xml_defines_a_missing_domain_check_mode_predicts_and_existing_ones_are_never_redefined(conn, trees) -> None:
+    name = 'defined%d' % next(_names)
+    xml = DOMAIN.format(name=name)
+    planned, warnings = run(conn, trees['workstation'], check=True, domain=name, devices=['01:00.0'], define_xml=xml)
+    assert planned['defined'] is True and planned['changed'] is True
+    assert [d['action'] for d in planned['devices']] == ['added', 'added']
+    assert planned['diff']['before'] == '' and planned['diff']['after'].count('<hostdev') == 2
+    assert any('would be defined from define_xml' in w for w in warnings)
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName(name)  # check mode defined nothing
+
+    real, _w = run(conn, trees['workstation'], domain=name, devices=['01:00.0'], define_xml=xml)
+    try:
+        assert real['defined'] is True and real['changed'] is True
+        assert [h[0] for h in hostdevs(conn, name)] == ['0000:01:00.0', '0000:01:00.1']
+        # the domain exists now: define_xml (even a different one) is not used again
+        other = xml.replace('64</memory>', '128</memory>')
+        again, _w = run(conn, trees['workstation'], domain=name, devices=['01:00.0'], define_xml=other)
+        assert again['defined'] is False and again['changed'] is False
+        assert '128' not in conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).split('</memory>')[0][-8:]
+    finally:
+        conn.lookupByName(name).undefine()
+
+
+@pytest.mark.parametrize('xml,error,needle', [
+    (DOMAIN.format(name='someone-else'), 'DomainXmlMismatch', "define_xml of domain 'newvm' names the domain 'someone-else'"),
+    (DOMAIN.format(name='newvm').replace("type='test'", "type='nonsense'"), 'DomainXmlRejected',
+     "libvirt at test:///default rejected the domain_xml of 'newvm'"),
+    ('<domain><name>newvm', 'DomainXmlError', 'domain XML cannot be parsed'),
+])
+def test_define_xml_errors_name_the_domain(conn, trees, xml: str, error: str, needle: str) -> None:
+    with pytest.raises(HostdevError) as info:
+        run(conn, trees['workstation'], domain='newvm', devices=['01:00.0'], define_xml=xml)
+    assert type(info.value).__name__ == error and needle in str(info.value)
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName('newvm')

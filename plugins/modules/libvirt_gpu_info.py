@@ -1,0 +1,111 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: libvirt_gpu_info
+short_description: Read every libvirt domain's PCI hostdevs, power state and NUMA pinning in one run
+version_added: 0.2.0
+description:
+  - Connects read-only to libvirt and returns, for every domain (persistent or transient), its power state,
+    the host PCI devices in its persistent and running definitions, and the host NUMA nodes its memory is
+    pinned to.
+  - Made for the fleet play of C(site.yml) and C(facts.yml), which reads it on every host before placing
+    VM requests with M(fleetgpu.passthrough.fleet_plan).
+  - A host without libvirt (no Python binding, no daemon, nothing answering at O(uri)) is not a failure
+    - the result says C(available=false) and why, so a fleet run goes on and no VM is placed there.
+author:
+  - fleetgpu.passthrough contributors (@fleetgpu)
+options:
+  uri:
+    description: libvirt connection URI.
+    type: str
+    default: qemu:///system
+attributes:
+  check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
+    support: full
+    details: The module never changes anything.
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: none
+requirements:
+  - libvirt-python and lxml on the managed host (without them the module reports C(available=false)).
+seealso:
+  - module: fleetgpu.passthrough.fleet_plan
+  - module: fleetgpu.passthrough.libvirt_hostdev
+'''
+
+EXAMPLES = r'''
+- name: Which domain holds which GPU
+  fleetgpu.passthrough.libvirt_gpu_info:
+  register: libvirt_info
+
+- name: Show the running domains and their devices
+  ansible.builtin.debug:
+    msg: "{{ libvirt_info.domains | selectattr('active') | items2dict(key_name='name', value_name='hostdevs') }}"
+  when: libvirt_info.available
+'''
+
+RETURN = r'''
+available:
+  description: Whether libvirt answered at O(uri).
+  returned: always
+  type: bool
+  sample: true
+uri:
+  description: The URI asked.
+  returned: always
+  type: str
+error:
+  description: Why libvirt is not available (null when it is).
+  returned: always
+  type: str
+  sample: "no libvirt at qemu:///system: Failed to connect socket to '/var/run/libvirt/libvirt-sock'"
+domains:
+  description: One entry per domain, sorted by name.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Domain name.
+      type: str
+    state:
+      description: Power state (C(running), C(shut off), C(paused), ...).
+      type: str
+    active:
+      description: Whether it runs.
+      type: bool
+    persistent:
+      description: Whether it has a persistent definition.
+      type: bool
+    hostdevs:
+      description: Host PCI addresses in its persistent or running definition.
+      type: list
+      elements: str
+    numa_nodes:
+      description: Host NUMA nodes its memory is pinned to (C(<numatune>)), empty when not pinned.
+      type: list
+      elements: int
+  sample:
+    - {name: train01, state: running, active: true, persistent: true, hostdevs: ["0000:41:00.0", "0000:41:00.1"], numa_nodes: [1]}
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt_info import read
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec=dict(uri=dict(type='str', default='qemu:///system')),
+                           supports_check_mode=True)
+    result = read(module.params['uri'])
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == '__main__':
+    main()
