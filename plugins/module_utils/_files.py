@@ -32,13 +32,25 @@ def header(comment: str = '#') -> str:
     return '%s %s\n' % (comment, HEADER)
 
 
+def is_live(root: str | None) -> bool:
+    """True when ``root`` is the running host's own ``/``, by resolved path (``//``, ``/.`` count too)."""
+    return os.path.realpath(root or '/') == '/'
+
+
+def check_path(value: str, what: str) -> str:
+    """A path option checked for what no file name of the collection may hold (control characters)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in value):
+        raise FileError('%s %r holds a control character (newline, tab...); refusing it' % (what, value))
+    return value
+
+
 def rooted(root: str, path: str) -> str:
     """``path`` (absolute, as on the target host) below ``root``."""
     if not path.startswith('/'):
         raise FileError('path %r must be absolute' % path)
-    if root in ('', '/'):
+    if is_live(root):
         return path
-    return os.path.join(os.path.abspath(root), path.lstrip('/'))
+    return os.path.join(os.path.abspath(check_path(root, 'root')), path.lstrip('/'))
 
 
 def read(path: str) -> str | None:

@@ -137,10 +137,10 @@ commands:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import BootloaderError, backend
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, check_length, split
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import FileError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
 
 
 def run(module: AnsibleModule) -> dict:
@@ -150,6 +150,7 @@ def run(module: AnsibleModule) -> dict:
     running = split(sysfs.cmdline())
     loader = backend(params['bootloader'], params['root'], ModuleRunner(module), params['update'], running)
     plan = loader.plan(change)
+    check_length(plan.after)
     if plan.changed and not module.check_mode:
         loader.apply(plan)
     missing = change.missing(running)
@@ -182,8 +183,7 @@ def main() -> None:
                             choices=['auto', 'grub', 'grubby', 'systemd-boot', 'kernelstub', 'proxmox-boot-tool']),
             root=dict(type='path', default='/'),
             update=dict(type='bool', default=True),
-            sysfs_root=dict(type='path', default='/sys'),
-            timeout=dict(type='float', default=5.0),
+            **common_argspec()
         ),
         supports_check_mode=True,
     )

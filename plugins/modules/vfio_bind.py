@@ -213,7 +213,7 @@ journal_path:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._binding import Binder, BindingError
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec, is_live_root
 
 
 def main() -> None:
@@ -233,8 +233,7 @@ def main() -> None:
             allow_in_use=dict(type='bool', default=False),
             release_ids=dict(type='bool', default=False),
             journal_path=dict(type='path', default='/var/lib/fleetgpu-passthrough/vfio_bind.json'),
-            sysfs_root=dict(type='path', default='/sys'),
-            timeout=dict(type='float', default=5.0),
+            **common_argspec()
         ),
         mutually_exclusive=[('devices', 'match')],
         required_one_of=[('devices', 'match')],
@@ -248,12 +247,18 @@ def main() -> None:
 
     binder = None
     try:
+        sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
+    except SysfsError as exc:
+        module.fail_json(msg=str(exc), **result)
+    # modprobe acts on the running host's kernel: never run it for a simulated sysfs_root.
+    live = is_live_root(sysfs.sys_root, '/sys')
+    try:
         binder = Binder(
-            Sysfs(params['sysfs_root'], timeout=params['timeout']),
+            sysfs,
             driver=params['driver'], state=params['state'], include_group=params['include_group'],
             allow_boot_vga=params['allow_boot_vga'], allow_in_use=params['allow_in_use'],
             journal_path=params['journal_path'], runner=runner,
-            modprobe=module.get_bin_path('modprobe'), release_ids=params['release_ids'])
+            modprobe=module.get_bin_path('modprobe') if live else None, release_ids=params['release_ids'])
         plan = binder.plan(params['devices'], params['match'])
         for warning in plan.warnings:
             module.warn(warning)

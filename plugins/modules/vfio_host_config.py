@@ -165,6 +165,9 @@ commands:
   elements: list
 '''
 
+import os
+import re
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _vfio_host_apply
@@ -172,19 +175,34 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import read as read_file
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import InitramfsError, backend
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import (
-    MODPROBE_CONF, SelectionError, decide, existing_softdeps)
+    MODPROBE_CONF, SelectionError, decide, existing_softdeps, validate_facts)
+
+
+_RELEASE_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}\Z')
+
+
+def check_kernel_release(root: str, release: str) -> None:
+    """Refuse a kernel_release that is not a release name installed under ``root`` (before anything is written)."""
+    if not _RELEASE_RE.match(release):
+        raise SelectionError('kernel_release %r is not a kernel release name (like 6.1.0-27-amd64)' % (release,))
+    modules = rooted(root, '/lib/modules/%s' % release)
+    if not os.path.isdir(modules):
+        raise SelectionError('kernel_release %r is not installed: %s does not exist; nothing was written'
+                             % (release, modules))
 
 
 def run(module: AnsibleModule) -> dict:
     p = module.params
     sysfs = Sysfs(p['sysfs_root'], timeout=p['timeout'])
     runner = ModuleRunner(module)
-    facts = p['facts'] or {}
+    facts = validate_facts(p['facts'] or {})
     host = facts.get('host') or {}
     builtin = bool(host.get('vfio_pci_builtin'))
     kernel = p['kernel_release'] or host.get('kernel_release') or sysfs.read(sysfs.proc('sys', 'kernel', 'osrelease'), default='')
+    if p['kernel_release'] is not None:
+        check_kernel_release(p['root'], p['kernel_release'])
     decision = None
     if p['state'] == 'present':
         if not facts:
@@ -236,8 +254,7 @@ def main() -> None:
             kernel_release=dict(type='str'),
             root=dict(type='path', default='/'),
             update=dict(type='bool', default=True),
-            sysfs_root=dict(type='path', default='/sys'),
-            timeout=dict(type='float', default=5.0),
+            **common_argspec()
         ),
         supports_check_mode=True,
     )
