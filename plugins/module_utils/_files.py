@@ -67,11 +67,13 @@ def read(path: str) -> str | None:
 class FileChange:
     """One planned change of one file: ``after`` None means the file is removed."""
 
-    def __init__(self, path: str, before: str | None, after: str | None, mode: int = 0o644) -> None:
+    def __init__(self, path: str, before: str | None, after: str | None, mode: int = 0o644,
+                 keep_backup: bool = True) -> None:
         self.path = path
         self.before = before
         self.after = after
         self.mode = mode
+        self.keep_backup = keep_backup
         self.applied = False
         self.had_backup = False
 
@@ -98,7 +100,7 @@ class FileChange:
             if _owned_dir(self.path):
                 _rmdir_if_empty(os.path.dirname(self.path))
         else:
-            write(self.path, self.after, self.mode)
+            write(self.path, self.after, self.mode, keep_backup=self.keep_backup)
         self.applied = True
 
     def revert(self) -> None:
@@ -124,8 +126,8 @@ def _rmdir_if_empty(directory: str) -> None:
         pass
 
 
-def plan(path: str, content: str | None, mode: int = 0o644) -> FileChange:
-    return FileChange(path, read(path), content, mode)
+def plan(path: str, content: str | None, mode: int = 0o644, keep_backup: bool = True) -> FileChange:
+    return FileChange(path, read(path), content, mode, keep_backup)
 
 
 def write(path: str, content: str, mode: int = 0o644, keep_backup: bool = True) -> None:
