@@ -92,6 +92,7 @@ class FileChange:
     def apply(self) -> None:
         if not self.changed:
             return
+        self.had_backup = os.path.lexists(self.path + BACKUP_SUFFIX)
         if self.after is None:
             # A managed file removed on purpose leaves nothing behind: no backup of it (the content
             # is kept in memory for revert()), and no backup left by earlier runs either.
@@ -111,6 +112,9 @@ class FileChange:
             remove(self.path, keep_backup=False)
         else:
             write(self.path, self.before, self.mode, keep_backup=False)
+        if not self.had_backup:
+            # the copy apply() kept is not needed any more: a rollback leaves nothing behind
+            remove(self.path + BACKUP_SUFFIX, keep_backup=False)
         self.applied = False
 
 
