@@ -230,7 +230,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt impo
     Request,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
 
 
 def argument_spec() -> dict:
@@ -248,8 +248,7 @@ def argument_spec() -> dict:
         start=dict(type='bool', default=False),
         restart=dict(type='bool', default=False),
         shutdown_timeout=dict(type='float', default=120.0),
-        sysfs_root=dict(type='path', default='/sys'),
-        timeout=dict(type='float', default=5.0),
+        **common_argspec()
     )
 
 

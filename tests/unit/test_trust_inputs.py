@@ -18,7 +18,7 @@ from ansible.module_utils import _internal as ansible_internal
 from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.fleetgpu.passthrough.plugins.modules import (
-    gpu_facts, kernel_cmdline, vfio_bind, vfio_host_config)
+    gpu_facts, iommu_check, kernel_cmdline, libvirt_hostdev, vfio_bind, vfio_host_config)
 from tests.sim import simkernel
 
 GRUB = 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
@@ -77,7 +77,8 @@ def facts_of(sim: str) -> dict:
 
 # ------------------------------------------------------------------ numbers: one shared validation
 @pytest.mark.parametrize('value', ['inf', 'nan', '1e300', '0', '-1'])
-@pytest.mark.parametrize('module', [gpu_facts, kernel_cmdline, vfio_bind, vfio_host_config])
+@pytest.mark.parametrize('module', [gpu_facts, iommu_check, kernel_cmdline, libvirt_hostdev, vfio_bind,
+                                    vfio_host_config])
 def test_timeout_out_of_range_is_refused_by_every_module(module: Any, value: str, sim: str, root: Path,
                                                          tmp_path: Path) -> None:
     args: dict = {'sysfs_root': sim, 'timeout': value}
@@ -87,6 +88,10 @@ def test_timeout_out_of_range_is_refused_by_every_module(module: Any, value: str
         args.update(root=str(root))
     if module is vfio_host_config:
         args.update(state='absent', initramfs='none')
+    if module is libvirt_hostdev:
+        if not (libvirt_hostdev.HAS_LIBVIRT and libvirt_hostdev.HAS_LXML):
+            pytest.skip('libvirt-python and lxml are needed to reach the option checks')
+        args.update(domain='vm1', devices=['0000:01:00.0'])
     before = files_of(root)
     result = run_module(module, args)
     assert result.get('failed') is True, result
