@@ -66,6 +66,7 @@ def is_live_root(path: str, live: str = '/') -> bool:
     """True when ``path`` resolves to ``live`` (``//``, ``/.``, a symlink to ``/`` all count as the live root)."""
     return os.path.realpath(path or '/') == os.path.realpath(live)
 
+
 _MISSING = object()
 
 

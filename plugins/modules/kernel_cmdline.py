@@ -29,9 +29,9 @@ description:
     command fails the task fails and the previous files are put back; commands that already ran are undone
     (C(grubby), C(kernelstub)) or run again with the previous files (C(kernel-install) for every kernel,
     C(proxmox-boot-tool)). When that too fails, the message says exactly what is left to fix by hand.
-  - Refused before anything is written, with the reason: an argument with an unbalanced double quote, a control
-    character (a newline, a tab), or a command line longer than the kernel keeps (2048 bytes on x86, terminating
-    NUL included, counting the arguments already there).
+  - Refused before anything is written, with the reason, are an argument with an unbalanced double quote, one with
+    a control character (a newline, a tab), and a command line longer than the kernel keeps (2048 bytes on x86,
+    terminating NUL included, counting the arguments already there).
   - The returned C(reboot_required) tells whether the running kernel (C(/proc/cmdline)) lacks an added argument or still has
     a removed one.
 author:
@@ -61,7 +61,7 @@ options:
       - Directory prefixed to every file path the module reads or writes (C(/etc/default/grub) becomes
         C(ROOT/etc/default/grub)). For tests, chroots and images.
       - The root is compared by resolved path, so C(//) or C(/.) are the running host's C(/).
-      - With another root, the bootloader's commands act on that root too, never on the running host: each runs
+      - With another root, the bootloader's commands act on that root too, never on the running host; each runs
         inside it through C(chroot ROOT PROGRAM ...) when the root holds the program (in C(/usr/local/sbin),
         C(/usr/local/bin), C(/usr/sbin), C(/usr/bin), C(/sbin) or C(/bin)), and is not run at all otherwise; such a
         command is returned in RV(skipped_commands) with a warning.
@@ -77,7 +77,7 @@ options:
   undo:
     description:
       - Give back what this collection changed on the command line, and nothing else.
-      - Every change the module makes is recorded in C(ROOT/var/lib/fleetgpu-passthrough/kernel_cmdline.json):
+      - Every change the module makes is recorded in C(ROOT/var/lib/fleetgpu-passthrough/kernel_cmdline.json),
         the arguments it added that were not there before, and the host's own arguments it removed or replaced.
         An argument that was already on the command line before is never recorded, so it is never taken away.
       - With V(true) the recorded additions are removed and the displaced arguments are put back; O(remove), when

@@ -15,8 +15,8 @@ description:
   - Works on whole IOMMU groups. Every endpoint of a requested device's group moves together; bridges and PCIe ports
     are left alone. A group that holds an endpoint that was not requested is refused unless O(include_group=true).
   - Per device, in this order, loads the driver module when it is not loaded (C(modprobe), skipped when
-    C(/sys/bus/pci/drivers/<driver>) exists, and never run when O(sysfs_root) does not resolve to C(/sys): it would
-    load the module into the running host's kernel, not the simulated one), writes C(driver_override), unbinds the current driver, writes the
+    C(/sys/bus/pci/drivers/<driver>) exists, and never run when O(sysfs_root) does not resolve to C(/sys), since it
+    would load the module into the running host's kernel, not the simulated one), writes C(driver_override), unbinds the current driver, writes the
     address to C(drivers_probe), and verifies the C(driver) link and C(/dev/vfio/<group>). It never writes C(new_id),
     which would also capture an identical device the host still uses.
   - A restore points C(driver_override) at the driver recorded in the journal, unbinds, probes, and clears the
@@ -37,7 +37,7 @@ description:
     has another version, or holds an invalid address, driver or vendor:device fails the task with a message naming
     the journal file, which is left as it is. A restore compares the journaled vendor:device with the card now at
     that address and refuses a mismatch, naming both. A C(driver_override) that cannot be read is never taken as
-    empty: the task fails before changing anything, so the original override is not lost.
+    empty; the task fails before changing anything, so the original override is not lost.
 author:
   - fleetgpu.passthrough contributors (@fleetgpu)
 options:

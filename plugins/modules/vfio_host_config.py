@@ -70,7 +70,7 @@ options:
   blacklist:
     description:
       - Host drivers (kernel module names) to blacklist. Refused while a device that is not selected still uses one.
-      - Each must be a module name (letters, digits, C(_), C(-), at most 64): a space or a newline is refused,
+      - Each must be a module name (letters, digits, C(_), C(-), at most 64). A space or a newline is refused,
         since it would write a malformed or an extra modprobe.d line.
     type: list
     elements: str
@@ -92,7 +92,7 @@ options:
     description:
       - Directory prefixed to every file path (tests, chroots, images). Compared by resolved path, so C(//) or
         C(/.) are the running host's C(/).
-      - With another root the initramfs commands act on that root too, never on the running host: each runs inside
+      - With another root the initramfs commands act on that root too, never on the running host; each runs inside
         it through C(chroot ROOT PROGRAM ...) when the root holds the program, and is not run at all otherwise
         (returned in RV(skipped_commands), with a warning; the image is then not verified either).
     type: path
