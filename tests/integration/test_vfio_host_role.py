@@ -301,3 +301,28 @@ def test_restore_on_a_host_with_its_own_iommu_arguments_keeps_them(run_playbook,
     assert (host.root / 'etc/default/grub').read_text() == own
     assert [p for p in host.snapshot() if 'fleetgpu' in p] == []
     assert 'update-grub' not in host.commands()
+
+
+LIVE_PLAY = '''
+- name: Is the root the running host?
+  hosts: localhost
+  gather_facts: true
+  tasks:
+    - name: Work out the role's paths only
+      ansible.builtin.include_role:
+        name: fleetgpu.passthrough.vfio_host
+        tasks_from: set_vars.yml
+    - name: Show it
+      ansible.builtin.debug:
+        msg: "{{ __vfio_host_live_host }}"
+'''
+
+
+@pytest.mark.parametrize('spelling, live', [('/', True), ('//', True), ('/.', True), ('/./', True), (None, False)])
+def test_live_host_is_decided_by_resolved_path(run_playbook, host: Host, spelling: str | None, live: bool) -> None:
+    """``//`` or ``/.`` are the running host: reboots and package steps must not be skipped for them."""
+    proc = run_playbook(LIVE_PLAY, extra_vars={'vfio_host_root': spelling or str(host.root)}, env=host.env())
+    doc = playbook_json(proc)
+    shown = [t for t in doc['tasks'] if t['task'] == 'Show it']
+    assert proc.returncode == 0 and shown, proc.stderr[-2000:]
+    assert shown[0]['result']['msg'] is live
