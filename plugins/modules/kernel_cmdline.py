@@ -198,7 +198,8 @@ def run(module: AnsibleModule) -> dict:
     root = params['root']
     runner = ModuleRunner(module, root)
     loader = backend(params['bootloader'], root, runner, params['update'], running)
-    record = Record.load(_files.rooted(root, RECORD))
+    # a GRUB drop-in written before records were kept counts as recorded: it holds only what the collection set
+    record = Record.load(_files.rooted(root, RECORD), loader)
     if params['undo']:
         if params['add']:
             raise CmdlineError('undo gives back what this collection changed and cannot be combined with add')

@@ -231,3 +231,17 @@ def test_rollback_that_cannot_finish_says_exactly_what_is_left(env: dict, monkey
     assert 'restored' not in result['msg'].split('INCOMPLETE')[0]
     assert 'the rollback is INCOMPLETE' in result['msg']
     assert 'kernel-install add %s /lib/modules/%s/vmlinuz could not be run again' % (K1, K1) in result['msg']
+
+
+def test_undo_of_a_grub_drop_in_written_before_records_were_kept(env: dict) -> None:
+    """A host converged by an earlier version has the drop-in but no record: the drop-in is the record."""
+    root = env['root']
+    make_root(root, 'grub')
+    before = tree(root)
+    _write(root, 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg',
+           '# managed by fleetgpu.passthrough: changes made here are overwritten\n'
+           'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX intel_iommu=on"\n')
+    result = run_module(kernel_cmdline, {'root': str(root), 'sysfs_root': env['sysfs'], 'undo': True,
+                                         'remove': ['intel_iommu', 'iommu', 'vfio-pci.ids']})
+    assert result['changed'] is True and result['cmdline_after'] == 'iommu=pt quiet'
+    assert tree(root) == before

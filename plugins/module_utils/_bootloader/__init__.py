@@ -70,6 +70,11 @@ class Bootloader(metaclass=abc.ABCMeta):
     def plan(self, change: Change) -> Plan:
         """What applying ``change`` would do; reads only."""
 
+    def managed_difference(self) -> tuple[list[str], list[str]] | None:
+        """(added, displaced) by a file only this collection writes, for a host changed before records
+        were kept; None when the backend has no such file (or it is absent)."""
+        return None
+
     def apply(self, plan: Plan) -> None:
         """Write the plan's files, run its commands; on a failure put everything back or say what is left."""
         done: list[_files.FileChange] = []
@@ -159,7 +164,17 @@ class Record:
         self.displaced = list(displaced or [])
 
     @classmethod
-    def load(cls, path: str) -> 'Record':
+    def load(cls, path: str, loader: 'Bootloader | None' = None) -> 'Record':
+        """The record at ``path``; without one, what ``loader``'s own managed file shows was changed."""
+        record = cls._load(path)
+        if loader is not None and not os.path.lexists(path):
+            legacy = loader.managed_difference()
+            if legacy:
+                record = cls(path, legacy[0], legacy[1])
+        return record
+
+    @classmethod
+    def _load(cls, path: str) -> 'Record':
         try:
             text = _files.read(path)
         except _files.FileError as exc:
