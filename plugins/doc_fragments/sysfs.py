@@ -22,6 +22,8 @@ options:
       - Seconds to wait for one sysfs access that may block on a device lock (for example
         C(driver_override) of a device whose driver is stuck in its probe).
       - A device whose access does not return in time is reported as stuck instead of hanging the play.
+      - Must be greater than 0 and at most 3600; C(inf), C(nan), C(1e300), C(0) and negative values are refused
+        with that range (one validation shared by every module).
     type: float
     default: 5.0
 '''

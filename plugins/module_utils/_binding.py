@@ -47,6 +47,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import
     Sysfs,
     SysfsError,
     SysfsTimeout,
+    is_live_root,
 )
 
 DEFAULT_JOURNAL = '/var/lib/fleetgpu-passthrough/vfio_bind.json'
@@ -113,11 +114,21 @@ class Journal:
         except (OSError, ValueError) as exc:
             raise JournalError('cannot read the journal %s: %s (move it away to start afresh)' % (self.path, exc),
                                journal_path=self.path) from None
+        # A journal that is not ours, or from a version this code does not know, is never rewritten: every
+        # error below leaves the file as it is (it may be the only record of the original drivers).
         devices = data.get('devices') if isinstance(data, dict) else None
         if not isinstance(devices, dict):
-            raise JournalError('the journal %s has no "devices" mapping (move it away to start afresh)' % self.path,
-                               journal_path=self.path)
+            raise JournalError('the journal %s is not a vfio_bind journal (no "devices" mapping); it was left as it is '
+                               '(move it away to start afresh)' % self.path, journal_path=self.path)
+        if data.get('version', JOURNAL_VERSION) != JOURNAL_VERSION:
+            raise JournalError('the journal %s has version %r, this module writes version %d; it was left as it is'
+                               % (self.path, data.get('version'), JOURNAL_VERSION), journal_path=self.path)
         for addr, entry in devices.items():
+            try:
+                address = PciAddress.parse(addr)
+            except PciAddressError as exc:
+                raise JournalError('the journal %s has an entry with an invalid address: %s; it was left as it is'
+                                   % (self.path, exc), journal_path=self.path) from None
             if not isinstance(entry, dict):
                 raise JournalError('the journal %s has a malformed entry for %s' % (self.path, addr),
                                    journal_path=self.path)
@@ -126,7 +137,12 @@ class Journal:
                 if value is not None and not (isinstance(value, str) and DRIVER_RE.match(value)):
                     raise JournalError('the journal %s names an invalid driver %r for %s' % (self.path, value, addr),
                                        journal_path=self.path)
-            self.entries[str(PciAddress.parse(addr))] = dict(entry)
+            vendor_device = entry.get('vendor_device')
+            if vendor_device is not None and not (isinstance(vendor_device, str)
+                                                  and re.match(r'^[0-9a-f]{4}:[0-9a-f]{4}\Z', vendor_device)):
+                raise JournalError('the journal %s has an invalid vendor_device %r for %s'
+                                   % (self.path, vendor_device, addr), journal_path=self.path)
+            self.entries[str(address)] = dict(entry)
         self.loaded = True
         return self
 
@@ -245,7 +261,7 @@ class Binder:
         self.runner = runner
         self.modprobe = modprobe
         # Ask libvirt only about the real host's kernel, never about a simulated root.
-        self.libvirt_check = (sysfs.sys_root == '/sys') if libvirt_check is None else libvirt_check
+        self.libvirt_check = is_live_root(sysfs.sys_root, '/sys') if libvirt_check is None else libvirt_check
         self.libvirt_uri = libvirt_uri
         self.rolled_back: List[str] = []
         self.stuck: List[str] = []
@@ -330,7 +346,12 @@ class Binder:
         out: Dict[PciAddress, Optional[str]] = {}
         for path, dev in paths.items():
             value = values.get(path)
-            out[dev.address] = None if value in (None, '', '(null)') else value
+            if value is None:
+                # Unreadable is not empty: taking it as empty would lose the override the device has.
+                raise BindingApplyError(
+                    '%s: cannot read %s; nothing was changed (its current value could not be kept for the restore)'
+                    % (dev.address, path), device=str(dev.address))
+            out[dev.address] = None if value in ('', '(null)') else value
         return out
 
     def holders(self, dev: PciDevice) -> List[str]:
@@ -454,6 +475,14 @@ class Binder:
     def _step(self, dev: PciDevice, override: Optional[str]) -> Step:
         current = dev.driver
         entry = self.journal.get(dev.address)
+        journaled = entry.get('vendor_device') if entry else None
+        if journaled and journaled != dev.vendor_device:
+            raise BindingRefused(
+                'the journal %s records %s as %s (original driver %s), but the card at that address now is %s: the '
+                'card was changed since; refusing to use that entry. Check the card, then remove the entry for %s '
+                'from the journal' % (self.journal.path, dev.address, journaled, entry.get('driver_before') or 'none',
+                                      dev.vendor_device, dev.address),
+                device=str(dev.address), journal_path=self.journal.path)
         if self.state == 'present':
             if current == self.driver:
                 return Step(dev, current, current, override, override, 'none')
@@ -567,7 +596,9 @@ class Binder:
         if self.sysfs.isdir(self.sysfs.sys('bus', 'pci', 'drivers', name)):
             return
         if self.runner is None or self.modprobe is None:
-            raise BindingApplyError('driver %s is not loaded and modprobe is not available' % name)
+            raise BindingApplyError('driver %s is not loaded and modprobe is not available (modprobe is never run '
+                                    'for a sysfs_root other than /sys: it would load the module into the running '
+                                    'host\'s kernel)' % name)
         rc, out, err = self.runner([self.modprobe, name])
         if rc != 0:
             raise BindingApplyError('modprobe %s failed (rc=%d): %s' % (name, rc, (err or out).strip()), rc=rc)

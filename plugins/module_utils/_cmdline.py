@@ -18,6 +18,9 @@ from __future__ import annotations
 import re
 
 _KEY_RE = re.compile(r'^[A-Za-z0-9_.\-]+$')
+# x86 COMMAND_LINE_SIZE: the kernel keeps this many bytes of its command line, terminating NUL
+# included, and silently drops the rest (the IOMMU arguments after it would be lost).
+MAX_CMDLINE = 2048
 
 
 class CmdlineError(ValueError):
@@ -52,6 +55,15 @@ def join(tokens: list[str]) -> str:
     return ' '.join(tokens)
 
 
+def check_length(tokens: list[str]) -> None:
+    """Refuse a command line the kernel would cut (x86: 2048 bytes with the terminating NUL)."""
+    size = len(join(tokens).encode('utf-8'))
+    if size + 1 > MAX_CMDLINE:
+        raise CmdlineError('the kernel command line would be %d bytes long (with the arguments already there); the '
+                           'kernel keeps at most %d bytes including its terminating NUL (x86 COMMAND_LINE_SIZE) and '
+                           'drops the rest, so nothing was written' % (size, MAX_CMDLINE))
+
+
 def key_of(token: str) -> str:
     return token.split('=', 1)[0]
 
@@ -61,6 +73,17 @@ def validate_token(token: object, what: str) -> str:
     if not isinstance(token, str) or not token.strip():
         raise CmdlineError('%s entry %r is not a kernel argument (expected key or key=value)' % (what, token))
     token = token.strip()
+    bad = [c for c in token if ord(c) < 0x20 or ord(c) == 0x7f]
+    if bad:
+        raise CmdlineError('%s entry %r holds a control character (%r): the kernel command line is a single line of '
+                           'printable characters' % (what, token, bad[0]))
+    if token.count('"') % 2:
+        raise CmdlineError('%s entry %r has an unbalanced double quote: at boot the rest of the command line would '
+                           'become part of its value' % (what, token))
+    if len(token.encode('utf-8')) >= MAX_CMDLINE:
+        raise CmdlineError('%s entry %r... is %d bytes long: the whole kernel command line is limited to %d bytes '
+                           '(x86 COMMAND_LINE_SIZE, terminating NUL included)'
+                           % (what, token[:40], len(token.encode('utf-8')), MAX_CMDLINE))
     if len(split(token)) != 1:
         raise CmdlineError('%s entry %r holds more than one kernel argument; give one per list item' % (what, token))
     if not _KEY_RE.match(key_of(token)):

@@ -32,13 +32,25 @@ def header(comment: str = '#') -> str:
     return '%s %s\n' % (comment, HEADER)
 
 
+def is_live(root: str | None) -> bool:
+    """True when ``root`` is the running host's own ``/``, by resolved path (``//``, ``/.`` count too)."""
+    return os.path.realpath(root or '/') == '/'
+
+
+def check_path(value: str, what: str) -> str:
+    """A path option checked for what no file name of the collection may hold (control characters)."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in value):
+        raise FileError('%s %r holds a control character (newline, tab...); refusing it' % (what, value))
+    return value
+
+
 def rooted(root: str, path: str) -> str:
     """``path`` (absolute, as on the target host) below ``root``."""
     if not path.startswith('/'):
         raise FileError('path %r must be absolute' % path)
-    if root in ('', '/'):
+    if is_live(root):
         return path
-    return os.path.join(os.path.abspath(root), path.lstrip('/'))
+    return os.path.join(os.path.abspath(check_path(root, 'root')), path.lstrip('/'))
 
 
 def read(path: str) -> str | None:
@@ -55,11 +67,13 @@ def read(path: str) -> str | None:
 class FileChange:
     """One planned change of one file: ``after`` None means the file is removed."""
 
-    def __init__(self, path: str, before: str | None, after: str | None, mode: int = 0o644) -> None:
+    def __init__(self, path: str, before: str | None, after: str | None, mode: int = 0o644,
+                 keep_backup: bool = True) -> None:
         self.path = path
         self.before = before
         self.after = after
         self.mode = mode
+        self.keep_backup = keep_backup
         self.applied = False
         self.had_backup = False
 
@@ -78,6 +92,7 @@ class FileChange:
     def apply(self) -> None:
         if not self.changed:
             return
+        self.had_backup = os.path.lexists(self.path + BACKUP_SUFFIX)
         if self.after is None:
             # A managed file removed on purpose leaves nothing behind: no backup of it (the content
             # is kept in memory for revert()), and no backup left by earlier runs either.
@@ -86,7 +101,7 @@ class FileChange:
             if _owned_dir(self.path):
                 _rmdir_if_empty(os.path.dirname(self.path))
         else:
-            write(self.path, self.after, self.mode)
+            write(self.path, self.after, self.mode, keep_backup=self.keep_backup)
         self.applied = True
 
     def revert(self) -> None:
@@ -97,6 +112,9 @@ class FileChange:
             remove(self.path, keep_backup=False)
         else:
             write(self.path, self.before, self.mode, keep_backup=False)
+        if not self.had_backup:
+            # the copy apply() kept is not needed any more: a rollback leaves nothing behind
+            remove(self.path + BACKUP_SUFFIX, keep_backup=False)
         self.applied = False
 
 
@@ -112,8 +130,8 @@ def _rmdir_if_empty(directory: str) -> None:
         pass
 
 
-def plan(path: str, content: str | None, mode: int = 0o644) -> FileChange:
-    return FileChange(path, read(path), content, mode)
+def plan(path: str, content: str | None, mode: int = 0o644, keep_backup: bool = True) -> FileChange:
+    return FileChange(path, read(path), content, mode, keep_backup)
 
 
 def write(path: str, content: str, mode: int = 0o644, keep_backup: bool = True) -> None:

@@ -31,6 +31,41 @@ import signal
 import time
 
 DEFAULT_TIMEOUT = 5.0
+# The range every module accepts for its ``timeout`` option (seconds).
+TIMEOUT_MAX = 3600.0
+
+
+def checked_timeout(value: object, name: str = 'timeout') -> float:
+    """``value`` as a number of seconds in (0, TIMEOUT_MAX], or :class:`SysfsError` naming the allowed range.
+
+    The one validation of the ``timeout`` option of every module (it runs when a :class:`Sysfs` is
+    made): ``inf``, ``nan``, ``1e300``, ``0``, negative numbers and non-numbers are refused.
+    """
+    if isinstance(value, bool):
+        number = float('nan')
+    else:
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = float('nan')
+    if not (0 < number <= TIMEOUT_MAX):  # also false for nan
+        raise SysfsError('%s must be a number of seconds greater than 0 and at most %g, got %r'
+                         % (name, TIMEOUT_MAX, value))
+    return number
+
+
+def common_argspec() -> dict:
+    """The argument spec of the options of the ``sysfs`` doc fragment, shared by every module."""
+    return {
+        'sysfs_root': {'type': 'path', 'default': '/sys'},
+        'timeout': {'type': 'float', 'default': DEFAULT_TIMEOUT},
+    }
+
+
+def is_live_root(path: str, live: str = '/') -> bool:
+    """True when ``path`` resolves to ``live`` (``//``, ``/.``, a symlink to ``/`` all count as the live root)."""
+    return os.path.realpath(path or '/') == os.path.realpath(live)
+
 
 _MISSING = object()
 
@@ -68,7 +103,7 @@ class Sysfs:
         self.host_root = base
         self.proc_root = os.path.abspath(proc_root) if proc_root else os.path.join(base, 'proc')
         self.dev_root = os.path.abspath(dev_root) if dev_root else os.path.join(base, 'dev')
-        self.timeout = float(timeout)
+        self.timeout = checked_timeout(timeout)
 
     # ------------------------------------------------------------------ paths
     @staticmethod

@@ -34,8 +34,131 @@ KIND_DRIVERS = {'audio': ['snd_hda_intel'], 'usb': ['xhci_pci']}
 MANAGED_ARGS = ['intel_iommu=on', 'iommu=pt', 'vfio-pci.ids']
 
 
+# A kernel module name as modprobe.d takes it: no space, no newline (a newline would start a new
+# modprobe.d line, and an ``install`` line runs a command as root whenever the module loads).
+MODULE_NAME_RE = re.compile(r'^[A-Za-z0-9_-]{1,64}\Z')
+# Bounds of a name_regex selector (see check_regex).
+MAX_REGEX = 200
+MAX_REPEATS = 4
+MAX_MATCH_TEXT = 512
+
+
 class SelectionError(ValueError):
     """The selectors do not match the host, or ask for something refused."""
+
+
+def check_module_name(name: object, what: str) -> str:
+    """A module name that may be written into a modprobe.d line, or SelectionError naming it."""
+    if not isinstance(name, str) or not MODULE_NAME_RE.match(name):
+        raise SelectionError('%s: %r is not a kernel module name (letters, digits, "_" and "-", at most 64): '
+                             'refusing to write it into %s' % (what, name, MODPROBE_CONF))
+    return name
+
+
+def _repeats(parsed: object, inside: bool, counts: list[int]) -> bool:
+    """Walk a parsed pattern; True when a repeat holds another unbounded repeat (catastrophic backtracking)."""
+    for op, arg in parsed:  # type: ignore[attr-defined]
+        name = str(op)
+        if name in ('MAX_REPEAT', 'MIN_REPEAT', 'POSSESSIVE_REPEAT'):
+            _low, high, sub = arg
+            unbounded = high > 100
+            if unbounded:
+                counts[0] += 1
+            if inside:
+                return True  # any repeat inside an unbounded one: (a+)+, (a?)*, (.*){1,200}
+            if _repeats(sub, inside or unbounded, counts):
+                return True
+        elif name == 'SUBPATTERN':
+            if _repeats(arg[-1], inside, counts):
+                return True
+        elif name == 'BRANCH':
+            if inside:
+                return True  # alternatives under an unbounded repeat may overlap: (x|x?)*
+            for branch in arg[1]:
+                if _repeats(branch, inside, counts):
+                    return True
+        elif name in ('ASSERT', 'ASSERT_NOT'):
+            if _repeats(arg[1], inside, counts):
+                return True
+    return False
+
+
+def check_regex(pattern: object, where: str) -> re.Pattern:
+    """A user regex compiled with a guard against catastrophic backtracking.
+
+    Refused: patterns longer than MAX_REGEX, an unbounded repeat of a group that holds another
+    repeat or alternatives (``(.*.*)*``, ``(a+)+``, ``(x|x?)*``), more than MAX_REPEATS unbounded
+    repeats, back-references.
+    The matched text is also cut to MAX_MATCH_TEXT characters.
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise SelectionError('%s: name_regex must be a non-empty string, got %r' % (where, pattern))
+    if len(pattern) > MAX_REGEX:
+        raise SelectionError('%s: name_regex is %d characters long; at most %d are accepted'
+                             % (where, len(pattern), MAX_REGEX))
+    try:
+        compiled = re.compile(pattern, re.I)
+    except re.error as exc:
+        raise SelectionError('%s: name_regex %r is not a valid regular expression: %s' % (where, pattern, exc)) from None
+    try:
+        from re import _parser as sre_parse  # type: ignore[attr-defined]  # Python 3.11+
+    except ImportError:
+        import sre_parse  # type: ignore[no-redef]  # pylint: disable=deprecated-module
+    counts = [0]
+    parsed = sre_parse.parse(pattern, re.I)
+    if _repeats(parsed, False, counts) or counts[0] > MAX_REPEATS or re.search(r'\\[1-9]|\(\?P=', pattern):
+        raise SelectionError('%s: name_regex %r is refused: an unbounded repeat of a group holding a repeat or alternatives '
+                             '(like "(.*.*)*", "(a+)+" or "(x|x?)*"), more than %d unbounded repeats or a back-reference can take '
+                             'exponential time; simplify it, or use name for a plain substring match'
+                             % (where, pattern, MAX_REPEATS))
+    return compiled
+
+
+def validate_facts(facts: object) -> dict:
+    """The shape of the gpu_facts facts this module reads; errors name the path of the bad element."""
+    if not isinstance(facts, dict):
+        raise SelectionError('facts must be a mapping (ansible_facts.gpu_passthrough of gpu_facts), got %r' % (facts,))
+    host = facts.get('host')
+    if host is not None and not isinstance(host, dict):
+        raise SelectionError('facts.host must be a mapping, got %r' % (host,))
+    gpus = facts.get('gpus')
+    if gpus is None:
+        return facts
+    if not isinstance(gpus, list):
+        raise SelectionError('facts.gpus must be a list of GPUs, got %r' % (gpus,))
+    for index, gpu in enumerate(gpus):
+        where = 'facts.gpus[%d]' % index
+        if not isinstance(gpu, dict):
+            raise SelectionError('%s must be a mapping, got %r' % (where, gpu))
+        _check_function(gpu, where, ('address', 'vendor_id', 'device_id', 'vendor_device'))
+        companions = gpu.get('companions')
+        if companions is None:
+            continue
+        if not isinstance(companions, list):
+            raise SelectionError('%s.companions must be a list, got %r' % (where, companions))
+        for cindex, comp in enumerate(companions):
+            cwhere = '%s.companions[%d]' % (where, cindex)
+            if not isinstance(comp, dict):
+                raise SelectionError('%s must be a mapping, got %r' % (cwhere, comp))
+            _check_function(comp, cwhere, ('address', 'vendor_id', 'device_id'))
+    return facts
+
+
+def _check_function(item: dict, where: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if item.get(key) in (None, ''):
+            raise SelectionError('%s.%s is missing' % (where, key))
+        if not isinstance(item[key], str):
+            raise SelectionError('%s.%s must be a string, got %r' % (where, key, item[key]))
+    try:
+        PciAddress.parse(item['address'])
+        parse_id(item['vendor_id'], 'vendor id')
+        parse_id(item['device_id'], 'device id')
+    except (PciAddressError, PciIdError) as exc:
+        raise SelectionError('%s: %s' % (where, exc)) from None
+    driver = item.get('driver')
+    if driver is not None and not isinstance(driver, str):
+        raise SelectionError('%s.driver must be a string or null, got %r' % (where, driver))
 
 
 def _describe(gpu: dict) -> str:
@@ -57,8 +180,10 @@ def _matches(gpu: dict, sel: dict) -> bool:
                 return False
         return True
     text = ' '.join(str(gpu.get(k) or '') for k in ('vendor_name', 'device_name', 'subsystem_name', 'vendor_device',
-                                                    'class_name'))
-    return bool(sel['_regex'].search(text))
+                                                    'class_name'))[:MAX_MATCH_TEXT]
+    if '_regex' in sel:
+        return bool(sel['_regex'].search(text))
+    return sel['_literal'] in text.casefold()
 
 
 def normalise_selector(sel: object, index: int) -> dict:
@@ -66,9 +191,10 @@ def normalise_selector(sel: object, index: int) -> dict:
     where = 'vfio_host_devices[%d]' % index
     if not isinstance(sel, dict):
         raise SelectionError('%s must be a mapping with address, vendor_id/device_id or name, got %r' % (where, sel))
-    kinds = [k for k in ('address', 'vendor_id', 'name') if sel.get(k)]
+    kinds = [k for k in ('address', 'vendor_id', 'name', 'name_regex') if sel.get(k)]
     if len(kinds) != 1:
-        raise SelectionError('%s must have exactly one of address, vendor_id (+device_id) or name, got %r' % (where, sel))
+        raise SelectionError('%s must have exactly one of address, vendor_id (+device_id), name or name_regex, '
+                             'got %r' % (where, sel))
     out = dict(sel)
     try:
         if kinds[0] == 'address':
@@ -79,21 +205,28 @@ def normalise_selector(sel: object, index: int) -> dict:
             for key in ('vendor_id', 'device_id', 'subsystem_vendor_id', 'subsystem_device_id'):
                 if sel.get(key):
                     out[key] = parse_id(sel[key], key)
+        elif kinds[0] == 'name':
+            if not isinstance(sel['name'], str):
+                raise SelectionError('%s: name must be a string, got %r' % (where, sel['name']))
+            out['_literal'] = sel['name'].casefold()
         else:
-            try:
-                out['_regex'] = re.compile(str(sel['name']), re.I)
-            except re.error as exc:
-                raise SelectionError('%s: name %r is not a valid regular expression: %s' % (where, sel['name'], exc)) from None
+            out['_regex'] = check_regex(sel['name_regex'], where)
     except (PciAddressError, PciIdError) as exc:
         raise SelectionError('%s: %s' % (where, exc)) from None
     count = sel.get('count', 1 if kinds[0] == 'address' else 'all')
     if count != 'all':
+        original = count
         try:
+            if isinstance(count, bool):
+                raise TypeError(count)
+            if isinstance(count, float) and not count.is_integer():
+                raise ValueError(count)
             count = int(count)
-        except (TypeError, ValueError):
-            raise SelectionError('%s: count must be a positive number or "all", got %r' % (where, count)) from None
+        except (TypeError, ValueError, OverflowError):
+            raise SelectionError('%s: count must be a whole positive number or "all", got %r'
+                                 % (where, original)) from None
         if count < 1:
-            raise SelectionError('%s: count must be a positive number or "all", got %r' % (where, count))
+            raise SelectionError('%s: count must be a whole positive number or "all", got %r' % (where, count))
     out['count'] = count
     return out
 
@@ -104,6 +237,7 @@ def select(gpus: list[dict], selectors: list, allow_boot_vga: bool = False) -> l
         raise SelectionError('vfio_host_devices is empty: name the GPUs to give to vfio-pci (by address, '
                              'vendor_id/device_id or name); this host has: %s' % _inventory(gpus))
     chosen: dict[str, dict] = {}
+    chosen_by: dict[str, int] = {}
     for index, raw in enumerate(selectors):
         sel = normalise_selector(raw, index)
         matching = [g for g in gpus if _matches(g, sel)]
@@ -118,6 +252,15 @@ def select(gpus: list[dict], selectors: list, allow_boot_vga: bool = False) -> l
             raise SelectionError('vfio_host_devices[%d] %s matches no GPU; this host has: %s'
                                  % (index, label, _inventory(gpus)))
         fresh = [g for g in usable if g['address'] not in chosen]
+        taken = [g for g in usable if g['address'] in chosen]
+        if sel['count'] != 'all' and len(fresh) < sel['count'] and taken:
+            raise SelectionError(
+                'vfio_host_devices[%d] %s is a duplicate: %s %s already selected by vfio_host_devices[%s]%s; remove '
+                'the repeated entry' % (index, label, ', '.join(g['address'] for g in taken),
+                                        'is' if len(taken) == 1 else 'are',
+                                        ', '.join(str(i) for i in sorted({chosen_by[g['address']] for g in taken})),
+                                        '' if not fresh else ' and only %d other match%s' % (
+                                            len(fresh), '' if len(fresh) != 1 else 'es')))
         take = fresh if sel['count'] == 'all' else fresh[:sel['count']]
         if sel['count'] != 'all' and len(take) < sel['count']:
             raise SelectionError(
@@ -127,6 +270,7 @@ def select(gpus: list[dict], selectors: list, allow_boot_vga: bool = False) -> l
                    _inventory(gpus)))
         for gpu in take:
             chosen[gpu['address']] = gpu
+            chosen_by[gpu['address']] = index
     return [chosen[a] for a in sorted(chosen)]
 
 
@@ -248,7 +392,8 @@ def decide(facts: dict, selectors: list, sysfs: Sysfs, allow_boot_vga: bool = Fa
         elif mod not in out.softdeps and mod not in ('vfio_pci', 'vfio-pci'):
             out.softdeps.append(mod)
     out.softdeps.sort()
-    for driver in blacklist or []:
+    for index, driver in enumerate(blacklist or []):
+        check_module_name(driver, 'vfio_host_blacklist[%d]' % index)
         users = sorted(a for a, (_vd, d) in host_devices.items()
                        if a not in bind_set and d and (d == driver or module_name(sysfs, d) == driver.replace('-', '_')))
         if users:

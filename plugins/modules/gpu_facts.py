@@ -134,7 +134,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import FactsError, gather
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciDeviceNotFound
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
 
 
 def main() -> None:
@@ -143,16 +143,13 @@ def main() -> None:
             vendors=dict(type='list', elements='str', default=[]),
             addresses=dict(type='list', elements='str', default=[]),
             include_accelerators=dict(type='bool', default=False),
-            sysfs_root=dict(type='path', default='/sys'),
-            timeout=dict(type='float', default=5.0),
+            **common_argspec()
         ),
         supports_check_mode=True,
     )
     params = module.params
-    if params['timeout'] <= 0:
-        module.fail_json(msg='timeout must be a positive number of seconds, not %s' % params['timeout'])
-    sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
     try:
+        sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
         facts = gather(sysfs, vendors=params['vendors'], addresses=params['addresses'],
                        include_accelerators=params['include_accelerators'], timeout=params['timeout'])
     except (FactsError, PciDeviceNotFound, SysfsError) as exc:

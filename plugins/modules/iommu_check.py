@@ -152,7 +152,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._checks impor
     failure_message,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciDeviceNotFound
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
 
 
 def main() -> None:
@@ -160,16 +160,15 @@ def main() -> None:
         argument_spec=dict(
             devices=dict(type='list', elements='str', default=[]),
             fail_on=dict(type='list', elements='str', default=[], choices=sorted(FINDINGS)),
-            sysfs_root=dict(type='path', default='/sys'),
-            timeout=dict(type='float', default=5.0),
             allow_unsafe_interrupts=dict(type='bool', default=False),
             python_modules=dict(type='list', elements='str', default=[], choices=['libvirt', 'lxml']),
+            **common_argspec()
         ),
         supports_check_mode=True,
     )
     params = module.params
-    sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
     try:
+        sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
         if not sysfs.isdir(sysfs.sys('bus', 'pci')):
             raise CheckError('%s is not a sysfs tree (no bus/pci): check sysfs_root' % sysfs.sys_root)
         result = check(sysfs, params['devices'], allow_unsafe_interrupts=params['allow_unsafe_interrupts'],

@@ -26,7 +26,12 @@ description:
   - C(grub) when C(/etc/default/grub) exists (Debian, Ubuntu); writes the drop-in
     C(/etc/default/grub.d/zz-fleetgpu-passthrough.cfg), which sorts after other drop-ins, and runs C(update-grub).
   - Files are replaced atomically; the previous content is kept as C(<file>.fleetgpu.bak). When the bootloader
-    command fails the task fails and the previous files are put back.
+    command fails the task fails and the previous files are put back; commands that already ran are undone
+    (C(grubby), C(kernelstub)) or run again with the previous files (C(kernel-install) for every kernel,
+    C(proxmox-boot-tool)). When that too fails, the message says exactly what is left to fix by hand.
+  - Refused before anything is written, with the reason, are an argument with an unbalanced double quote, one with
+    a control character (a newline, a tab), and a command line longer than the kernel keeps (2048 bytes on x86,
+    terminating NUL included, counting the arguments already there).
   - The returned C(reboot_required) tells whether the running kernel (C(/proc/cmdline)) lacks an added argument or still has
     a removed one.
 author:
@@ -54,7 +59,12 @@ options:
   root:
     description:
       - Directory prefixed to every file path the module reads or writes (C(/etc/default/grub) becomes
-        C(ROOT/etc/default/grub)). For tests and chroots.
+        C(ROOT/etc/default/grub)). For tests, chroots and images.
+      - The root is compared by resolved path, so C(//) or C(/.) are the running host's C(/).
+      - With another root, the bootloader's commands act on that root too, never on the running host; each runs
+        inside it through C(chroot ROOT PROGRAM ...) when the root holds the program (in C(/usr/local/sbin),
+        C(/usr/local/bin), C(/usr/sbin), C(/usr/bin), C(/sbin) or C(/bin)), and is not run at all otherwise; such a
+        command is returned in RV(skipped_commands) with a warning.
     type: path
     default: /
   update:
@@ -64,6 +74,19 @@ options:
       - With V(false) only the files are written.
     type: bool
     default: true
+  undo:
+    description:
+      - Give back what this collection changed on the command line, and nothing else.
+      - Every change the module makes is recorded in C(ROOT/var/lib/fleetgpu-passthrough/kernel_cmdline.json),
+        the arguments it added that were not there before, and the host's own arguments it removed or replaced.
+        An argument that was already on the command line before is never recorded, so it is never taken away.
+      - With V(true) the recorded additions are removed and the displaced arguments are put back; O(remove), when
+        given, limits this to the keys it names. A host the module never changed is left exactly as it is
+        (no file written, no reboot required). Afterwards no file of the collection remains (drop-in, record,
+        C(.fleetgpu.bak) copies).
+      - Cannot be combined with O(add).
+    type: bool
+    default: false
 extends_documentation_fragment:
   - fleetgpu.passthrough.sysfs
   - fleetgpu.passthrough.sysfs.ACTION_MODULE
@@ -90,6 +113,13 @@ EXAMPLES = r'''
   fleetgpu.passthrough.kernel_cmdline:
     remove:
       - vfio-pci.ids
+
+- name: Give back the IOMMU arguments this collection added (the administrator's own stay)
+  fleetgpu.passthrough.kernel_cmdline:
+    undo: true
+    remove:
+      - intel_iommu
+      - iommu
 '''
 
 RETURN = r'''
@@ -128,30 +158,70 @@ files:
   type: list
   elements: str
 commands:
-  description: Commands run (or that would run in check mode), as argument lists.
+  description:
+    - Commands run (or that would run in check mode), as argument lists (as seen inside O(root); with a prefix
+      root they run through C(chroot)).
   returned: always
   type: list
   elements: list
+skipped_commands:
+  description:
+    - Commands not run because O(root) is another tree that does not hold the program (a prefix root never runs
+      the running host's tools). Run them inside that tree yourself.
+  returned: always
+  type: list
+  elements: list
+  sample: [[update-grub]]
+recorded:
+  description:
+    - The record after this run (predicted in check mode) of what this collection changed on the command line.
+    - C(added) are the arguments it added, C(displaced) the host's own arguments it removed or replaced.
+  returned: always
+  type: dict
+  sample: {added: [intel_iommu=on], displaced: []}
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import BootloaderError, backend
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import RECORD, BootloaderError, Record, backend
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, check_length, split
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import FileError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
 
 
 def run(module: AnsibleModule) -> dict:
     params = module.params
-    change = Change(params['add'], params['remove'])
     sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
     running = split(sysfs.cmdline())
-    loader = backend(params['bootloader'], params['root'], ModuleRunner(module), params['update'], running)
+    root = params['root']
+    runner = ModuleRunner(module, root)
+    loader = backend(params['bootloader'], root, runner, params['update'], running)
+    # a GRUB drop-in written before records were kept counts as recorded: it holds only what the collection set
+    record = Record.load(_files.rooted(root, RECORD), loader)
+    if params['undo']:
+        if params['add']:
+            raise CmdlineError('undo gives back what this collection changed and cannot be combined with add')
+        change = record.undo_change(params['remove'])
+    else:
+        change = Change(params['add'], params['remove'])
     plan = loader.plan(change)
+    check_length(plan.after)
+    # the record is written with the bootloader's files (and put back with them when a command fails)
+    record_change = _files.plan(record.path, record.updated(plan.before, plan.after).render(), keep_backup=False)
+    if record_change.changed:
+        plan.files.append(record_change)
+    skipped = [argv for argv in plan.commands if runner.skips(argv[0])] if params['update'] else []
     if plan.changed and not module.check_mode:
         loader.apply(plan)
+        if params['undo']:
+            # nothing of the collection's stays behind: not even the copies kept of the files it changed
+            for change_made in plan.files:
+                _files.remove(change_made.path + _files.BACKUP_SUFFIX, keep_backup=False)
+    for argv in skipped:
+        module.warn('not run: %s (the root %s does not hold %s, and a prefix root never runs the running host\'s '
+                    'tools)' % (' '.join(argv), root, argv[0]))
     missing = change.missing(running)
     lingering = change.lingering(running)
     result = {
@@ -163,7 +233,10 @@ def run(module: AnsibleModule) -> dict:
         'missing': missing,
         'lingering': lingering,
         'files': [f.path for f in plan.files if f.changed],
-        'commands': plan.commands if params['update'] else [],
+        'commands': [argv for argv in plan.commands if argv not in skipped] if params['update'] else [],
+        'skipped_commands': skipped,
+        'recorded': {'added': record.updated(plan.before, plan.after).added,
+                     'displaced': record.updated(plan.before, plan.after).displaced},
     }
     if module._diff:
         diffs = [{'before_header': 'kernel arguments', 'after_header': 'kernel arguments',
@@ -182,8 +255,8 @@ def main() -> None:
                             choices=['auto', 'grub', 'grubby', 'systemd-boot', 'kernelstub', 'proxmox-boot-tool']),
             root=dict(type='path', default='/'),
             update=dict(type='bool', default=True),
-            sysfs_root=dict(type='path', default='/sys'),
-            timeout=dict(type='float', default=5.0),
+            undo=dict(type='bool', default=False),
+            **common_argspec()
         ),
         supports_check_mode=True,
     )

@@ -253,7 +253,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt impo
     Request,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
 
 
 def argument_spec() -> dict:
@@ -272,9 +272,8 @@ def argument_spec() -> dict:
         restart=dict(type='bool', default=False),
         shutdown_timeout=dict(type='float', default=120.0),
         assume_vfio=dict(type='list', elements='str', default=[]),
-        sysfs_root=dict(type='path', default='/sys'),
-        timeout=dict(type='float', default=5.0),
         define_xml=dict(type='str'),
+        **common_argspec()
     )
 
 

@@ -15,7 +15,8 @@ description:
   - Works on whole IOMMU groups. Every endpoint of a requested device's group moves together; bridges and PCIe ports
     are left alone. A group that holds an endpoint that was not requested is refused unless O(include_group=true).
   - Per device, in this order, loads the driver module when it is not loaded (C(modprobe), skipped when
-    C(/sys/bus/pci/drivers/<driver>) exists), writes C(driver_override), unbinds the current driver, writes the
+    C(/sys/bus/pci/drivers/<driver>) exists, and never run when O(sysfs_root) does not resolve to C(/sys), since it
+    would load the module into the running host's kernel, not the simulated one), writes C(driver_override), unbinds the current driver, writes the
     address to C(drivers_probe), and verifies the C(driver) link and C(/dev/vfio/<group>). It never writes C(new_id),
     which would also capture an identical device the host still uses.
   - A restore points C(driver_override) at the driver recorded in the journal, unbinds, probes, and clears the
@@ -32,6 +33,11 @@ description:
   - The original drivers are recorded in a journal before anything changes. When a device of a group fails, the
     devices of that group already moved are put back, and the result lists them in RV(rolled_back). A run after a
     crash converges.
+  - The journal is not trusted blindly. A journal that cannot be read, is truncated, is not a vfio_bind journal,
+    has another version, or holds an invalid address, driver or vendor:device fails the task with a message naming
+    the journal file, which is left as it is. A restore compares the journaled vendor:device with the card now at
+    that address and refuses a mismatch, naming both. A C(driver_override) that cannot be read is never taken as
+    empty; the task fails before changing anything, so the original override is not lost.
 author:
   - fleetgpu.passthrough contributors (@fleetgpu)
 options:
@@ -213,7 +219,7 @@ journal_path:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._binding import Binder, BindingError
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec, is_live_root
 
 
 def main() -> None:
@@ -233,8 +239,7 @@ def main() -> None:
             allow_in_use=dict(type='bool', default=False),
             release_ids=dict(type='bool', default=False),
             journal_path=dict(type='path', default='/var/lib/fleetgpu-passthrough/vfio_bind.json'),
-            sysfs_root=dict(type='path', default='/sys'),
-            timeout=dict(type='float', default=5.0),
+            **common_argspec()
         ),
         mutually_exclusive=[('devices', 'match')],
         required_one_of=[('devices', 'match')],
@@ -248,12 +253,18 @@ def main() -> None:
 
     binder = None
     try:
+        sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
+    except SysfsError as exc:
+        module.fail_json(msg=str(exc), **result)
+    # modprobe acts on the running host's kernel: never run it for a simulated sysfs_root.
+    live = is_live_root(sysfs.sys_root, '/sys')
+    try:
         binder = Binder(
-            Sysfs(params['sysfs_root'], timeout=params['timeout']),
+            sysfs,
             driver=params['driver'], state=params['state'], include_group=params['include_group'],
             allow_boot_vga=params['allow_boot_vga'], allow_in_use=params['allow_in_use'],
             journal_path=params['journal_path'], runner=runner,
-            modprobe=module.get_bin_path('modprobe'), release_ids=params['release_ids'])
+            modprobe=module.get_bin_path('modprobe') if live else None, release_ids=params['release_ids'])
         plan = binder.plan(params['devices'], params['match'])
         for warning in plan.warnings:
             module.warn(warning)

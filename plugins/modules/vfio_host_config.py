@@ -40,13 +40,22 @@ options:
   facts:
     description:
       - The C(gpu_passthrough) facts of M(fleetgpu.passthrough.gpu_facts). Required with O(state=present).
+      - Their shape is checked; an error names the path of the bad element (C(facts.gpus[0].address is missing)).
     type: dict
   devices:
     description:
       - Selectors. Each has exactly one of C(address), C(vendor_id) with C(device_id) (optionally
-        C(subsystem_vendor_id), C(subsystem_device_id)), or C(name) (a regular expression matched against the
-        vendor, device and subsystem names and C(vendor:device)); and C(count), a number or C(all)
-        (default 1 for an address, C(all) otherwise). Companion functions (HDMI audio, USB-C) go with their GPU.
+        C(subsystem_vendor_id), C(subsystem_device_id)), C(name) or C(name_regex); and C(count), a whole number or
+        C(all) (default 1 for an address, C(all) otherwise; C(1.9) is refused, not truncated). Companion functions
+        (HDMI audio, USB-C) go with their GPU.
+      - C(name) is a literal, case-insensitive substring of the text made of the vendor, device and subsystem
+        names, C(vendor:device) and the class name (C(RTX 4090), C(10de:2684)).
+      - C(name_regex) is a regular expression (case-insensitive) on the same text. It is refused when it could take
+        exponential time (an unbounded repeat of a group that holds a repeat or alternatives, like C((.*.*)*) or
+        C((a+)+); more than 4 unbounded repeats; back-references) or is longer than 200 characters; the text is cut
+        to 512 characters.
+      - The same GPU selected again by an entry that asks for a number of GPUs (an address listed twice) is refused
+        as a duplicate.
     type: list
     elements: dict
     default: []
@@ -59,7 +68,10 @@ options:
     type: bool
     default: true
   blacklist:
-    description: Host drivers to blacklist. Refused while a device that is not selected still uses one.
+    description:
+      - Host drivers (kernel module names) to blacklist. Refused while a device that is not selected still uses one.
+      - Each must be a module name (letters, digits, C(_), C(-), at most 64). A space or a newline is refused,
+        since it would write a malformed or an extra modprobe.d line.
     type: list
     elements: str
     default: []
@@ -71,10 +83,18 @@ options:
     default: auto
     choices: [auto, initramfs-tools, dracut, mkinitcpio, none]
   kernel_release:
-    description: Kernel whose image is verified. Default the running one (from the facts or procfs).
+    description:
+      - Kernel whose image is verified. Default the running one (from the facts or procfs).
+      - When given it must be installed under O(root) (C(/lib/modules/<release>) exists); otherwise the task fails
+        before anything is written.
     type: str
   root:
-    description: Directory prefixed to every file path (tests, chroots).
+    description:
+      - Directory prefixed to every file path (tests, chroots, images). Compared by resolved path, so C(//) or
+        C(/.) are the running host's C(/).
+      - With another root the initramfs commands act on that root too, never on the running host; each runs inside
+        it through C(chroot ROOT PROGRAM ...) when the root holds the program, and is not run at all otherwise
+        (returned in RV(skipped_commands), with a warning; the image is then not verified either).
     type: path
     default: /
   update:
@@ -159,11 +179,20 @@ files:
   type: list
   elements: str
 commands:
-  description: Commands run (or that would run), as argument lists.
+  description: Commands run (or that would run), as argument lists (paths as seen inside O(root)).
   returned: always
   type: list
   elements: list
+skipped_commands:
+  description: Commands not run because O(root) is another tree that does not hold the program.
+  returned: always
+  type: list
+  elements: list
+  sample: [[update-initramfs, -u, -k, all]]
 '''
+
+import os
+import re
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -172,19 +201,34 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import read as read_file
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import InitramfsError, backend
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import (
-    MODPROBE_CONF, SelectionError, decide, existing_softdeps)
+    MODPROBE_CONF, SelectionError, decide, existing_softdeps, validate_facts)
+
+
+_RELEASE_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}\Z')
+
+
+def check_kernel_release(root: str, release: str) -> None:
+    """Refuse a kernel_release that is not a release name installed under ``root`` (before anything is written)."""
+    if not _RELEASE_RE.match(release):
+        raise SelectionError('kernel_release %r is not a kernel release name (like 6.1.0-27-amd64)' % (release,))
+    modules = rooted(root, '/lib/modules/%s' % release)
+    if not os.path.isdir(modules):
+        raise SelectionError('kernel_release %r is not installed: %s does not exist; nothing was written'
+                             % (release, modules))
 
 
 def run(module: AnsibleModule) -> dict:
     p = module.params
     sysfs = Sysfs(p['sysfs_root'], timeout=p['timeout'])
-    runner = ModuleRunner(module)
-    facts = p['facts'] or {}
+    runner = ModuleRunner(module, p['root'])
+    facts = validate_facts(p['facts'] or {})
     host = facts.get('host') or {}
     builtin = bool(host.get('vfio_pci_builtin'))
     kernel = p['kernel_release'] or host.get('kernel_release') or sysfs.read(sysfs.proc('sys', 'kernel', 'osrelease'), default='')
+    if p['kernel_release'] is not None:
+        check_kernel_release(p['root'], p['kernel_release'])
     decision = None
     if p['state'] == 'present':
         if not facts:
@@ -201,14 +245,19 @@ def run(module: AnsibleModule) -> dict:
             module.warn('the devices to put back on their drivers could not be resolved: %s' % exc)
     initramfs = None if p['initramfs'] == 'none' else backend(p['initramfs'], p['root'], runner)
     plan = _vfio_host_apply.plan(p['root'], initramfs, decision, builtin, kernel, p['update'])
+    skipped = [argv for argv in plan.commands if runner.skips(argv[0])]
     if plan.changed and not module.check_mode:
         _vfio_host_apply.apply(plan, initramfs, runner, decision, builtin, kernel)
+    for argv in skipped:
+        module.warn('not run: %s (the root %s does not hold %s, and a prefix root never runs the running host\'s '
+                    'tools)' % (' '.join(argv), p['root'], argv[0]))
     result = {
         'changed': plan.changed,
         'initramfs': initramfs.name if initramfs else 'none',
         'rebuild': plan.rebuild_reason,
         'files': [f.path for f in plan.files],
-        'commands': plan.commands,
+        'commands': [argv for argv in plan.commands if argv not in skipped],
+        'skipped_commands': skipped,
         'ids': decision.ids if decision else [],
         'addresses': decision.addresses if decision else [],
         'softdeps': decision.softdeps if decision else [],
@@ -236,8 +285,7 @@ def main() -> None:
             kernel_release=dict(type='str'),
             root=dict(type='path', default='/'),
             update=dict(type='bool', default=True),
-            sysfs_root=dict(type='path', default='/sys'),
-            timeout=dict(type='float', default=5.0),
+            **common_argspec()
         ),
         supports_check_mode=True,
     )

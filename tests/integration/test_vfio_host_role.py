@@ -2,8 +2,10 @@
 
 The host is a simulated kernel tree (tests/sim, the QEMU test host's shape) and a fake
 Debian /etc + /boot under a temporary directory; update-grub, update-initramfs and
-lsinitramfs are faked on PATH (they record their calls and build a listing "image" from the
-files the role wrote, like the real generator would pack them).
+lsinitramfs are logging stand-ins inside that root (they record their calls and build a listing
+"image" from the files the role wrote, like the real generator would pack them), reached through a
+stand-in chroot on PATH: with a prefix root the collection runs the root's tools inside it.  The
+running host's own tools on PATH are stand-ins that log to another file, which must stay empty.
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ done
 exit 0
 '''
 FAKE_UPDATE_GRUB = '#!/bin/sh\necho "update-grub $*" >> "$FLEETGPU_TEST_LOG"\nexit ${FLEETGPU_TEST_GRUB_RC:-0}\n'
-FAKE_LSINITRAMFS = '#!/bin/sh\necho "lsinitramfs $*" >> "$FLEETGPU_TEST_LOG"\ncat "$1"\n'
+FAKE_LSINITRAMFS = '#!/bin/sh\necho "lsinitramfs $*" >> "$FLEETGPU_TEST_LOG"\ncat "$FLEETGPU_TEST_ROOT$1"\n'
+FAKE_CHROOT = '#!/bin/sh\nroot="$1"; shift\nprog="$1"; shift\nexec "$root$prog" "$@"\n'
+HOST_TOOLS = ('update-grub', 'update-initramfs', 'lsinitramfs', 'grubby', 'dracut', 'kernel-install', 'mkinitcpio')
 
 PLAY = '''
 - name: vfio_host against a directory root
@@ -65,11 +69,19 @@ class Host:
         (self.root / 'boot' / ('initrd.img-%s' % KERNEL)).write_text('usr/lib/modules/%s/kernel/drivers/vfio/pci/vfio-pci.ko\n' % KERNEL)
         self.bin = tmp / 'bin'
         self.bin.mkdir()
+        (self.root / 'usr/sbin').mkdir(parents=True)
         for name, text in (('update-initramfs', FAKE_UPDATE_INITRAMFS), ('update-grub', FAKE_UPDATE_GRUB),
                            ('lsinitramfs', FAKE_LSINITRAMFS)):
-            path = self.bin / name
+            path = self.root / 'usr/sbin' / name
             path.write_text(text)
             path.chmod(0o755)
+        (self.bin / 'chroot').write_text(FAKE_CHROOT)
+        (self.bin / 'chroot').chmod(0o755)
+        self.host_log = tmp / 'host-tools.log'
+        self.host_log.write_text('')
+        for name in HOST_TOOLS:
+            (self.bin / name).write_text('#!/bin/sh\necho "%s $*" >> "%s"\n' % (name, self.host_log))
+            (self.bin / name).chmod(0o755)
         self.log = tmp / 'commands.log'
         self.log.write_text('')
 
@@ -93,7 +105,7 @@ class Host:
 
     def snapshot(self) -> dict[str, str]:
         return {str(p.relative_to(self.root)): (p.read_text() if p.is_file() else '<dir>')
-                for p in sorted(self.root.rglob('*'))}
+                for p in sorted(self.root.rglob('*')) if not str(p.relative_to(self.root)).startswith('usr')}
 
 
 def _facts(doc: dict) -> dict:
@@ -109,6 +121,7 @@ def _run(run_playbook, host: Host, args: tuple = (), **extra: object) -> dict:
     doc = playbook_json(proc)
     failed = [t for t in doc['tasks'] if t['status'] == 'failed']
     assert proc.returncode == 0 and not failed, '%s\n%s' % (failed, proc.stderr[-3000:])
+    assert host.host_log.read_text() == '', 'the running host\'s tools were called: %s' % host.host_log.read_text()
     return doc
 
 
@@ -253,3 +266,63 @@ def test_runtime_bind_without_reboot_then_restore(run_playbook, tmp_path: Path) 
         doc = _run(run_playbook, host, (), vfio_host_runtime_bind=True, vfio_host_state='absent')
         assert os.path.basename(os.readlink(devices / '0000:01:00.0' / 'driver')) == 'bochs-drm'
         assert os.path.basename(os.readlink(devices / '0000:01:00.1' / 'driver')) == 'snd_hda_intel'
+
+
+def test_prefix_root_without_tools_runs_nothing_on_the_running_host(run_playbook, host: Host) -> None:
+    for name in ('update-initramfs', 'update-grub', 'lsinitramfs'):
+        (host.root / 'usr/sbin' / name).unlink()
+    doc = _run(run_playbook, host)
+    assert host.commands() == []
+    config = [t for t in doc['tasks'] if t['action'] == 'fleetgpu.passthrough.vfio_host_config'][0]['result']
+    cmdline = [t for t in doc['tasks'] if t['action'] == 'fleetgpu.passthrough.kernel_cmdline'][0]['result']
+    assert config['skipped_commands'] == [['update-initramfs', '-u', '-k', 'all']]
+    assert cmdline['skipped_commands'] == [['update-grub']]
+    assert (host.root / 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg').exists()
+    # the second run is converged: the image cannot be listed inside the root, so it is not rebuilt again
+    doc = _run(run_playbook, host)
+    assert _changed(doc) == 0
+
+
+def test_restore_on_a_host_with_its_own_iommu_arguments_keeps_them(run_playbook, host: Host) -> None:
+    own = GRUB.replace('GRUB_CMDLINE_LINUX=""', 'GRUB_CMDLINE_LINUX="intel_iommu=on iommu=pt"')
+    (host.root / 'etc/default/grub').write_text(own)
+    before = host.snapshot()
+    # a host the collection never changed: absent leaves it exactly as it is, asks for no reboot
+    doc = _run(run_playbook, host, (), vfio_host_state='absent')
+    assert host.snapshot() == before
+    assert _facts(doc)['reboot_required'] is False
+    cmdline = [t for t in doc['tasks'] if t['action'] == 'fleetgpu.passthrough.kernel_cmdline'][0]['result']
+    assert cmdline['changed'] is False and cmdline['files'] == []
+    # converge, then restore: the administrator's arguments are still there, nothing of the collection is left
+    _run(run_playbook, host)
+    assert not (host.root / 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg').exists()
+    host.commands()
+    doc = _run(run_playbook, host, (), vfio_host_state='absent')
+    assert (host.root / 'etc/default/grub').read_text() == own
+    assert [p for p in host.snapshot() if 'fleetgpu' in p] == []
+    assert 'update-grub' not in host.commands()
+
+
+LIVE_PLAY = '''
+- name: Is the root the running host?
+  hosts: localhost
+  gather_facts: true
+  tasks:
+    - name: Work out the role's paths only
+      ansible.builtin.include_role:
+        name: fleetgpu.passthrough.vfio_host
+        tasks_from: set_vars.yml
+    - name: Show it
+      ansible.builtin.debug:
+        msg: "{{ __vfio_host_live_host }}"
+'''
+
+
+@pytest.mark.parametrize('spelling, live', [('/', True), ('//', True), ('/.', True), ('/./', True), (None, False)])
+def test_live_host_is_decided_by_resolved_path(run_playbook, host: Host, spelling: str | None, live: bool) -> None:
+    """``//`` or ``/.`` are the running host: reboots and package steps must not be skipped for them."""
+    proc = run_playbook(LIVE_PLAY, extra_vars={'vfio_host_root': spelling or str(host.root)}, env=host.env())
+    doc = playbook_json(proc)
+    shown = [t for t in doc['tasks'] if t['task'] == 'Show it']
+    assert proc.returncode == 0 and shown, proc.stderr[-2000:]
+    assert shown[0]['result']['msg'] is live

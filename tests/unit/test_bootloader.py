@@ -215,7 +215,7 @@ def test_grubby_rhel9_with_update_bls(root: Path) -> None:
     assert 'intel_iommu=off' in plan.before and 'intel_iommu=off' not in plan.after
     assert plan.commands[0] == ['grubby', '--update-kernel=ALL', '--args=intel_iommu=on iommu=pt',
                                 '--remove-args=intel_iommu=off']
-    assert plan.commands[1] == ['grub2-mkconfig', '-o', str(root / 'boot/grub2/grub.cfg'), '--update-bls-cmdline']
+    assert plan.commands[1] == ['grub2-mkconfig', '-o', '/boot/grub2/grub.cfg', '--update-bls-cmdline']
     loader.apply(plan)
     grub = (root / 'etc/default/grub').read_text()
     assert 'intel_iommu=on iommu=pt"' in grub and 'intel_iommu=off' not in grub
@@ -260,7 +260,7 @@ def test_systemd_boot(root: Path) -> None:
     assert (root / 'etc/kernel/cmdline').read_text() == \
         'root=UUID=2f0a6a9c-1b1e-4a57-9b43-5d3c9d8e7f10 rw quiet amd_iommu=force_isolation\n'
     assert runner.calls == [['kernel-install', 'add', '6.8.0-45-generic',
-                             str(root / 'lib/modules/6.8.0-45-generic/vmlinuz')]]
+                             '/lib/modules/6.8.0-45-generic/vmlinuz']]
     assert not backend('auto', str(root), runner).plan(Change(['amd_iommu=force_isolation'], ['splash'])).changed
 
 

@@ -64,7 +64,8 @@ class FakeGenerator(Runner):
         if argv[0] in self.fail:
             raise CommandError('%s failed with exit code 1: E: write error' % argv[0], argv, 1)
         if argv[0] in ('lsinitramfs', 'lsinitrd', 'lsinitcpio'):
-            return 0, Path(argv[1]).read_text() + '\n', ''
+            # commands run inside the root (chroot): paths are target paths
+            return 0, (self.root / argv[1].lstrip('/')).read_text() + '\n', ''
         self._build()
         return 0, '', ''
 

@@ -46,7 +46,7 @@ def sysfs(tmp_path_factory: pytest.TempPathFactory) -> Sysfs:
     ([{'vendor_id': '1234', 'device_id': '1111'}], False, ['0000:01:00.0']),
     ([{'vendor_id': '1234', 'device_id': '1111', 'count': 'all'}], True, ['0000:00:01.0', '0000:01:00.0']),
     ([{'name': 'radeon'}], False, ['0000:02:00.0']),
-    ([{'name': '.', 'count': 2}], False, ['0000:01:00.0', '0000:02:00.0']),
+    ([{'name_regex': '.', 'count': 2}], False, ['0000:01:00.0', '0000:02:00.0']),
     ([{'address': '0000:02:00.0'}, {'name': 'rv100'}], False, ['0000:02:00.0']),
     ([{'vendor_id': '0x1234', 'device_id': '1111', 'subsystem_vendor_id': '1AF4'}], False, ['0000:01:00.0']),
 ])
@@ -61,10 +61,10 @@ def test_select(selectors: list, allow: bool, expected: list) -> None:
     ([{'vendor_id': '1234', 'device_id': '1111', 'count': 2}], 'asks for 2 GPU(s) but only 1 match (the boot GPU'),
     ([{'address': '01:00.9'}], 'vfio_host_devices[0]: invalid PCI address'),
     ([{'vendor_id': '1234'}], 'needs device_id'),
-    ([{'name': '('}], 'not a valid regular expression'),
+    ([{'name_regex': '('}], 'not a valid regular expression'),
     ([{'address': '01:00.0', 'name': 'x'}], 'exactly one of'),
     (['01:00.0'], 'must be a mapping'),
-    ([{'name': 'x', 'count': 0}], 'count must be a positive number'),
+    ([{'name': 'x', 'count': 0}], 'count must be a whole positive number'),
     ([], 'vfio_host_devices is empty'),
 ])
 def test_select_errors(selectors: list, fragment: str) -> None:

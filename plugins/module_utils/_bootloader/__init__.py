@@ -17,10 +17,11 @@ a failed command puts the previous files back.
 from __future__ import annotations
 
 import abc
+import json
 import os
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, key_of, validate_token
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
 
 
@@ -38,6 +39,9 @@ class Plan:
         self.commands: list[list[str]] = []
         # commands that undo self.commands when a later step fails (grubby, kernelstub)
         self.undo: list[list[str]] = []
+        # the commands read the files: after the files are put back, running the ones that succeeded
+        # again restores what they wrote (kernel-install for every kernel, proxmox-boot-tool)
+        self.rerun_on_rollback = False
 
     @property
     def changed(self) -> bool:
@@ -66,31 +70,58 @@ class Bootloader(metaclass=abc.ABCMeta):
     def plan(self, change: Change) -> Plan:
         """What applying ``change`` would do; reads only."""
 
+    def managed_difference(self) -> tuple[list[str], list[str]] | None:
+        """(added, displaced) by a file only this collection writes, for a host changed before records
+        were kept; None when the backend has no such file (or it is absent)."""
+        return None
+
     def apply(self, plan: Plan) -> None:
-        """Write the plan's files, run its commands; on a command failure restore the files."""
+        """Write the plan's files, run its commands; on a failure put everything back or say what is left."""
         done: list[_files.FileChange] = []
+        ran: list[list[str]] = []
+        attempted = False
         try:
             for change in plan.files:
                 change.apply()
                 done.append(change)
             if self.update:
                 for argv in plan.commands:
+                    attempted = True
                     self.runner.run(argv)
+                    ran.append(argv)
         except (CommandError, _files.FileError) as exc:
-            self._rollback(plan, done)
-            raise BootloaderError('%s: %s; the previous configuration was restored' % (self.name, exc)) from None
+            left = self._rollback(plan, done, ran, attempted)
+            if left:
+                raise BootloaderError('%s: %s; the rollback is INCOMPLETE, still to fix by hand: %s'
+                                      % (self.name, exc, '; '.join(left))) from None
+            again = ' (and %s run again with it)' % ', '.join(' '.join(a) for a in ran) \
+                if ran and plan.rerun_on_rollback else ''
+            raise BootloaderError('%s: %s; the previous configuration was restored%s'
+                                  % (self.name, exc, again)) from None
 
-    def _rollback(self, plan: Plan, done: list[_files.FileChange]) -> None:
+    def _rollback(self, plan: Plan, done: list[_files.FileChange], ran: list[list[str]], attempted: bool) -> list[str]:
+        """Undo what was done; returns what could not be undone (empty: all restored)."""
+        left: list[str] = []
         for change in reversed(done):
             try:
                 change.revert()
-            except _files.FileError:
-                pass
-        for argv in plan.undo:
-            try:
-                self.runner.run(argv)
-            except CommandError:
-                pass
+            except _files.FileError as exc:
+                left.append('%s keeps the new content (%s)' % (change.path, exc))
+        if plan.rerun_on_rollback:
+            # the commands that succeeded read the new file: run them again with the old one
+            for argv in ran:
+                try:
+                    self.runner.run(argv)
+                except CommandError as exc:
+                    left.append('%s could not be run again with the previous file, so what it wrote keeps the new '
+                                'arguments (%s)' % (' '.join(argv), exc))
+        elif attempted:
+            for argv in plan.undo:
+                try:
+                    self.runner.run(argv)
+                except CommandError as exc:
+                    left.append('undoing with %s failed: %s' % (' '.join(argv), exc))
+        return left
 
     def kernel_versions(self) -> list[str]:
         """Kernel versions installed on the target (``/lib/modules/*`` with an image)."""
@@ -106,10 +137,106 @@ class Bootloader(metaclass=abc.ABCMeta):
         return found
 
     def kernel_image(self, version: str) -> str:
-        image = self.path('/lib/modules/%s/vmlinuz' % version)
-        if os.path.exists(image):
+        """The kernel image of ``version`` as a path on the target (commands run inside the root)."""
+        image = '/lib/modules/%s/vmlinuz' % version
+        if os.path.exists(self.path(image)):
             return image
-        return self.path('/boot/vmlinuz-%s' % version)
+        return '/boot/vmlinuz-%s' % version
+
+
+# What the collection itself changed on the command line, per host, next to the vfio_bind journal.
+RECORD = '/var/lib/fleetgpu-passthrough/kernel_cmdline.json'
+RECORD_VERSION = 1
+
+
+class Record:
+    """The kernel arguments this collection added, and the host's own ones it displaced.
+
+    Kept as a small JSON file under the root (written atomically with the bootloader's files, and
+    rolled back with them).  A token that was on the command line before the collection ran is
+    never recorded as added, so an undo (:meth:`undo_change`) removes only what the collection
+    put there and puts back what it took away; an empty record is no file at all.
+    """
+
+    def __init__(self, path: str, added: list[str] | None = None, displaced: list[str] | None = None) -> None:
+        self.path = path
+        self.added = list(added or [])
+        self.displaced = list(displaced or [])
+
+    @classmethod
+    def load(cls, path: str, loader: 'Bootloader | None' = None) -> 'Record':
+        """The record at ``path``; without one, what ``loader``'s own managed file shows was changed."""
+        record = cls._load(path)
+        if loader is not None and not os.path.lexists(path):
+            legacy = loader.managed_difference()
+            if legacy:
+                record = cls(path, legacy[0], legacy[1])
+        return record
+
+    @classmethod
+    def _load(cls, path: str) -> 'Record':
+        try:
+            text = _files.read(path)
+        except _files.FileError as exc:
+            raise BootloaderError(str(exc)) from None
+        if text is None:
+            return cls(path)
+        what = 'the record %s of the kernel arguments this collection changed' % path
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise BootloaderError('%s is not valid JSON (%s); it was left as it is: repair or remove it'
+                                  % (what, exc)) from None
+        if not isinstance(data, dict) or data.get('version') != RECORD_VERSION:
+            raise BootloaderError('%s is not a version %d record; it was left as it is' % (what, RECORD_VERSION))
+        lists = []
+        for key in ('added', 'displaced'):
+            value = data.get(key, [])
+            if not isinstance(value, list):
+                raise BootloaderError('%s: %s must be a list; it was left as it is' % (what, key))
+            try:
+                lists.append([validate_token(t, '%s %s' % (path, key)) for t in value])
+            except CmdlineError as exc:
+                raise BootloaderError('%s: %s; it was left as it is' % (what, exc)) from None
+        return cls(path, lists[0], lists[1])
+
+    def updated(self, before: list[str], after: list[str]) -> 'Record':
+        """The record after a change from ``before`` to ``after``."""
+        added = list(self.added)
+        displaced = list(self.displaced)
+        for token in after:
+            if token not in before:
+                if token in displaced:
+                    displaced.remove(token)
+                elif token not in added:
+                    added.append(token)
+        for token in before:
+            if token not in after:
+                if token in added:
+                    added.remove(token)
+                elif token not in displaced:
+                    displaced.append(token)
+        return Record(self.path, added, displaced)
+
+    def render(self) -> str | None:
+        if not self.added and not self.displaced:
+            return None
+        return json.dumps({'comment': _files.HEADER, 'version': RECORD_VERSION, 'added': self.added,
+                           'displaced': self.displaced}, indent=1, sort_keys=True) + '\n'
+
+    def undo_change(self, limit: list[str] | None = None) -> Change:
+        """The change that gives back what was recorded (only the keys of ``limit`` when given)."""
+        keys = {key_of(validate_token(t, 'remove')) for t in (limit or [])}
+
+        def wanted(token: str) -> bool:
+            return not keys or key_of(token) in keys
+
+        add: list[str] = []
+        for token in self.displaced:
+            if wanted(token) and key_of(token) not in {key_of(t) for t in add}:
+                add.append(token)
+        remove = [t for t in self.added if wanted(t) and t not in add]
+        return Change(add, remove)
 
 
 def from_running(running: list[str]) -> list[str]:

@@ -162,6 +162,15 @@ class Grub(Bootloader):
         _base, env, _later = self._evaluate(_files.read(self.path(DROPIN)))
         return self._line(env)
 
+    def managed_difference(self) -> tuple[list[str], list[str]] | None:
+        """What the collection's drop-in changes (it is the collection's own file: all of it was added by it)."""
+        text = _files.read(self.path(DROPIN))
+        if text is None:
+            return None
+        base, env, _later = self._evaluate(text)
+        before, after = self._line(base), self._line(env)
+        return [t for t in after if t not in before], [t for t in before if t not in after]
+
     def render(self, base: dict[str, str], desired: list[str]) -> str | None:
         """Drop-in content that turns ``base`` into ``desired`` (None: no drop-in needed)."""
         want = set(desired)

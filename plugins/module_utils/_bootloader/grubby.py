@@ -132,5 +132,5 @@ class Grubby(Bootloader):
             plan.undo.append(undo)
         if (add or remove or plan.files) and self.update and self._mkconfig_bls():
             target = '/boot/grub2/grub.cfg'
-            plan.commands.append(['grub2-mkconfig', '-o', self.path(target), '--update-bls-cmdline'])
+            plan.commands.append(['grub2-mkconfig', '-o', target, '--update-bls-cmdline'])
         return plan

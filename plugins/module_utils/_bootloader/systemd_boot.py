@@ -42,6 +42,7 @@ class KernelCmdlineFile(Bootloader):
         if file_change.changed:
             plan.files.append(file_change)
             plan.commands.extend(self.refresh_commands())
+            plan.rerun_on_rollback = True
         return plan
 
 
