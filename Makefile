@@ -1,4 +1,4 @@
-# Two commands for a new user: `make demo` (the main job on a local QEMU test host)
+# Two commands for a new user: `make demo` (the main job on two local QEMU test hosts)
 # and `make test` (every test and quality gate; installs what it needs).
 .PHONY: test demo e2e bootstrap collection clean
 

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The README's main job (`make demo`): the whole passthrough job on a local test host.
+# The README's main job (`make demo`): the fleet passthrough job on two local test hosts.
 #
 #  1. install what is needed (scripts/bootstrap.sh), build or reuse the test-host image
-#  2. boot a QEMU test host (real kernel, emulated Intel IOMMU, three emulated GPUs)
-#  3. install the collection as users do and run playbooks/site.yml through the inventory
-#     in inventories/testbed (the launcher adds how to reach the host)
-#  4. print a summary: GPUs found, devices bound, the VM that holds them, reboots, time
-#  5. stop the test host (always, also on failure or Ctrl-C)
+#  2. boot two QEMU test hosts at once (real kernels; one with an Intel IOMMU, one with an AMD
+#     IOMMU; each with a boot GPU, a GPU with its HDMI audio function and an AMD-vendor GPU)
+#  3. install the collection as users do and run playbooks/site.yml through the fleet inventory
+#     in inventories/fleet-testbed: GPU models and VM requests, no host or address named; the
+#     placement puts the VMs across the two hosts, the hosts converge, the VMs are defined
+#  4. print a summary: the placement, per host what is bound to vfio-pci and which VM holds
+#     what, reboots, time, and the path of the fleet report (JSON + HTML)
+#  5. stop the test hosts (always, also on failure or Ctrl-C)
 #
-# FLEETGPU_DEMO_KEEP=1 leaves the host running (stop it with
-# `python3 tests/testbed/launch.py --run-dir "$FLEETGPU_TESTBED_CACHE/run-demo" down --name testbed-intel`).
+# FLEETGPU_DEMO_KEEP=1 leaves the hosts running (stop them with
+# `python3 tests/testbed/launch.py --run-dir "$FLEETGPU_TESTBED_CACHE/run-demo" sweep`).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -19,16 +22,17 @@ export PATH="$here/.venv/bin:$PATH" ANSIBLE_COLLECTIONS_PATH="$here/.cache/colle
 export ANSIBLE_NOCOLOR=1 ANSIBLE_HOST_KEY_CHECKING=False
 export FLEETGPU_TESTBED_CACHE=${FLEETGPU_TESTBED_CACHE:-/var/cache/fleetgpu-testbed}
 export FLEETGPU_TESTBED_RUN="$FLEETGPU_TESTBED_CACHE/run-demo"
-host=testbed-intel
-inv="$FLEETGPU_TESTBED_RUN/$host.inventory.yml"
+hosts=(testbed-intel testbed-amd)
+topologies=(intel amd)
+report_dir="$here/.cache/demo-report"
 launcher=(python3 tests/testbed/launch.py)
 
-stop_host() {
+stop_hosts() {
   if [ "${FLEETGPU_DEMO_KEEP:-0}" != 1 ]; then
     "${launcher[@]}" sweep >/dev/null 2>&1 || true
   fi
 }
-trap stop_host EXIT
+trap stop_hosts EXIT
 trap 'exit 130' INT TERM HUP
 
 echo "== test-host image"
@@ -37,50 +41,48 @@ timeout 2400 bash tests/testbed/build_image.sh >/dev/null
 image_s=$((SECONDS - t))
 echo "== collection"
 bash scripts/install-collection.sh
-echo "== booting the test host ($host: Intel CPU + IOMMU, boot GPU, GPU + HDMI audio, AMD-vendor GPU)"
+echo "== booting two test hosts at once (${hosts[*]}: boot GPU, GPU + HDMI audio, AMD-vendor GPU each)"
 t=$SECONDS
-timeout 600 "${launcher[@]}" up --name "$host" --topology intel --inventory "$inv" --group gpu_hosts
+pids=()
+for i in "${!hosts[@]}"; do
+  timeout 900 "${launcher[@]}" up --name "${hosts[$i]}" --topology "${topologies[$i]}" \
+    --inventory "$FLEETGPU_TESTBED_RUN/${hosts[$i]}.inventory.yml" --group gpu_hosts &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
 boot_s=$((SECONDS - t))
-boots_before=$("${launcher[@]}" ssh --name "$host" -- wc -l /var/lib/fleetgpu-testbed/boots | cut -d' ' -f1)
-# A VM for the GPU: libvirt_gpu attaches to domains that exist.
-"${launcher[@]}" ssh --name "$host" -- "virsh -q -c qemu:///system dominfo gpu-vm >/dev/null 2>&1 || \
-  virsh -q -c qemu:///system define /dev/stdin >/dev/null" < molecule/shared/files/gpu-vm.xml
+invs=()
+declare -A boots_before
+for h in "${hosts[@]}"; do
+  invs+=(-i "$FLEETGPU_TESTBED_RUN/$h.inventory.yml")
+  boots_before[$h]=$("${launcher[@]}" ssh --name "$h" -- wc -l /var/lib/fleetgpu-testbed/boots | cut -d' ' -f1)
+  "${launcher[@]}" ssh --name "$h" -- systemctl start libvirtd
+done
 
-echo "== playbooks/site.yml"
+echo "== playbooks/site.yml (fleet: VM requests placed across the hosts)"
 t=$SECONDS
-timeout 1800 ansible-playbook -i inventories/testbed -i "$inv" playbooks/site.yml
+timeout 2400 ansible-playbook -i inventories/fleet-testbed "${invs[@]}" playbooks/site.yml \
+  -e fleetgpu_report_dir="$report_dir"
 site_s=$((SECONDS - t))
 
 echo "== summary"
-# The ad-hoc output of the minimal callback: "<host> | SUCCESS => {module result as JSON}".
-facts=$(ANSIBLE_STDOUT_CALLBACK=ansible.builtin.minimal timeout 300 \
-  ansible gpu_hosts -i inventories/testbed -i "$inv" -m fleetgpu.passthrough.gpu_facts)
-domain_xml=$("${launcher[@]}" ssh --name "$host" -- virsh -c qemu:///system dumpxml --inactive gpu-vm)
-boots_after=$("${launcher[@]}" ssh --name "$host" -- wc -l /var/lib/fleetgpu-testbed/boots | cut -d' ' -f1)
-FACTS="$facts" DOMAIN_XML="$domain_xml" python3 - "$host" "$((boots_after - boots_before))" \
-  "$image_s" "$boot_s" "$site_s" "$((SECONDS - t0))" <<'EOF'
-import json, os, re, sys
-host, reboots, image_s, boot_s, site_s, total_s = sys.argv[1:]
-out = os.environ['FACTS']
-head = out.find(host + ' | ')
-status, sep, _ = out[head:].partition(' => ')
-if head < 0 or not sep or 'SUCCESS' not in status:
-    sys.exit('gpu_facts failed on %s: %s' % (host, out[:2000]))
-res = json.JSONDecoder().raw_decode(out, head + len(status) + len(sep))[0]
-gpus = res['ansible_facts']['gpu_passthrough']['gpus']
-print('GPUs found on %s: %d' % (host, len(gpus)))
-for g in gpus:
-    print('  %s %s %-28s driver=%-10s state=%s' % (g['address'], g['vendor_device'], g['class_name'],
-                                                   g['driver'], g['state']))
-    for m in g.get('companions', []):
-        print('    + %s %s:%s %-24s driver=%s' % (m['address'], m['vendor_id'], m['device_id'], m['kind'], m['driver']))
-bound = [g['address'] for g in gpus if g['driver'] == 'vfio-pci']
-bound += [m['address'] for g in gpus for m in g.get('companions', []) if m['driver'] == 'vfio-pci']
-print('Devices bound to vfio-pci: %s' % (', '.join(sorted(bound)) or 'none'))
-srcs = re.findall(r"<hostdev .*?<source>\s*<address domain='(0x[0-9a-f]+)' bus='(0x[0-9a-f]+)' slot='(0x[0-9a-f]+)' function='(0x[0-9a-f]+)'",
-                  os.environ['DOMAIN_XML'], re.S)
-held = ['%04x:%02x:%02x.%x' % tuple(int(x, 16) for x in s) for s in srcs]
-print('VM gpu-vm holds: %s' % (', '.join(held) or 'nothing'))
-print('Reboots during the job: %s' % reboots)
-print('Time: image %ss, boot %ss, site.yml %ss, total %ss' % (image_s, boot_s, site_s, total_s))
+python3 - "$report_dir/fleet-report.json" <<'EOF'
+import json, sys
+report = json.load(open(sys.argv[1]))
+print('Placement (fleetgpu_placement):')
+for p in report.get('placement', []):
+    print('  %-6s -> %-14s %s x %s' % (p['vm'], p['host'], p['model'], ', '.join(p['devices'])))
+for host in report.get('hosts', []):
+    print('Host %s (%s):' % (host.get('name'), host.get('status')))
+    for g in host.get('gpus', []):
+        print('  %s %-12s %-8s driver=%-10s state=%-10s vm=%s' % (
+            g.get('address'), g.get('vendor_device', ''), g.get('model') or '-', g.get('driver') or 'none',
+            g.get('state'), g.get('vm') or '-'))
 EOF
+for h in "${hosts[@]}"; do
+  after=$("${launcher[@]}" ssh --name "$h" -- wc -l /var/lib/fleetgpu-testbed/boots | cut -d' ' -f1)
+  vms=$("${launcher[@]}" ssh --name "$h" -- virsh -q -c qemu:///system list --all --name | tr '\n' ' ')
+  echo "Host $h: VMs defined: ${vms:-none}; reboots during the job: $((after - ${boots_before[$h]}))"
+done
+echo "Time: image ${image_s}s, boot ${boot_s}s, site.yml ${site_s}s, total $((SECONDS - t0))s"
+echo "Fleet report: $report_dir/fleet-report.json and $report_dir/fleet-report.html"
