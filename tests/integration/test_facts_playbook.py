@@ -141,7 +141,7 @@ def test_facts_playbook_fleet_report(run_playbook, sims: dict, tmp_path: Path) -
         'ws1': {'ansible_connection': 'local', 'fleetgpu_sysfs_root': sims['workstation']},
         'off1': {'ansible_connection': 'local', 'fleetgpu_sysfs_root': sims['iommu_off']},
         'hgx1': {'ansible_connection': 'local', 'fleetgpu_sysfs_root': sims['hgx8']},
-    }}}))
+    }, 'vars': {'fleetgpu_report_dir': str(tmp_path / 'report')}}}))
     proc = run_playbook(REPO / 'playbooks' / 'facts.yml', inventory=str(inventory))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = playbook_json(proc)
@@ -153,3 +153,6 @@ def test_facts_playbook_fleet_report(run_playbook, sims: dict, tmp_path: Path) -
     assert fleet['ws1']['ready'] is True
     assert '0000:01:00.0 10de:2204 nvidia available' in fleet['ws1']['gpus']
     assert sum(1 for line in fleet['hgx1']['gpus'] if line.endswith('available')) == 8
+    written = json.loads((tmp_path / 'report' / 'fleet-report.json').read_text())
+    assert sorted(h['name'] for h in written['hosts']) == ['hgx1', 'off1', 'ws1']
+    assert (tmp_path / 'report' / 'fleet-report.html').is_file()
