@@ -12,7 +12,7 @@ ansible-galaxy collection build --force --output-path .cache/dist . >/dev/null
 ansible-galaxy collection install --force -p .cache/collections .cache/dist/fleetgpu-passthrough-*.tar.gz >/dev/null
 src=.cache/src/ansible_collections/fleetgpu/passthrough
 rm -rf .cache/src && mkdir -p "$src"
-rsync -a --exclude .venv --exclude .cache --exclude .git --exclude '__pycache__' --exclude .pytest_cache ./ "$src/"
+rsync -a --exclude .venv --exclude .cache --exclude .git --exclude fleet-report --exclude '__pycache__' --exclude .pytest_cache ./ "$src/"
 # ansible-test lists a collection's files through git when it sits in a repository.
 (cd "$src" && git init -q && git add -A)
 echo "collection installed: $(ls .cache/dist)"
