@@ -183,8 +183,9 @@ def test_host_with_nothing_selected_is_skipped_with_a_message(run_playbook, host
     proc = _site(run_playbook, host_pair, tmp_path, vfio_host_devices=[])
     doc = playbook_json(proc)
     assert proc.returncode == 0, [t['result'].get('msg') for t in _failed(proc)]
-    said = [t['result'].get('msg', '') for t in doc['tasks'] if t['task'].endswith('(nothing to do)')]
-    assert said and 'no GPU selected for this host; nothing to do' in said[0]
+    # site.yml leaves such a host alone before the roles run (the fleet plan gives it nothing)
+    said = [t['result'].get('msg', '') for t in doc['tasks'] if t['task'] == 'Say why nothing is done here']
+    assert said and 'no VM is placed here and no pool GPU is here - left alone' in said[0], said
     assert _changed(doc) == 0
     assert host_pair.snapshot() == before and host_pair.commands() == []
 
@@ -213,3 +214,15 @@ def test_missing_lxml_fails_before_any_change_naming_the_packages(run_playbook, 
     proc = run_playbook(PLAY, extra_vars=host_pair.vars(), env=env)
     assert proc.returncode == 0, [t['result'].get('msg') for t in _failed(proc)]
     assert _facts(playbook_json(proc))['selected'] == ['0000:01:00.0']
+
+
+def test_role_with_nothing_selected_is_skipped_with_a_message(run_playbook, host_pair: Host) -> None:
+    """The role itself, used outside site.yml, says so and changes nothing."""
+    before = host_pair.snapshot()
+    proc = run_playbook(PLAY, extra_vars=host_pair.vars(vfio_host_devices=[]), env=host_pair.env())
+    doc = playbook_json(proc)
+    assert proc.returncode == 0, [t['result'].get('msg') for t in _failed(proc)]
+    said = [t['result'].get('msg', '') for t in doc['tasks'] if t['task'].endswith('(nothing to do)')]
+    assert said and 'no GPU selected for this host; nothing to do' in said[0], said
+    assert _changed(doc) == 0
+    assert host_pair.snapshot() == before and host_pair.commands() == []
