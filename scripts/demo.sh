@@ -62,7 +62,7 @@ done
 echo "== playbooks/site.yml (fleet: VM requests placed across the hosts)"
 t=$SECONDS
 timeout 2400 ansible-playbook -i inventories/fleet-testbed "${invs[@]}" playbooks/site.yml \
-  -e fleetgpu_report_dir="$report_dir"
+  -e fleetgpu_report_dir="$report_dir" -e fleetgpu_serial=2
 site_s=$((SECONDS - t))
 
 echo "== summary"
