@@ -8,6 +8,8 @@ documentation lives in plugins/modules/fleet_plan.py."""
 
 from __future__ import annotations
 
+import os
+
 from ansible.errors import AnsibleUndefinedVariable
 from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
@@ -125,6 +127,8 @@ class ActionModule(ActionBase):
             'ansible_stats': {'data': {'fleetgpu_placement': artifact}, 'per_host': False, 'aggregate': False},
         })
         if args['report_dir']:
+            # a relative directory is relative to where ansible-playbook runs (the controller's cwd)
+            args['report_dir'] = os.path.abspath(args['report_dir'])
             if self._task.check_mode:
                 result['report'] = None
                 result['report_msg'] = 'check mode: the fleet report was not written (%s)' % args['report_dir']

@@ -57,7 +57,9 @@ options:
     type: str
     default: spread
   report_dir:
-    description: Controller directory for C(fleet-report.json) and C(fleet-report.html); no report without it.
+    description:
+      - Controller directory for C(fleet-report.json) and C(fleet-report.html); no report without it.
+      - A relative path is relative to the directory C(ansible-playbook) runs in.
     type: path
   mode:
     description: V(place) fails on bad input and on requests that cannot be placed; V(report) only reports.

@@ -98,11 +98,20 @@ def test_test_host_ssh_options_end_a_stalled_connection(silent_server):
 
 
 def test_reboot_tasks_are_bounded_by_a_task_timeout():
-    """A hung reboot poll fails the task instead of hanging the play."""
+    """A hung reboot poll fails the task instead of hanging the play: both reboots of the role go
+    through tasks/reboot.yml, whose reboot carries a task timeout, a connect timeout (a new
+    connection per poll) and SSH keepalives (tests/integration/test_reboot_bounded.py runs it)."""
     for name in ('present.yml', 'absent.yml'):
         tasks = yaml.safe_load((REPO / 'roles' / 'vfio_host' / 'tasks' / name).read_text())
-        reboots = [t for t in tasks if 'ansible.builtin.reboot' in t]
-        assert reboots, name
-        for task in reboots:
-            assert 'vfio_host_reboot_timeout' in str(task.get('timeout', '')), (name, task)
-            assert task['ansible.builtin.reboot']['reboot_timeout'] == '{{ vfio_host_reboot_timeout }}'
+        includes = [t for t in tasks if t.get('ansible.builtin.include_tasks') == 'reboot.yml']
+        assert len(includes) == 1, name
+        assert not [t for t in tasks if 'ansible.builtin.reboot' in t], name
+    block = yaml.safe_load((REPO / 'roles' / 'vfio_host' / 'tasks' / 'reboot.yml').read_text())[0]
+    assert 'ServerAliveInterval={{ vfio_host_reboot_keepalive }}' in block['vars']['ansible_ssh_extra_args']
+    reboots = [t for t in block['block'] if 'ansible.builtin.reboot' in t]
+    assert len(reboots) == 1
+    task = reboots[0]
+    assert 'vfio_host_reboot_timeout' in str(task.get('timeout', '')), task
+    assert task['ansible.builtin.reboot']['reboot_timeout'] == '{{ vfio_host_reboot_timeout }}'
+    assert task['ansible.builtin.reboot']['connect_timeout'] == '{{ vfio_host_reboot_connect_timeout }}'
+    assert block['rescue'][0]['ansible.builtin.fail']['msg']
