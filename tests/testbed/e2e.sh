@@ -147,7 +147,7 @@ else
     pytest -q -rs -p no:cacheprovider tests/integration/test_runner_testbed.py
 
   scenarios=()
-  for s in noiommu fleet intel amd; do wants "$s" && scenarios+=("$s"); done
+  for s in noiommu fleet; do wants "$s" && scenarios+=("$s"); done
   if [ "${#scenarios[@]}" -gt 0 ]; then
     rm -f "$logs"/molecule-*.result
     running=0
