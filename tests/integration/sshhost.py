@@ -175,7 +175,7 @@ class RebootingHost:
         assert self._listener is not None
         while not self._stop.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, _peer = self._listener.accept()
             except socket.timeout:
                 continue
             except OSError:

@@ -84,6 +84,7 @@ def test_site_check_run_warns_exactly_as_the_real_run(run_playbook, tmp_path: Pa
             # exactly as the check run did (both run before any change). The one message that differs
             # on purpose is where the fleet report is: a check run writes no file, not even on the
             # controller, and says so.
+
             def hosts_said(said: list[str]) -> list[str]:
                 return [m for m in said if 'fleet report' not in m]
             assert any('check mode: the fleet report was not written' in m for m in check_said), check_said

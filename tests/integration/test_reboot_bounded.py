@@ -130,7 +130,7 @@ def test_role_reboot_returns_once_the_host_is_back(installed_collection: Path, t
 
 
 def test_role_reboot_of_a_host_that_never_returns_fails_clearly(installed_collection: Path, tmp_path: Path,
-                                                                 dead_host: sshhost.RebootingHost) -> None:
+                                                                dead_host: sshhost.RebootingHost) -> None:
     proc = _run(installed_collection, tmp_path, dead_host,
                 '    - name: The role\'s reboot\n'
                 '      ansible.builtin.include_role:\n'
