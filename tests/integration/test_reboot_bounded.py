@@ -12,8 +12,11 @@ that never comes back fails with a message that says so, within the role's time-
 """
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -79,22 +82,45 @@ def dead_host(tmp_path: Path) -> Iterator[sshhost.RebootingHost]:
 
 def test_default_reboot_poll_outlives_the_hosts_return(installed_collection: Path, tmp_path: Path,
                                                        rebooting_host: sshhost.RebootingHost) -> None:
-    """The cause: ansible.builtin.reboot without connect_timeout rides the stale master."""
+    """The cause: ansible.builtin.reboot without connect_timeout rides the stale master.
+
+    The playbook runs in the background; once the host has rebooted and answers new connections
+    with its new boot id, the reboot task is still waiting well after that (the role's reboot
+    returns within seconds of the host's return, see the next test). No fixed task time-out:
+    the test waits for the host, not for a clock.
+    """
     first_boot = rebooting_host.boot_id
-    proc = _run(installed_collection, tmp_path, rebooting_host,
-                '    - name: Reboot as ansible.builtin.reboot does by default\n'
-                '      ansible.builtin.reboot:\n'
-                '        reboot_timeout: 120\n'
-                '      timeout: 45\n')
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0, out
-    assert rebooting_host.reboots == 1, out
-    # The host rebooted and answers new connections with its new boot id ...
-    assert rebooting_host.boot_id != first_boot
-    now = rebooting_host.ssh('cat /proc/sys/kernel/random/boot_id')
-    assert now.stdout.strip() == rebooting_host.boot_id, now.stderr
-    # ... yet the task was still waiting on the old connection when its time-out ended it.
-    assert 'Timed out after 45 second' in out, out
+    play = tmp_path / 'play.yml'
+    play.write_text('- hosts: rebooting\n  gather_facts: false\n  tasks:\n'
+                    '    - name: Open the SSH connection (its ControlPersist master stays)\n'
+                    '      ansible.builtin.command: cat /proc/sys/kernel/random/boot_id\n'
+                    '      changed_when: false\n'
+                    '    - name: Reboot as ansible.builtin.reboot does by default\n'
+                    '      ansible.builtin.reboot:\n'
+                    '        reboot_timeout: 600\n')
+    env = playbook_env(installed_collection, {'ANSIBLE_SSH_CONTROL_PATH_DIR': str(tmp_path / 'cp'),
+                                              'ANSIBLE_HOST_KEY_CHECKING': 'False',
+                                              'ANSIBLE_PIPELINING': 'True'})
+    log = open(tmp_path / 'play.log', 'w')
+    proc = subprocess.Popen([tool('ansible-playbook'), '-i', str(_inventory(tmp_path, rebooting_host)), str(play)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while rebooting_host.boot_id == first_boot and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(1)
+        assert rebooting_host.reboots == 1, (tmp_path / 'play.log').read_text()
+        # The host is back: a new connection gets the new boot id at once ...
+        now = rebooting_host.ssh('cat /proc/sys/kernel/random/boot_id')
+        assert now.stdout.strip() == rebooting_host.boot_id != first_boot, now.stderr
+        # ... and 40 s later the reboot task is still waiting on the connection from before.
+        time.sleep(40)
+        assert proc.poll() is None, (tmp_path / 'play.log').read_text()
+        assert 'rebooting                  : ok=' not in (tmp_path / 'play.log').read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        log.close()
 
 
 def test_role_reboot_returns_once_the_host_is_back(installed_collection: Path, tmp_path: Path,
