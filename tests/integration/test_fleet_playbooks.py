@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(private.available() is not None, reason=str(priv
 
 SITE = REPO / 'playbooks' / 'site.yml'
 FACTS = REPO / 'playbooks' / 'facts.yml'
+RESTORE = REPO / 'playbooks' / 'restore.yml'
 MODELS = {
     'stdvga': {'vendor_id': '1234', 'device_id': '1111'},
     'rv100': {'name': 'RV100 [Radeon 7000 / Radeon VE]'},   # exact PCI name, brackets literal
@@ -198,6 +199,19 @@ def test_site_places_defines_converges_and_is_stable(run_playbook, clean: Fleet)
     assert placed[2] == {'vm': 'vm4', 'host': 'nodeA', 'model': 'rv100', 'devices': ['0000:02:00.0']}
     assert fleet.hostdevs('nodeA') == {'vm1': ['0:1:0.0', '0:1:0.1'], 'vm4': ['0:2:0.0']}
     assert fleet.hostdevs('nodeB') == {'vm2': ['0:1:0.0', '0:1:0.1']}
+
+    # restore.yml with the same requests undoes by the fleet model: every placed VM gives its GPUs
+    # back and each host's pool leaves vfio-pci (the host files are checked by test_vfio_host_role)
+    proc, doc = run(run_playbook, fleet, RESTORE, vms + [vm('vm4', model='rv100')])
+    assert proc.returncode == 0, [(t['task'], t['result'].get('msg')) for t in doc['tasks'] if t['status'] == 'failed']
+    assert fleet.hostdevs('nodeA') == {'vm1': [], 'vm4': []}
+    assert fleet.hostdevs('nodeB') == {'vm2': []}
+    undo = [t['host'] for t in doc['tasks'] if t['task'].endswith('Give back the kernel arguments the role changed '
+                                                                    '(the host\'s own ones stay)') and t['status'] != 'skipped']
+    assert sorted(undo) == ['nodeA', 'nodeB'], [t['task'] for t in doc['tasks']]
+    alone = [t['result'].get('msg', '') for t in doc['tasks'] if t['task'] == 'Say why nothing is undone here'
+             and t['status'] != 'skipped' and t['result'].get('msg')]
+    assert len(alone) == 1 and alone[0].startswith('lab1: no pool GPU and no placed VM here'), alone
 
 
 def _inject_facts_only(doc: dict) -> None:

@@ -35,7 +35,7 @@ mkdir -p "$logs"
 only=" ${FLEETGPU_E2E_ONLY:-image collection runtime awx-runner noiommu fleet} "
 jobs=${FLEETGPU_E2E_JOBS:-2}
 # The whole phase stays inside this budget (seconds): each step's limit is cut to what is left.
-budget=${FLEETGPU_E2E_BUDGET:-3000}
+budget=${FLEETGPU_E2E_BUDGET:-3300}
 deadline=$((SECONDS + budget))
 cap() {  # cap LIMIT: the limit, or the time left in the budget when that is shorter (at least 60 s)
   local left=$((deadline - SECONDS))
@@ -152,7 +152,7 @@ else
     rm -f "$logs"/molecule-*.result
     running=0
     for s in "${scenarios[@]}"; do
-      limit=2400; [ "$s" = noiommu ] && limit=900
+      limit=2700; [ "$s" = noiommu ] && limit=900
       molecule_scenario "$s" "$limit" &
       # Molecule installs the collection under ~/.ansible when it starts: do not race it.
       sleep 30
