@@ -206,8 +206,8 @@ def test_site_places_defines_converges_and_is_stable(run_playbook, clean: Fleet)
     assert proc.returncode == 0, [(t['task'], t['result'].get('msg')) for t in doc['tasks'] if t['status'] == 'failed']
     assert fleet.hostdevs('nodeA') == {'vm1': [], 'vm4': []}
     assert fleet.hostdevs('nodeB') == {'vm2': []}
-    undo = [t['host'] for t in doc['tasks'] if t['task'].endswith('Give back the kernel arguments the role changed '
-                                                                    '(the host\'s own ones stay)') and t['status'] != 'skipped']
+    give_back = "Give back the kernel arguments the role changed (the host's own ones stay)"
+    undo = [t['host'] for t in doc['tasks'] if t['task'].endswith(give_back) and t['status'] != 'skipped']
     assert sorted(undo) == ['nodeA', 'nodeB'], [t['task'] for t in doc['tasks']]
     alone = [t['result'].get('msg', '') for t in doc['tasks'] if t['task'] == 'Say why nothing is undone here'
              and t['status'] != 'skipped' and t['result'].get('msg')]
