@@ -289,10 +289,7 @@ class HostdevBackend:
 
         changes: list[Change] = []
         if req.state == 'present':
-            self._check_shared(wanted, shared, defn)
-            for slot in slots:
-                changes += defn.plan_present(slot, req.managed, req.rom, req.guest_address)
-            self.warnings += driver_warnings(self.sysfs, wanted, req.managed, self.assume_vfio)
+            changes += self._plan_present(defn, slots, wanted, shared)
         else:
             changes += defn.plan_absent(wanted)
 
@@ -355,9 +352,8 @@ class HostdevBackend:
         shared = assignments(conn, req.uri)
         changes: list[Change] = []
         if req.state == 'present':
-            self._check_shared(wanted, shared, defn)
-            for slot in slots:
-                changes += defn.plan_present(slot, req.managed, req.rom, req.guest_address)
+            # the same plan, and the same warnings, as the real run makes after defining the domain
+            changes += self._plan_present(defn, slots, wanted, shared)
         after = defn.to_xml()
         self.warnings.append('domain %r does not exist at %s yet: it would be defined from define_xml' % (req.domain, req.uri))
         return {
@@ -369,6 +365,17 @@ class HostdevBackend:
             'diff': {'before': '', 'after': canonical_xml(after), 'before_header': '%s (not defined)' % req.domain,
                      'after_header': '%s (persistent definition)' % req.domain},
         }
+
+    def _plan_present(self, defn: DomainDefinition, slots: list, wanted: list[PciAddress],
+                      shared: dict[str, list[str]]) -> list[Change]:
+        """Changes that give ``slots`` to the domain, after the sharing check; adds the driver warnings."""
+        req = self.req
+        self._check_shared(wanted, shared, defn)
+        changes: list[Change] = []
+        for slot in slots:
+            changes += defn.plan_present(slot, req.managed, req.rom, req.guest_address)
+        self.warnings += driver_warnings(self.sysfs, wanted, req.managed, self.assume_vfio)
+        return changes
 
     def _check_shared(self, wanted: list[PciAddress], shared: dict[str, list[str]], defn: DomainDefinition) -> None:
         if self.req.allow_shared:
