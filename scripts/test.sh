@@ -50,15 +50,10 @@ phase sanity sanity
 phase ansible-lint lint
 phase ansible-doc docs
 phase unit pytest -q -p no:cacheprovider tests/unit
-if [ "${FLEETGPU_E2E:-1}" = 1 ]; then
-  # The AWX job on a real test host runs in the end-to-end phase, once the image exists.
-  phase integration pytest -q -p no:cacheprovider tests/integration \
-    --ignore=tests/integration/test_runner_testbed.py
-else
-  phase integration pytest -q -p no:cacheprovider tests/integration
-fi
+phase integration pytest -q -p no:cacheprovider tests/integration
 # The end-to-end phase on QEMU test hosts (tests/testbed/e2e.sh, also `make e2e` alone):
-# real kernels, Molecule scenarios intel / amd / noiommu. FLEETGPU_E2E=0 leaves it out.
+# real kernels (runtime tests, AWX jobs, a host without an IOMMU, the two-host Molecule fleet
+# scenario). FLEETGPU_E2E=0 leaves it out.
 if [ "${FLEETGPU_E2E:-1}" = 1 ]; then
   phase e2e-real-kernels bash tests/testbed/e2e.sh
 fi

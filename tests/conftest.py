@@ -7,6 +7,9 @@
   ``ansible-playbook``.
 * ``run_playbook``: runs ansible-playbook against the installed collection and returns
   the completed process (stdout holds the JSON callback output when asked).
+* ``testbed_hosts``: the QEMU test hosts of the runtime phase (tests/testbed), booted once per
+  session and all at once: each test module there names the hosts it needs in
+  ``TESTBED_HOSTS``, and only the hosts the collected modules name are started.
 """
 from __future__ import annotations
 
@@ -99,6 +102,35 @@ def run_playbook(installed_collection: Path, tmp_path: Path):
                               timeout=timeout, cwd=str(tmp_path), check=False)
 
     return _run
+
+
+# The runtime phase's test hosts: name -> topology (see tests/testbed/launch.py TOPOLOGIES).
+TESTBED_TOPOLOGIES = {'intel': 'intel', 'radeon': 'radeon', 'noiommu': 'noiommu'}
+
+
+@pytest.fixture(scope='session')
+def testbed_hosts(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """The test hosts the collected tests/testbed modules need, started in parallel, always stopped.
+
+    Sharing them saves a boot per module (minutes under TCG); a module that is done with a host
+    may stop it early (``host.stop()``) to give the cores back.
+    """
+    sys.path.insert(0, str(REPO / 'tests' / 'testbed'))
+    import launch  # pylint: disable=import-outside-toplevel
+
+    wanted: list[str] = []
+    for item in request.session.items:
+        for name in getattr(item.module, 'TESTBED_HOSTS', ()):
+            if name not in wanted:
+                wanted.append(name)
+    hosts = {name: launch.TestHost('rt-%s' % name, topology=TESTBED_TOPOLOGIES[name]) for name in wanted}
+    try:
+        # Booting several at once under TCG on a busy machine: allow ten minutes for SSH.
+        launch.start_many(list(hosts.values()), ssh_wait=max(launch.SSH_WAIT, 600))
+        yield hosts
+    finally:
+        for h in hosts.values():
+            h.stop()
 
 
 def playbook_json(proc: subprocess.CompletedProcess) -> dict:

@@ -4,13 +4,15 @@
 # Phases (each timed, each bounded):
 #   image            build the test-host image or reuse the cached one
 #   collection       build + install the collection as users do
-#   runtime          tests/testbed/test_real_kernel.py: vfio_bind binds and restores a group on
-#                    a running host; gpu_facts and vfio_bind report a stuck device (radeon)
-#   awx-runner       tests/integration/test_runner_testbed.py: AWX jobs (ansible-runner) over
-#                    SSH on a booted host: facts.yml, then site.yml in check + diff mode and for
-#                    real (the check must predict exactly the tasks the real job changes); it
-#                    runs here, after the image phase, not in the integration phase
-#   molecule-noiommu site.yml stops early on a host without an IOMMU, changes nothing
+#   runtime          one pytest session on three test hosts booted at once (intel, radeon,
+#                    noiommu; tests/conftest.py testbed_hosts):
+#                    test_real_kernel.py: vfio_bind binds and restores a group on a running
+#                    host; gpu_facts and vfio_bind report a stuck device (radeon);
+#                    test_noiommu.py: site.yml stops early on a host without an IOMMU and
+#                    changes nothing;
+#                    test_awx_runner.py: AWX jobs (ansible-runner) over SSH on the intel host:
+#                    facts.yml, then site.yml in check + diff mode and for real (the check must
+#                    predict exactly the tasks the real job changes)
 #   molecule-fleet   site.yml end to end on two hosts at once, an Intel-IOMMU and an AMD-IOMMU
 #                    one: VM requests placed across them (spread), one reboot each,
 #                    idempotence, each VM starts with its GPU, a request that cannot fit and
@@ -32,7 +34,7 @@ export FLEETGPU_TESTBED_RUN=${FLEETGPU_TESTBED_RUN:-$FLEETGPU_TESTBED_CACHE/run-
 export FLEETGPU_TESTBED_LIFETIME=${FLEETGPU_TESTBED_LIFETIME:-3600}
 logs="$here/.cache/e2e-logs"
 mkdir -p "$logs"
-only=" ${FLEETGPU_E2E_ONLY:-image collection runtime awx-runner noiommu fleet} "
+only=" ${FLEETGPU_E2E_ONLY:-image collection runtime fleet} "
 jobs=${FLEETGPU_E2E_JOBS:-2}
 # The whole phase stays inside this budget (seconds): each step's limit is cut to what is left.
 budget=${FLEETGPU_E2E_BUDGET:-3300}
@@ -141,18 +143,16 @@ if [ ! -f "$(bash tests/testbed/build_image.sh --path)/ready" ]; then
   record rest 0 FAILED
 else
   wants collection && phase collection 300 bash scripts/install-collection.sh
-  wants runtime && phase runtime 900 pytest -q -p no:cacheprovider tests/testbed/test_real_kernel.py
-  # FLEETGPU_TESTBED_BUILD=1: the image is there now, so the test runs instead of skipping.
-  wants awx-runner && phase awx-runner 1500 env FLEETGPU_TESTBED_BUILD=1 \
-    pytest -q -rs -p no:cacheprovider tests/integration/test_runner_testbed.py
+  wants runtime && phase runtime 1800 pytest -q -rs -p no:cacheprovider tests/testbed/test_real_kernel.py \
+    tests/testbed/test_noiommu.py tests/testbed/test_awx_runner.py
 
   scenarios=()
-  for s in noiommu fleet; do wants "$s" && scenarios+=("$s"); done
+  for s in fleet; do wants "$s" && scenarios+=("$s"); done
   if [ "${#scenarios[@]}" -gt 0 ]; then
     rm -f "$logs"/molecule-*.result
     running=0
     for s in "${scenarios[@]}"; do
-      limit=2700; [ "$s" = noiommu ] && limit=900
+      limit=2700
       molecule_scenario "$s" "$limit" &
       # Molecule installs the collection under ~/.ansible when it starts: do not race it.
       sleep 30

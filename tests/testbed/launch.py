@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
+SNAPSHOT = HERE.parents[1] / 'molecule' / 'shared' / 'files' / 'snapshot.sh'
 CACHE = Path(os.environ.get('FLEETGPU_TESTBED_CACHE', '/var/cache/fleetgpu-testbed'))
 RUN_DIR = Path(os.environ.get('FLEETGPU_TESTBED_RUN', str(CACHE / 'run')))
 MARKER = 'fleetgpu-testbed'
@@ -322,6 +323,17 @@ class TestHost:
         except OSError:
             return '(no serial log)'
         return '\n'.join(text.splitlines()[-lines:])
+
+    def state(self, extra: str = '') -> List[str]:
+        """Every line of host state the main job may change, sorted: the lines of
+        molecule/shared/files/snapshot.sh (command line, managed files, drivers), then ``extra``
+        (more shell lines)."""
+        script = SNAPSHOT.read_text() + '\n' + extra + '\n'
+        proc = subprocess.run(self.ssh_command(['sh', '-s']), input=script, capture_output=True,
+                              text=True, timeout=300, check=False)
+        if proc.returncode != 0:
+            raise TestbedError('%s: reading the host state failed: %s' % (self.name, proc.stderr.strip()))
+        return sorted(proc.stdout.splitlines())
 
     def inventory(self, group: str = 'testbed') -> str:
         return inventory_text([self], group)

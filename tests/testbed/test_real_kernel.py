@@ -38,19 +38,16 @@ pytestmark = [
 ]
 
 
+# Started by the session fixture ``testbed_hosts`` (tests/conftest.py) together with the hosts
+# of the other runtime modules; the intel host is used again by test_awx_runner.py.
+TESTBED_HOSTS = ('intel', 'radeon')
+
+
 @pytest.fixture(scope='module')
-def hosts() -> Iterator[Dict[str, launch.TestHost]]:
-    """An intel host and a radeon host, started in parallel, always stopped."""
-    started = {
-        'intel': launch.TestHost('rt-intel', topology='intel'),
-        'radeon': launch.TestHost('rt-radeon', topology='radeon'),
-    }
-    try:
-        launch.start_many(list(started.values()))
-        yield started
-    finally:
-        for h in started.values():
-            h.stop()
+def hosts(testbed_hosts: Dict[str, launch.TestHost]) -> Iterator[Dict[str, launch.TestHost]]:
+    """The intel host and the radeon host; the radeon one is stopped when this module is done."""
+    yield testbed_hosts
+    testbed_hosts['radeon'].stop()
 
 
 def _play(host: launch.TestHost, tmp_path: Path, tasks: List[dict], name: str = 'play') -> dict:

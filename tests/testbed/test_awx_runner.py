@@ -1,10 +1,10 @@
 """The playbooks through ansible-runner, as AWX launches them, against a QEMU test host
 (real kernel, emulated Intel IOMMU, emulated GPUs: see tests/testbed/launch.py), over SSH.
 
-Runs when the test-host image is already built (the end-to-end phase builds and caches it) or
-when FLEETGPU_TESTBED_BUILD=1 asks this test to build it; skipped otherwise (the end-to-end
-phase runs it with FLEETGPU_TESTBED_BUILD=1, after the image phase). Jobs: facts.yml, then the
+The host is the runtime phase's intel host (session fixture ``testbed_hosts``), after
+test_real_kernel.py has bound and given back its GPU at runtime. Jobs: facts.yml, then the
 "check, approve, run" pair: site.yml in check + diff mode, then for real with its one reboot.
+Run by tests/testbed/e2e.sh (needs root, qemu and the test-host image, which it builds).
 """
 from __future__ import annotations
 
@@ -21,44 +21,24 @@ import yaml
 
 from conftest import REPO, VENV_BIN
 
-sys.path.insert(0, str(REPO / 'tests' / 'testbed'))
-launch = pytest.importorskip('launch')
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import launch  # noqa: E402
 
 PLAYBOOKS = REPO / 'playbooks'
-
-
-def _image_ready() -> bool:
-    if os.environ.get('FLEETGPU_TESTBED_BUILD') == '1':
-        return True
-    try:
-        path = launch.image_dir(build=False)
-    except (launch.TestbedError, OSError, subprocess.SubprocessError):
-        return False
-    return (path / 'ready').exists()
-
+TESTBED_HOSTS = ('intel',)
 
 pytestmark = [
-    pytest.mark.skipif(not shutil.which('qemu-system-x86_64'), reason='qemu-system-x86_64 not installed'),
-    pytest.mark.skipif(not (PLAYBOOKS / 'facts.yml').exists(), reason='playbooks/facts.yml not in the tree yet'),
+    pytest.mark.skipif(os.geteuid() != 0, reason='QEMU test hosts need root'),
 ]
 
 
 @pytest.fixture(scope='module')
-def testhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator['launch.TestHost']:
-    if not _image_ready():
-        pytest.skip('no test-host image built (set FLEETGPU_TESTBED_BUILD=1 to build it here)')
-    run_dir = tmp_path_factory.mktemp('testbed-run')
-    host = launch.TestHost('awx-intel', topology='intel', run_dir=run_dir)
-    try:
-        # TCG boots slowly on a busy machine: wait at least ten minutes for SSH
-        host.start(wait=True, ssh_wait=max(launch.SSH_WAIT, 600))
-        yield host
-    finally:
-        host.stop()
+def testhost(testbed_hosts: dict) -> Iterator[launch.TestHost]:
+    yield testbed_hosts['intel']
 
 
 @pytest.fixture()
-def pdd(tmp_path: Path, testhost: 'launch.TestHost', installed_collection: Path,
+def pdd(tmp_path: Path, testhost: launch.TestHost, installed_collection: Path,
         monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv('PATH', '%s:%s' % (VENV_BIN, os.environ.get('PATH', '')))
     root = tmp_path / 'pdd'
@@ -80,7 +60,7 @@ def _stats(r: 'ansible_runner.Runner') -> dict:
     return found
 
 
-def test_facts_job_on_a_real_kernel(pdd: Path, testhost: 'launch.TestHost') -> None:
+def test_facts_job_on_a_real_kernel(pdd: Path, testhost: launch.TestHost) -> None:
     r = ansible_runner.run(private_data_dir=str(pdd), playbook='playbooks/facts.yml',
                            inventory=str(pdd / 'inventory' / 'hosts.yml'), extravars={}, quiet=True)
     out = r.stdout.read() if r.stdout else ''
@@ -103,22 +83,17 @@ def test_facts_job_on_a_real_kernel(pdd: Path, testhost: 'launch.TestHost') -> N
 
 # -- an AWX "check, approve, run" workflow on a real kernel ------------------------------
 
-SNAPSHOT = REPO / 'molecule' / 'shared' / 'files' / 'snapshot.sh'
 VM_XML = REPO / 'molecule' / 'shared' / 'files' / 'gpu-vm.xml'
-# What the job may change besides the files snapshot.sh lists: the initramfs, the VM's
+# What the job may change besides the files molecule/shared/files/snapshot.sh lists: the initramfs, the VM's
 # definition, and the boot count kept by the image's fleetgpu-bootlog.service.
 EXTRA_STATE = ('echo "initrd $(md5sum < /boot/initrd.img-$(uname -r) | cut -d" " -f1)"; '
                'echo "domain $(virsh -q -c qemu:///system dumpxml --inactive gpu-vm | md5sum | cut -d" " -f1)"; '
                'echo "boots $(wc -l < /var/lib/fleetgpu-testbed/boots)"')
 
 
-def _host_state(host: 'launch.TestHost') -> list:
+def _host_state(host: launch.TestHost) -> list:
     """Every line of state the main job may change on the host, sorted."""
-    script = SNAPSHOT.read_text() + '\n' + EXTRA_STATE + '\n'
-    proc = subprocess.run(host.ssh_command(['sh', '-s']), input=script, capture_output=True,
-                          text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stderr
-    return sorted(proc.stdout.splitlines())
+    return host.state(EXTRA_STATE)
 
 
 def _boots(state: list) -> int:
@@ -136,7 +111,7 @@ def _changed_tasks(r: 'ansible_runner.Runner', host: str) -> list:
     return out
 
 
-def test_check_job_predicts_the_converge_job(pdd: Path, testhost: 'launch.TestHost') -> None:
+def test_check_job_predicts_the_converge_job(pdd: Path, testhost: launch.TestHost) -> None:
     """site.yml in check + diff mode writes nothing and names exactly the tasks the real job
     then changes (the reboot included); the real job reboots the host once."""
     define = subprocess.run(testhost.ssh_command(['virsh', '-q', '-c', 'qemu:///system', 'define', '/dev/stdin']),
