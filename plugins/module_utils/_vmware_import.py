@@ -457,9 +457,10 @@ def _model_for(dev: Device, table: dict) -> tuple[str | None, str]:
         specific = (model.subsystem_vendor_id is not None) + (model.subsystem_device_id is not None)
         hits.append((specific, name))
     if not hits:
+        names = ', '.join(sorted(table)) or 'none'
+        ids = (dev.vendor_id, dev.device_id)
         return None, ('%s:%s has no model in the fleet model table (fleetgpu_models names: %s); add one with '
-                      'vendor_id: "%s", device_id: "%s"' % (dev.vendor_id, dev.device_id,
-                                                         ', '.join(sorted(table)) or 'none', dev.vendor_id, dev.device_id))
+                      'vendor_id: "%s", device_id: "%s"' % (ids[0], ids[1], names, ids[0], ids[1]))
     hits.sort(reverse=True)
     best = [n for s, n in hits if s == hits[0][0]]
     if len(best) > 1:

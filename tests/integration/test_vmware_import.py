@@ -177,8 +177,8 @@ def test_role_refuses_hosts_where_kvm_passthrough_cannot_apply(run_playbook, tmp
         if expect is None:
             # a KVM guest passes the refusal and converges as before
             assert refusal[name]['status'] == 'ok', refusal[name]
-            assert doc['stats'][name]['failures'] == 0, [t for t in doc['tasks'] if t['host'] == name
-                                                        and t['status'] == 'failed']
+            mine = [t for t in doc['tasks'] if t['host'] == name and t['status'] == 'failed']
+            assert doc['stats'][name]['failures'] == 0, mine
             assert host.snapshot() != before[name]
             continue
         assert refusal[name]['status'] == 'failed', (name, refusal[name])

@@ -19,8 +19,8 @@ MODELS = {
 }
 
 
-def one(name: str, models: object = MODELS) -> vi.ImportResult:
-    return vi.import_paths([str(GOOD / name)], models)
+def one(name: str, models: object = 'fleet') -> vi.ImportResult:
+    return vi.import_paths([str(GOOD / name)], MODELS if models == 'fleet' else models)
 
 
 def test_vmx_without_passthrough_gives_no_request() -> None:
@@ -168,8 +168,8 @@ def test_bad_ovf_shapes(tmp_path: Path, text: str, fragment: str) -> None:
 
 
 def test_passthrough_item_with_wrong_resource_type(tmp_path: Path) -> None:
-    text = (GOOD / 'no-vgpu.ovf').read_text().replace('<rasd:ResourceType>1</rasd:ResourceType>',
-                                                        '<rasd:ResourceType>17</rasd:ResourceType>')
+    text = (GOOD / 'no-vgpu.ovf').read_text()
+    text = text.replace('<rasd:ResourceType>1</rasd:ResourceType>', '<rasd:ResourceType>17</rasd:ResourceType>')
     path = tmp_path / 'rt.ovf'
     path.write_text(text)
     with pytest.raises(vi.VmwareImportError, match=re.escape("%s:18: item 'PCI device 0'" % path)):
