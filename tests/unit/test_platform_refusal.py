@@ -62,3 +62,25 @@ def test_a_vmware_host_is_a_host_not_a_guest() -> None:
 def test_the_filter_is_the_function() -> None:
     f = FilterModule().filters()['kvm_refusal']
     assert f(facts(system='Darwin')) == refusal(facts(system='Darwin')) != ''
+
+
+def test_gpu_facts_refuses_macos_itself(tmp_path) -> None:
+    """On macOS the module stops at once with the same message (a sitecustomize makes this Python "Darwin")."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    (tmp_path / 'sitecustomize.py').write_text('import platform\nplatform.system = lambda: "Darwin"\n')
+    argfile = tmp_path / 'args.json'
+    argfile.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': {}}))
+    env = dict(os.environ, PYTHONPATH='%s:%s' % (tmp_path, repo / '.cache' / 'pyroot'))
+    proc = subprocess.run([sys.executable, str(repo / 'plugins' / 'modules' / 'gpu_facts.py'), str(argfile)],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert 'Traceback' not in proc.stdout + proc.stderr
+    out = json.loads(proc.stdout)
+    assert proc.returncode != 0 and out['failed'] is True
+    assert out['msg'] == refusal({'system': 'Darwin'})
+    assert 'Metal via Venus' in out['msg']
