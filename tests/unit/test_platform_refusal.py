@@ -1,6 +1,12 @@
 """Where KVM passthrough cannot apply (module_utils/_platform.py, filter kvm_refusal): one message per host."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from ansible_collections.fleetgpu.passthrough.plugins.filter.kvm_refusal import FilterModule
@@ -64,14 +70,8 @@ def test_the_filter_is_the_function() -> None:
     assert f(facts(system='Darwin')) == refusal(facts(system='Darwin')) != ''
 
 
-def test_gpu_facts_refuses_macos_itself(tmp_path) -> None:
+def test_gpu_facts_refuses_macos_itself(tmp_path: Path) -> None:
     """On macOS the module stops at once with the same message (a sitecustomize makes this Python "Darwin")."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     repo = Path(__file__).resolve().parents[2]
     (tmp_path / 'sitecustomize.py').write_text('import platform\nplatform.system = lambda: "Darwin"\n')
     argfile = tmp_path / 'args.json'
