@@ -17,9 +17,10 @@ description:
     Windows: Hyper-V GPU partitioning (GPU-P) or DDA); a Linux host that is itself a guest
     (C(virtualization_role) C(guest)) of VirtualBox, Parallels, Hyper-V (C(VirtualPC)), VMware, Xen or bhyve,
     none of which lets a guest pass a device on; a CPU without C(vmx) / C(svm) (C(gpu_passthrough.host.virtualization)
-    from M(fleetgpu.passthrough.gpu_facts)); a Linux host without C(/dev/kvm) (C(virtualization_tech_host) without
-    C(kvm))."
-  - A KVM/QEMU guest and a container are not refused here; whether the guest has a virtual IOMMU is what
+    from M(fleetgpu.passthrough.gpu_facts)); a Linux host that is not a guest (C(virtualization_role) C(host)) and
+    has no C(/dev/kvm) (C(virtualization_tech_host) without C(kvm))."
+  - A KVM/QEMU guest and a container are not refused here, with or without C(/dev/kvm) (a QEMU test host under
+    TCG passes devices to its own TCG guests); whether the guest has a virtual IOMMU is what
     M(fleetgpu.passthrough.iommu_check) finds (C(no_iommu_hardware)).
   - A fact that was not gathered is not guessed; the check it feeds is skipped.
 options:

@@ -141,7 +141,8 @@ CASES = {
     'vmw': (dict(LINUX, virtualization_role='guest', virtualization_type='VMware'),
             ['nested passthrough is not supported under VMware']),
     'nokvm': (dict(LINUX, virtualization_tech_host=[]), ['there is no /dev/kvm']),
-    'kvmguest': (dict(LINUX, virtualization_role='guest', virtualization_type='kvm'), None),   # our QEMU test hosts
+    # our QEMU test hosts: KVM/QEMU guests, under TCG without /dev/kvm
+    'kvmguest': (dict(LINUX, virtualization_role='guest', virtualization_type='kvm', virtualization_tech_host=[]), None),
 }
 
 

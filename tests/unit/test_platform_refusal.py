@@ -24,10 +24,14 @@ def facts(**kw: object) -> dict:
 
 @pytest.mark.parametrize('given', [
     facts(),
-    # our QEMU test hosts: KVM guests (nested VFIO through a vIOMMU)
+    # our QEMU test hosts: KVM guests (nested VFIO through a vIOMMU), under TCG without /dev/kvm
     facts(virtualization_role='guest', virtualization_type='kvm'),
+    facts(virtualization_role='guest', virtualization_type='kvm', virtualization_tech_host=[]),
     # a container on a KVM host (the unit-test machine) shares the host's kernel
     facts(virtualization_role='guest', virtualization_type='docker', virtualization_tech_host=['kvm']),
+    facts(virtualization_role='guest', virtualization_type='docker', virtualization_tech_host=[]),
+    # /dev/kvm unknown (the virtual facts were not gathered)
+    facts(virtualization_role=None, virtualization_tech_host=[]),
     # facts not gathered are not guessed (a role run gathers only the distribution subset)
     {'os_family': 'Debian', 'gpu_passthrough': {'host': {'virtualization': 'svm'}}},
     {},
