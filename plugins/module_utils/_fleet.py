@@ -30,7 +30,8 @@ NUMA_POLICIES = ('required', 'preferred', 'any')
 USABLE_STATES = ('available', 'vfio-ready')
 MODEL_KEYS = ('vendor_id', 'device_id', 'subsystem_vendor_id', 'subsystem_device_id', 'name', 'name_regex',
               'hosts', 'description')
-VM_KEYS = ('name', 'gpus', 'numa', 'host', 'domain_xml', 'start')
+VM_KEYS = ('name', 'gpus', 'numa', 'host', 'domain_xml', 'start', 'mode')
+VM_MODES = ('whole', 'partition')
 _HEX4 = re.compile(r'^[0-9a-f]{4}$')
 _ADDR = re.compile(r'^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
 _SHORT_ADDR = re.compile(r'^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
@@ -193,9 +194,11 @@ class VmRequest:
     domain_xml: str | None = None
     start: bool = False
     index: int = 0
+    mode: str = 'whole'
 
     def describe(self) -> str:
-        return ' + '.join('%d x %s' % (g.count, g.model) for g in self.gpus)
+        text = ' + '.join('%d x %s' % (g.count, g.model) for g in self.gpus)
+        return text + (' (partitioned)' if self.mode == 'partition' else '')
 
 
 def _domain_name(xml: str, where: str) -> str:
@@ -280,8 +283,12 @@ def parse_vms(raw: object, models: dict[str, Model], inventory_hosts: set[str] |
         start = entry.get('start', False)
         if not isinstance(start, bool):
             raise FleetInputError('%s.start must be true or false, got %r' % (where, start))
+        mode = entry.get('mode', 'whole')
+        if mode not in VM_MODES:
+            raise FleetInputError('%s.mode must be whole (a whole GPU per count) or partition (SR-IOV / mdev), got %r'
+                                  % (where, mode))
         out.append(VmRequest(name=name, gpus=asks, numa=str(numa), host=host, domain_xml=xml, start=start,
-                             index=index))
+                             index=index, mode=str(mode)))
     return out
 
 
@@ -513,6 +520,26 @@ def _rejection(vm: VmRequest, host: HostInput, candidates: list[str] | None, dri
     return Rejection(hname, why or 'fits now, but not when the requests before it were placed', free_count)
 
 
+def _partition_refusal(vm: VmRequest, gpus: dict[str, list[Gpu]]) -> str:
+    """Why a ``mode: partition`` request is not placed (never as whole GPUs)."""
+    capable = []
+    for hname in sorted(gpus):
+        for g in gpus[hname]:
+            if g.model not in {a.model for a in vm.gpus}:
+                continue
+            sriov = g.raw.get('sriov') if isinstance(g.raw.get('sriov'), dict) else {}
+            kinds = (['SR-IOV'] if (sriov.get('totalvfs') or 0) > 0 else []) + (['mdev'] if g.raw.get('mdev_types') else [])
+            if kinds:
+                capable.append('%s %s (%s)' % (hname, g.address, '+'.join(kinds)))
+    if capable:
+        return ('it asks for partitioned GPUs (mode: partition); GPUs of its model(s) offer partitions (%s), but '
+                'partitioned placement is not implemented yet, and it is not placed as whole GPUs'
+                % ', '.join(capable))
+    return ('it asks for partitioned GPUs (mode: partition), and no GPU of model(s) %s offers SR-IOV virtual functions '
+            'or mediated device types on the hosts read; the fleet has no partition support yet, and the request is '
+            'not placed as whole GPUs' % ', '.join(sorted({a.model for a in vm.gpus})))
+
+
 def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequest], policy: str = 'spread',
          strict: bool = True) -> FleetPlan:
     """Match, check drift and place.
@@ -585,7 +612,7 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
                 name, models[name].describe(),
                 ' (it is mapped to %s only)' % ', '.join(sorted(models[name].hosts or {})) if models[name].hosts else ''))
     for vm in vms:
-        for ask in vm.gpus:
+        for ask in vm.gpus if vm.mode == 'whole' else []:
             if reachable and ask.count > totals[ask.model] and totals[ask.model] > 0:
                 errors.append('VM %r asks for %d x %s but the fleet has only %d GPU(s) of that model (free or not)'
                               % (vm.name, ask.count, ask.model, totals[ask.model]))
@@ -628,6 +655,9 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
     anchored: list[tuple[VmRequest, str, dict[str, list[Gpu]]]] = []
     floating: list[VmRequest] = []
     for vm in vms:
+        if vm.mode == 'partition':
+            result.unplaced.append(Unplaced(vm, _partition_refusal(vm, result.gpus), []))
+            continue
         wanted = {a.model for a in vm.gpus}
         held: dict[str, dict[str, list[Gpu]]] = {}
         for g in by_holder.get(vm.name, []):

@@ -21,6 +21,8 @@ description:
     and as C(unusable) instead of hanging the play; each such device adds at most O(timeout) seconds.
   - Names come from the system's C(pci.ids) when it is installed (C(/usr/share/misc/pci.ids) or
     C(/usr/share/hwdata/pci.ids)); they are null otherwise.
+  - On a host that is not Linux (macOS) it fails at once with a message that says what is supported and what
+    to use there instead (see the filter P(fleetgpu.passthrough.kvm_refusal#filter)).
 author:
   - fleetgpu.passthrough contributors (@fleetgpu)
 options:
@@ -130,9 +132,12 @@ ansible_facts:
               stuck: []
 '''
 
+import platform
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import FactsError, gather
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._platform import refusal
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciDeviceNotFound
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
 
@@ -148,6 +153,10 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
+    # not Linux (macOS): say what is and is not supported instead of "no sysfs tree"
+    refused = refusal({'system': platform.system()})
+    if refused:
+        module.fail_json(msg=refused)
     try:
         sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
         facts = gather(sysfs, vendors=params['vendors'], addresses=params['addresses'],
