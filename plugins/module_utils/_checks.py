@@ -77,6 +77,7 @@ FINDINGS = {
     'vfio_ids_capture_boot_vga': WARNING,
     'device_stuck': ERROR,
     'python_module_missing': ERROR,
+    'command_missing': WARNING,
 }
 
 
@@ -216,12 +217,28 @@ def python_module_findings(names: list[str]) -> list[Finding]:
                     'install the distribution packages that provide %s for that interpreter' % ', '.join(missing))]
 
 
+def missing_commands(paths: list[str]) -> list[str]:
+    """The programs (absolute paths on the running host) that are not there."""
+    for path in paths:
+        if not os.path.isabs(path):
+            raise CheckError('commands: %r is not an absolute path' % path)
+    return [path for path in paths if not os.path.exists(path)]
+
+
+def command_findings(missing: list[str]) -> list[Finding]:
+    if not missing:
+        return []
+    return [Finding('command_missing', 'programs not on this host: %s' % ', '.join(missing),
+                    'install the packages that provide them (role vfio_host does, with vfio_host_install_packages)')]
+
+
 class IommuCheck:
     def __init__(self, sysfs: Sysfs, devices: list | None = None, allow_unsafe_interrupts: bool = False,
-                 python_modules: list[str] | None = None) -> None:
+                 python_modules: list[str] | None = None, commands: list[str] | None = None) -> None:
         self.sysfs = sysfs
         self.allow_unsafe_interrupts = allow_unsafe_interrupts
         self.python_modules = list(python_modules or [])
+        self.commands_missing = missing_commands(list(commands or []))
         try:
             self.targets = parse_addresses(devices, option='devices')
         except FactsError as exc:
@@ -300,6 +317,7 @@ class IommuCheck:
                                     'nothing to do for vfio-pci; sign or enroll keys for out-of-tree modules'))
         findings.extend(vfio_ids_findings(s, iommu.cmdline))
         findings.extend(python_module_findings(self.python_modules))
+        findings.extend(command_findings(self.commands_missing))
         devices = []
         for addr in self.targets:
             devices.append(self._device(addr, iommu, findings))
@@ -310,6 +328,7 @@ class IommuCheck:
             'devices': devices,
             'findings': [f.as_dict() for f in findings],
             'ready': not errors,
+            'commands_missing': self.commands_missing,
         }
 
     def _stuck_devices(self, devices: list[dict], findings: list[Finding]) -> None:
@@ -366,8 +385,8 @@ class IommuCheck:
 
 
 def check(sysfs: Sysfs, devices: list | None = None, allow_unsafe_interrupts: bool = False,
-          python_modules: list[str] | None = None) -> dict:
-    return IommuCheck(sysfs, devices, allow_unsafe_interrupts, python_modules).run()
+          python_modules: list[str] | None = None, commands: list[str] | None = None) -> dict:
+    return IommuCheck(sysfs, devices, allow_unsafe_interrupts, python_modules, commands).run()
 
 
 def failure_message(findings: list[dict], fail_on: list[str]) -> str | None:

@@ -63,6 +63,7 @@ options:
       - vfio_ids_capture_boot_vga
       - device_stuck
       - python_module_missing
+      - command_missing
   allow_unsafe_interrupts:
     description:
       - Accept a host whose interrupt remapping is off. The finding C(no_interrupt_remapping) (an error) becomes
@@ -82,6 +83,16 @@ options:
     elements: str
     default: []
     choices: [libvirt, lxml]
+  commands:
+    description:
+      - Programs (absolute paths on the managed host) that must be there; those that are not are listed in
+        RV(commands_missing) and named in the finding C(command_missing) (a warning).
+      - Role P(fleetgpu.passthrough.vfio_host#role) uses it to decide, in the same read, whether to install its
+        packages.
+    type: list
+    elements: path
+    default: []
+    version_added: 0.2.0
 extends_documentation_fragment:
   - fleetgpu.passthrough.sysfs
   - fleetgpu.passthrough.sysfs.INFO_MODULE
@@ -141,6 +152,13 @@ devices:
   returned: always
   type: list
   elements: dict
+commands_missing:
+  description: The programs of O(commands) that are not on the host.
+  returned: always
+  type: list
+  elements: str
+  sample: [/usr/sbin/update-initramfs]
+  version_added: 0.2.0
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -162,6 +180,7 @@ def main() -> None:
             fail_on=dict(type='list', elements='str', default=[], choices=sorted(FINDINGS)),
             allow_unsafe_interrupts=dict(type='bool', default=False),
             python_modules=dict(type='list', elements='str', default=[], choices=['libvirt', 'lxml']),
+            commands=dict(type='list', elements='path', default=[]),
             **common_argspec()
         ),
         supports_check_mode=True,
@@ -172,7 +191,7 @@ def main() -> None:
         if not sysfs.isdir(sysfs.sys('bus', 'pci')):
             raise CheckError('%s is not a sysfs tree (no bus/pci): check sysfs_root' % sysfs.sys_root)
         result = check(sysfs, params['devices'], allow_unsafe_interrupts=params['allow_unsafe_interrupts'],
-                       python_modules=params['python_modules'])
+                       python_modules=params['python_modules'], commands=params['commands'])
     except (CheckError, PciDeviceNotFound, SysfsError) as exc:
         module.fail_json(msg=str(exc))
     for finding in result['findings']:

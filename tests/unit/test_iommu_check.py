@@ -320,3 +320,24 @@ def test_python_modules_missing_are_named(roots: dict, tmp_path: Path) -> None:
     assert rc == 0 and 'python_module_missing' not in names(out)
     rc, out = run_module({'sysfs_root': roots['workstation'], 'python_modules': ['os']}, tmp_path)
     assert rc != 0 and 'python_modules' in out['msg']
+
+
+def test_missing_commands_are_listed_in_the_same_read(roots: dict, tmp_path: Path) -> None:
+    present = tmp_path / 'bin' / 'update-initramfs'
+    present.parent.mkdir()
+    present.write_text('#!/bin/sh\n')
+    absent = str(tmp_path / 'bin' / 'kmod')
+    rc, out = run_module({'sysfs_root': roots['workstation'], 'commands': [str(present), absent]}, tmp_path)
+    assert rc == 0, out
+    assert out['commands_missing'] == [absent]
+    finding = [f for f in out['findings'] if f['name'] == 'command_missing']
+    assert finding and finding[0]['severity'] == 'warning' and absent in finding[0]['message']
+    assert str(present) not in finding[0]['message']
+    rc, out = run_module({'sysfs_root': roots['workstation'], 'commands': [str(present)]}, tmp_path)
+    assert rc == 0 and out['commands_missing'] == [] and 'command_missing' not in names(out)
+
+
+def test_a_relative_command_is_refused_naming_it(roots: dict, tmp_path: Path) -> None:
+    rc, out = run_module({'sysfs_root': roots['workstation'], 'commands': ['kmod']}, tmp_path)
+    assert rc != 0 and "commands: 'kmod' is not an absolute path" in out['msg'], out
+    assert 'Traceback' not in json.dumps(out)
