@@ -50,7 +50,7 @@ phase sanity sanity
 phase ansible-lint lint
 phase ansible-doc docs
 phase unit pytest -q -p no:cacheprovider tests/unit
-phase integration pytest -q -p no:cacheprovider tests/integration
+phase integration pytest -q -n 2 --dist loadfile -p no:cacheprovider tests/integration
 # The end-to-end phase on QEMU test hosts (tests/testbed/e2e.sh, also `make e2e` alone):
 # real kernels (runtime tests, AWX jobs, a host without an IOMMU, the two-host Molecule fleet
 # scenario). FLEETGPU_E2E=0 leaves it out.

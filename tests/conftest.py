@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -52,8 +53,17 @@ def tool(name: str) -> str:
 def installed_collection() -> Path:
     """Build and install the collection once per test session; returns the collections path."""
     if not os.environ.get('FLEETGPU_COLLECTION_INSTALLED'):
-        subprocess.run(['bash', str(REPO / 'scripts' / 'install-collection.sh')], check=True,
-                       stdout=subprocess.DEVNULL)
+        # Parallel workers (pytest -n, one test run id): the first installs, under a lock, and the
+        # others use that install; a second install under a running test would swap the files.
+        run_id = os.environ.get('PYTEST_XDIST_TESTRUNUID', '')
+        CACHE.mkdir(exist_ok=True)
+        stamp = CACHE / 'collection-installed-for'
+        with open(CACHE / 'collection-install.lock', 'w', encoding='utf-8') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not run_id or not stamp.exists() or stamp.read_text(encoding='utf-8') != run_id:
+                subprocess.run(['bash', str(REPO / 'scripts' / 'install-collection.sh')], check=True,
+                               stdout=subprocess.DEVNULL)
+                stamp.write_text(run_id, encoding='utf-8')
         os.environ['FLEETGPU_COLLECTION_INSTALLED'] = '1'
     return COLLECTIONS
 
