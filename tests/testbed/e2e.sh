@@ -147,7 +147,7 @@ else
     tests/testbed/test_noiommu.py tests/testbed/test_awx_runner.py
 
   scenarios=()
-  for s in fleet; do wants "$s" && scenarios+=("$s"); done
+  wants fleet && scenarios+=(fleet)
   if [ "${#scenarios[@]}" -gt 0 ]; then
     rm -f "$logs"/molecule-*.result
     running=0
