@@ -143,8 +143,21 @@ if [ ! -f "$(bash tests/testbed/build_image.sh --path)/ready" ]; then
   record rest 0 FAILED
 else
   wants collection && phase collection 300 bash scripts/install-collection.sh
-  wants runtime && phase runtime 1800 pytest -q -rs -p no:cacheprovider tests/testbed/test_real_kernel.py \
-    tests/testbed/test_noiommu.py tests/testbed/test_awx_runner.py
+  if wants runtime; then
+    # --durations: where the phase's time went, test by test (setup = the hosts' boot)
+    phase runtime 1800 pytest -q -rs --durations=12 -p no:cacheprovider tests/testbed/test_real_kernel.py \
+      tests/testbed/test_noiommu.py tests/testbed/test_awx_runner.py
+    if [ "${failed[*]}" != "${failed[*]/runtime/}" ]; then
+      # pytest names the failed test and its play output; a time-out shows nothing more, so
+      # the hosts' consoles are kept and their ends printed here
+      for d in "$FLEETGPU_TESTBED_RUN"/rt-*/; do
+        [ -f "$d/serial.log" ] || continue
+        cp "$d/serial.log" "$logs/serial-$(basename "$d").log"
+        echo "--- serial console of $(basename "$d") (last 40 lines; whole in $logs/serial-$(basename "$d").log)"
+        tail -40 "$d/serial.log" | tr -d '\r' | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g'
+      done
+    fi
+  fi
 
   scenarios=()
   wants fleet && scenarios+=(fleet)
