@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, playbook_json
 from tests.integration import libvirtd as private
@@ -62,8 +63,10 @@ def test_import_prints_requests_and_places_them_as_a_dry_run(run_playbook, fleet
     fleet.daemons['nodeB'].define('vm-a', private.domain_xml('vm-a'))   # vm-a exists on nodeB, vm-b nowhere
     before = fleet.state()
 
+    vars_file = tmp_path / 'imported.yml'
     proc = run_playbook(IMPORT, inventory=fleet.inventory(fleetgpu_vms=[]),
-                        extra_vars={'fleetgpu_vmware_dir': str(export), 'fleetgpu_import_place': True})
+                        extra_vars={'fleetgpu_vmware_dir': str(export), 'fleetgpu_import_place': True,
+                                    'fleetgpu_import_vars_file': str(vars_file)})
     doc = playbook_json(proc)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
@@ -83,9 +86,11 @@ def test_import_prints_requests_and_places_them_as_a_dry_run(run_playbook, fleet
     unplaced = {u['vm']: u for u in plan['unplaced']}
     assert set(unplaced) == {'vm-b'}
     assert 'not defined on any reachable host' in json.dumps(unplaced['vm-b'])
-    # a dry run: nothing changed on any host, no domain touched
-    assert sum(s['changed'] for s in doc['stats'].values()) == 0
+    # a dry run: nothing changed on any host, no domain touched; only the asked-for vars file
+    # was written on the controller, and it holds exactly the printed requests for site.yml
+    assert {h: s['changed'] for h, s in doc['stats'].items() if s['changed']} == {'localhost': 1}
     assert fleet.state() == before
+    assert yaml.safe_load(vars_file.read_text()) == {'fleetgpu_vms': printed['fleetgpu_vms']}
 
 
 @needs_libvirtd
