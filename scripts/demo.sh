@@ -8,7 +8,8 @@
 #     in inventories/fleet-testbed: GPU models and VM requests, no host or address named; the
 #     placement puts the VMs across the two hosts, the hosts converge, the VMs are defined
 #  4. print a summary: the placement, per host what is bound to vfio-pci and which VM holds
-#     what, reboots, time, and the path of the fleet report (JSON + HTML)
+#     what (from the fleet report site.yml rewrites after the converge, so the end state),
+#     reboots, time, and the path of the fleet report (JSON + HTML)
 #  5. stop the test hosts (always, also on failure or Ctrl-C)
 #
 # FLEETGPU_DEMO_KEEP=1 leaves the hosts running (stop them with
@@ -69,7 +70,7 @@ echo "== summary"
 python3 - "$report_dir/fleet-report.json" <<'EOF'
 import json, sys
 report = json.load(open(sys.argv[1]))
-print('Placement (fleetgpu_placement):')
+print('Placement (fleetgpu_placement); the hosts as the job left them:')
 for p in report.get('placement', []):
     print('  %-6s -> %-14s %s x %s' % (p['vm'], p['host'], p['model'], ', '.join(p['devices'])))
 for host in report.get('hosts', []):

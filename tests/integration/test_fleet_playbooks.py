@@ -168,10 +168,19 @@ def test_site_places_defines_converges_and_is_stable(run_playbook, clean: Fleet)
     # the reboot summary is printed at the end without extra settings
     summary = tasks(doc, 'Print which hosts still need a reboot')[0]['result']['msg']
     assert summary['fleetgpu_reboot_required'] == {'nodeA': True, 'nodeB': True, 'lab1': False}
-    # the report is on the controller
+    # the report is on the controller, rewritten after the converge with the end state: the VMs
+    # defined in this run hold their GPUs (play 1's report, written before, had no VM on them)
     report = json.loads((fleet.report_dir / 'fleet-report.json').read_text())
     assert report['placement'] == placement
     assert 'fleet-report.html' in tasks(doc, 'Show where the fleet report is')[0]['result']['msg']
+    assert 'after the converge' in tasks(doc, 'Show where the fleet report with the end state is')[0]['result']['msg']
+    held = {h['name']: {g['address']: g['vm'] for g in h['gpus']} for h in report['hosts']}
+    assert held['nodeA']['0000:01:00.0'] == 'vm1' and held['nodeB']['0000:01:00.0'] == 'vm2', held
+    assert [d['name'] for h in report['hosts'] if h['name'] == 'nodeA' for d in h['domains']] == ['vm1']
+    # only the hosts this run changed were read again (lab1 was left alone)
+    reread = {t['host'] for t in tasks(doc, 'Read the GPUs again') if t['status'] != 'skipped'}
+    assert reread == {'nodeA', 'nodeB'}, reread
+    assert report['mode'] == 'report'
 
     # second run: nothing changes, same plan (existing assignments read back from libvirt)
     after = fleet.state()
@@ -180,6 +189,9 @@ def test_site_places_defines_converges_and_is_stable(run_playbook, clean: Fleet)
     assert changed(doc) == 0, [(t['host'], t['task']) for t in doc['tasks'] if t['result'].get('changed')]
     assert plan_task(doc)['result']['placement'] == placement
     assert fleet.state() == after
+    # a run that changed nothing reads nothing again: play 1's report is the end state
+    assert [t['status'] for t in tasks(doc, 'Read the GPUs again')] == ['skipped'] * 3, tasks(doc, 'Read the GPUs again')
+    assert json.loads((fleet.report_dir / 'fleet-report.json').read_text())['placement'] == placement
 
     # a third request that cannot fit fails before any change, with the per-host table
     proc, doc = run(run_playbook, fleet, SITE, vms + [vm('vm3', count=2)])
