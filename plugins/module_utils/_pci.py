@@ -16,6 +16,11 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import
 
 _ADDRESS_RE = re.compile(r'^(?:([0-9a-fA-F]{4,5}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$')
 _ID_RE = re.compile(r'^(?:0x)?([0-9a-fA-F]{4})$')
+# What YAML 1.1 makes of an unquoted address: 0000:41:00.0 and 41:00.0 are base-60 numbers
+# (2460.0), which Ansible then hands over as the string '2460.0'.
+_NUMBER_RE = re.compile(r'^-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?$')
+_QUOTE_IT = ('YAML reads an unquoted address such as 0000:41:00.0 as a base-60 number; '
+             'quote it ("0000:41:00.0")')
 # Start of the next vendor (or class) line in pci.ids: a line that does not begin with a tab.
 _NEXT_VENDOR_RE = re.compile(r'\n(?=[0-9a-fA-FC])')
 # Start of the next device line within a vendor's block: one tab, then a hex digit.
@@ -126,8 +131,12 @@ class PciAddress:
     @classmethod
     def _parse(cls, text: object) -> 'PciAddress':
         if not isinstance(text, str):
+            if isinstance(text, (int, float)) and not isinstance(text, bool):
+                raise PciAddressError('PCI address %r is a number, not a string: %s' % (text, _QUOTE_IT))
             raise PciAddressError('PCI address %r is not a string (expected e.g. 0000:41:00.0)' % (text,))
         match = _ADDRESS_RE.match(text.strip())
+        if not match and _NUMBER_RE.match(text.strip()):
+            raise PciAddressError('invalid PCI address %r, a number: %s' % (text, _QUOTE_IT))
         if not match:
             raise PciAddressError(
                 "invalid PCI address %r: expected [DDDD:]BB:SS.F with hex digits, "

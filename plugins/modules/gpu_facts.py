@@ -71,8 +71,8 @@ EXAMPLES = r'''
 - name: Two given functions
   fleetgpu.passthrough.gpu_facts:
     addresses:
-      - 0000:41:00.0
-      - 81:00.0
+      - "0000:41:00.0"
+      - "81:00.0"   # quoted: YAML reads an unquoted 81:00.0 as a base-60 number
 '''
 
 RETURN = r'''

@@ -109,8 +109,8 @@ EXAMPLES = r'''
 - name: Stop when the IOMMU is off or the GPU's group cannot be passed
   fleetgpu.passthrough.iommu_check:
     devices:
-      - 0000:41:00.0
-      - 0000:41:00.1
+      - "0000:41:00.0"
+      - "0000:41:00.1"
     fail_on: [iommu_off, no_interrupt_remapping, group_not_viable, device_not_found]
 
 - name: Check, before any change, that libvirt_hostdev can run here

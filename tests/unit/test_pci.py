@@ -43,6 +43,25 @@ def test_address_rejected_naming_input(text: object) -> None:
     assert repr(text) in str(info.value)
 
 
+@pytest.mark.parametrize('value', [
+    2460.0,      # what YAML 1.1 makes of an unquoted 0000:41:00.0 or 41:00.0 (base 60)
+    '2460.0',    # the same number after Ansible turned it into a string
+    '60.0', '3600', 2460, '1e3',
+])
+def test_an_address_that_became_a_number_says_quote_it(value: object) -> None:
+    with pytest.raises(PciAddressError) as info:
+        PciAddress.parse(value)
+    assert repr(value) in str(info.value)
+    assert 'base-60 number' in str(info.value) and 'quote it ("0000:41:00.0")' in str(info.value)
+
+
+@pytest.mark.parametrize('value', ['41:00', 'g1:00.0', True, None])
+def test_other_bad_addresses_do_not_talk_about_quoting(value: object) -> None:
+    with pytest.raises(PciAddressError) as info:
+        PciAddress.parse(value)
+    assert 'quote' not in str(info.value)
+
+
 def test_address_order_and_slot() -> None:
     a, b = PciAddress.parse('01:00.1'), PciAddress.parse('01:00.0')
     assert sorted([a, b]) == [b, a]
