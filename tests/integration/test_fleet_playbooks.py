@@ -256,6 +256,31 @@ def test_site_bad_input_fails_before_any_change(run_playbook, clean: Fleet, vms,
     assert fleet.state() == before
 
 
+@pytest.mark.parametrize('playbook', [SITE, FACTS, RESTORE], ids=['site', 'facts', 'restore'])
+def test_a_pattern_that_matches_no_host_says_so(run_playbook, clean: Fleet, playbook: Path) -> None:
+    """A typo in fleetgpu_hosts would otherwise skip every play and end "ok" having done nothing."""
+    fleet = clean
+    before = fleet.state()
+    report = fleet.report_dir / 'fleet-report.json'
+    report_before = report.read_bytes() if report.exists() else None
+    proc = run_playbook(playbook, inventory=fleet.inventory(fleetgpu_vms=[vm('vm1')]),
+                        args=('-e', 'fleetgpu_hosts=gpu_hots'))
+    doc = playbook_json(proc)
+    assert proc.returncode != 0, proc.stdout[-3000:]
+    (check,) = tasks(doc, 'Fail when no inventory host matches the host pattern')
+    assert check['status'] == 'failed'
+    msg = check['result']['msg']
+    assert "No host of the inventory matches 'gpu_hots'" in msg and '-e fleetgpu_hosts=PATTERN' in msg, msg
+    assert [t['task'] for t in doc['tasks']] == [check['task']]
+    assert fleet.state() == before
+    assert (report.read_bytes() if report.exists() else None) == report_before
+    # the same inventory with the right pattern: the check passes and says how many hosts match
+    proc = run_playbook(FACTS, inventory=fleet.inventory(), args=('-e', 'fleetgpu_hosts=nodeA:nodeB'))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    (check,) = tasks(playbook_json(proc), 'Fail when no inventory host matches the host pattern')
+    assert check['result']['msg'] == "2 host(s) match 'nodeA:nodeB'"
+
+
 def test_site_domain_xml_libvirt_rejects_fails_before_any_host_change(run_playbook, clean: Fleet) -> None:
     fleet = clean
     before = fleet.state()
