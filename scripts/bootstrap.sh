@@ -46,6 +46,17 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/pip install -q -r tests/requirements.txt
   echo "$want" > "$stamp"
 fi
+# The release tools (antsibull-changelog, antsibull-docs) in a venv of their own.
+rstamp=.cache/venv-release/.requirements.sha256
+rwant=$(sha256sum tests/requirements-release.txt | cut -d' ' -f1)
+if [ ! -x .cache/venv-release/bin/python ] || [ "$(cat "$rstamp" 2>/dev/null)" != "$rwant" ]; then
+  echo "bootstrap: creating .cache/venv-release from tests/requirements-release.txt"
+  rm -rf .cache/venv-release
+  "$PY" -m venv .cache/venv-release
+  .cache/venv-release/bin/pip install -q --upgrade pip wheel
+  .cache/venv-release/bin/pip install -q -r tests/requirements-release.txt
+  echo "$rwant" > "$rstamp"
+fi
 # ansible-test's sanity venvs fetch a pip bootstrap script from a host this machine cannot
 # reach: give it a local stand-in under the name it looks for.
 pipver=$(grep -oP "pip='\K[0-9.]+" .venv/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py | head -1)

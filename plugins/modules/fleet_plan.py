@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 module: fleet_plan
 short_description: Place VM GPU requests across the fleet, detect drift, write the fleet report (controller side)
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - An action plugin that runs on the controller, once, after every GPU host has run
     M(fleetgpu.passthrough.gpu_facts) and M(fleetgpu.passthrough.libvirt_gpu_info) in the same play

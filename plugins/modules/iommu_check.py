@@ -92,7 +92,7 @@ options:
     type: list
     elements: path
     default: []
-    version_added: 0.2.0
+    version_added: 0.1.0
 extends_documentation_fragment:
   - fleetgpu.passthrough.sysfs
   - fleetgpu.passthrough.sysfs.INFO_MODULE
@@ -158,7 +158,7 @@ commands_missing:
   type: list
   elements: str
   sample: [/usr/sbin/update-initramfs]
-  version_added: 0.2.0
+  version_added: 0.1.0
 '''
 
 from ansible.module_utils.basic import AnsibleModule

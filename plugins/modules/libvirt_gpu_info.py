@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r'''
 module: libvirt_gpu_info
 short_description: Read every libvirt domain's PCI hostdevs, power state and NUMA pinning in one run
-version_added: 0.2.0
+version_added: 0.1.0
 description:
   - Connects read-only to libvirt and returns, for every domain (persistent or transient), its power state,
     the host PCI devices in its persistent and running definitions, and the host NUMA nodes its memory is

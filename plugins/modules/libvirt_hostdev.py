@@ -125,7 +125,7 @@ options:
       - Its C(<name>) must be O(domain). XML libvirt rejects fails the task with libvirt's reason, naming the domain.
       - In check mode the devices are planned on this definition and nothing is defined.
     type: str
-    version_added: 0.2.0
+    version_added: 0.1.0
   shutdown_timeout:
     description: Seconds to wait for a graceful shutdown before the domain is forced off (0 forces at once).
     type: float
