@@ -10,7 +10,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc pkg-config git rsync
   libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   qemu-system-x86 qemu-utils debootstrap e2fsprogs fdisk openssh-client
-  fuse3 libfuse2 pciutils pci.ids shellcheck chromium
+  fuse3 libfuse2 pciutils pci.ids shellcheck chromium pandoc
 )
 
 missing=()

@@ -50,6 +50,7 @@ phase sanity sanity
 phase ansible-lint lint
 phase ansible-doc docs
 phase changelog bash scripts/changelog.sh --check
+phase docsite bash scripts/docsite.sh --check
 phase unit pytest -q -p no:cacheprovider tests/unit
 phase integration pytest -q -n 2 --dist loadfile -p no:cacheprovider tests/integration
 # The end-to-end phase on QEMU test hosts (tests/testbed/e2e.sh, also `make e2e` alone):
