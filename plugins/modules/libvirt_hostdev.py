@@ -163,7 +163,7 @@ EXAMPLES = r'''
 - name: A GPU whose ROM needs a clean image, on a chosen guest slot
   fleetgpu.passthrough.libvirt_hostdev:
     domain: desktop
-    devices: ["0000:0a:00.0"]
+    devices: ["0000:81:00.0"]
     rom:
       file: /var/lib/libvirt/vbios/gpu.rom
       bar: true

@@ -132,7 +132,7 @@ EXAMPLES = r'''
 
 - name: Take the whole IOMMU group of a GPU, whatever else it holds
   fleetgpu.passthrough.vfio_bind:
-    devices: ["0000:41:00.0"]
+    devices: ["0000:01:00.0"]
     include_group: true
 
 - name: Bind every RTX 3090 (refused if one of them is the boot console)

@@ -113,12 +113,12 @@ EXAMPLES = r'''
 - name: Read the GPUs
   fleetgpu.passthrough.gpu_facts:
 
-- name: Persist vfio-pci for the two RTX cards that are not the console
+- name: Persist vfio-pci for the two Tesla P4 cards (the console stays on the BMC's graphics)
   fleetgpu.passthrough.vfio_host_config:
     facts: "{{ ansible_facts.gpu_passthrough }}"
     devices:
       - vendor_id: "10de"
-        device_id: "2204"
+        device_id: "1bb3"
         count: 2
   register: vfio_cfg
 
