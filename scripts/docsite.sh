@@ -21,7 +21,7 @@ for pair in "${guides[@]}"; do
   md=${pair%%:*} page=${pair##*:}
   out=$(mktemp)
   {
-    printf '..\n  Made from docs/%s.md by scripts/docsite.sh: edit the markdown, not this file.\n\n' "$md"
+    printf '..\n  Made from docs/%s.md: edit the markdown, not this file.\n\n' "$md"
     printf '.. _ansible_collections.fleetgpu.passthrough.docsite.%s:\n\n' "$page"
     pandoc -f gfm-gfm_auto_identifiers -t rst --wrap=preserve --columns=2000 --lua-filter docs/docsite/md2rst.lua "docs/$md.md"
   } > "$out"
