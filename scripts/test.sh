@@ -53,6 +53,7 @@ phase changelog bash scripts/changelog.sh --check
 phase docsite bash scripts/docsite.sh --check
 phase unit pytest -q -p no:cacheprovider tests/unit
 phase integration pytest -q -n 2 --dist loadfile -p no:cacheprovider tests/integration
+phase core-matrix bash scripts/core-matrix.sh
 # The end-to-end phase on QEMU test hosts (tests/testbed/e2e.sh, also `make e2e` alone):
 # real kernels (runtime tests, AWX jobs, a host without an IOMMU, the two-host Molecule fleet
 # scenario). FLEETGPU_E2E=0 leaves it out.

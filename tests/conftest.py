@@ -25,8 +25,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / '.cache'
 PYROOT = CACHE / 'pyroot'
-COLLECTIONS = CACHE / 'collections'
+COLLECTIONS = Path(os.environ.get('FLEETGPU_COLLECTIONS_PATH') or (CACHE / 'collections'))
 VENV_BIN = REPO / '.venv' / 'bin'
+# scripts/core-matrix.sh runs the smoke tests with another ansible-core: its ansible-* commands
+# come from FLEETGPU_ANSIBLE_BIN, and the collection is the one it installed with that version
+# (FLEETGPU_COLLECTIONS_PATH, FLEETGPU_COLLECTION_INSTALLED=1).
+ANSIBLE_BIN = Path(os.environ['FLEETGPU_ANSIBLE_BIN']) if os.environ.get('FLEETGPU_ANSIBLE_BIN') else None
 
 _link = PYROOT / 'ansible_collections' / 'fleetgpu' / 'passthrough'
 if not _link.exists():
@@ -45,6 +49,8 @@ if str(REPO) not in sys.path:
 
 def tool(name: str) -> str:
     """Path of a command from the project's virtual environment, else from PATH."""
+    if ANSIBLE_BIN is not None and name.startswith('ansible') and (ANSIBLE_BIN / name).exists():
+        return str(ANSIBLE_BIN / name)
     cand = VENV_BIN / name
     return str(cand) if cand.exists() else name
 
