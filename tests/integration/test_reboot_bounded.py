@@ -89,7 +89,6 @@ def test_default_reboot_poll_outlives_the_hosts_return(installed_collection: Pat
     returns within seconds of the host's return, see the next test). No fixed task time-out:
     the test waits for the host, not for a clock.
     """
-    first_boot = rebooting_host.boot_id
     play = tmp_path / 'play.yml'
     play.write_text('- hosts: rebooting\n  gather_facts: false\n  tasks:\n'
                     '    - name: Open the SSH connection (its ControlPersist master stays)\n'
@@ -101,26 +100,40 @@ def test_default_reboot_poll_outlives_the_hosts_return(installed_collection: Pat
     env = playbook_env(installed_collection, {'ANSIBLE_SSH_CONTROL_PATH_DIR': str(tmp_path / 'cp'),
                                               'ANSIBLE_HOST_KEY_CHECKING': 'False',
                                               'ANSIBLE_PIPELINING': 'True'})
-    log = open(tmp_path / 'play.log', 'w')
-    proc = subprocess.Popen([tool('ansible-playbook'), '-i', str(_inventory(tmp_path, rebooting_host)), str(play)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while rebooting_host.boot_id == first_boot and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(1)
-        assert rebooting_host.reboots == 1, (tmp_path / 'play.log').read_text()
-        # The host is back: a new connection gets the new boot id at once ...
-        now = rebooting_host.ssh('cat /proc/sys/kernel/random/boot_id')
-        assert now.stdout.strip() == rebooting_host.boot_id != first_boot, now.stderr
-        # ... and 40 s later the reboot task is still waiting on the connection from before.
-        time.sleep(40)
-        assert proc.poll() is None, (tmp_path / 'play.log').read_text()
-        assert 'rebooting                  : ok=' not in (tmp_path / 'play.log').read_text()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        log.close()
+    # The premise is that the shutdown reaches the host. Under load it did not, twice in CI-like
+    # runs (the playbook was still before the shutdown 300 s later, so the host never went
+    # down); then the scenario says nothing about the poll, and it runs once more (printed).
+    earlier = ''
+    for attempt in (1, 2):
+        first_boot = rebooting_host.boot_id
+        log_path = tmp_path / ('play-%d.log' % attempt)
+        log = open(log_path, 'w')
+        proc = subprocess.Popen([tool('ansible-playbook'), '-i', str(_inventory(tmp_path, rebooting_host)), str(play)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path), start_new_session=True)
+        try:
+            deadline = time.monotonic() + 300
+            while rebooting_host.boot_id == first_boot and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(1)
+            if rebooting_host.reboots == attempt - 1 and not rebooting_host.shutdown_calls() and attempt == 1:
+                print('the shutdown never reached the stand-in (premise not met); running the scenario again')
+                earlier = log_path.read_text()
+                continue
+            why = 'reboots=%d shutdown calls=%r\n%s\n%s' % (rebooting_host.reboots, rebooting_host.shutdown_calls(),
+                                                           earlier, log_path.read_text())
+            assert rebooting_host.reboots == 1, why
+            # The host is back: a new connection gets the new boot id at once ...
+            now = rebooting_host.ssh('cat /proc/sys/kernel/random/boot_id')
+            assert now.stdout.strip() == rebooting_host.boot_id != first_boot, now.stderr
+            # ... and 40 s later the reboot task is still waiting on the connection from before.
+            time.sleep(40)
+            assert proc.poll() is None, log_path.read_text()
+            assert 'rebooting                  : ok=' not in log_path.read_text()
+            return
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            log.close()
 
 
 def test_role_reboot_returns_once_the_host_is_back(installed_collection: Path, tmp_path: Path,
