@@ -118,8 +118,8 @@ def test_default_reboot_poll_outlives_the_hosts_return(installed_collection: Pat
                 print('the shutdown never reached the stand-in (premise not met); running the scenario again')
                 earlier = log_path.read_text()
                 continue
-            why = 'reboots=%d shutdown calls=%r\n%s\n%s' % (rebooting_host.reboots, rebooting_host.shutdown_calls(),
-                                                           earlier, log_path.read_text())
+            why = 'reboots=%d shutdown calls=%r\n%s\n%s' % (
+                rebooting_host.reboots, rebooting_host.shutdown_calls(), earlier, log_path.read_text())
             assert rebooting_host.reboots == 1, why
             # The host is back: a new connection gets the new boot id at once ...
             now = rebooting_host.ssh('cat /proc/sys/kernel/random/boot_id')
