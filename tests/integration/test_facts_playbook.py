@@ -76,40 +76,19 @@ def test_gpu_facts_bad_input_fails_cleanly(run_playbook, sims: dict, args: dict,
     assert 'Traceback' not in json.dumps(result['result'])
 
 
-def test_an_unquoted_address_is_refused_with_quote_it(run_playbook, sims: dict) -> None:
-    """YAML 1.1 reads 0000:01:00.0 unquoted as a base-60 number; the error says to quote it."""
-    play = '''
-- hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: facts
-      fleetgpu.passthrough.gpu_facts:
-        sysfs_root: "{{ root }}"
-        addresses:
-          - 0000:01:00.0
-'''
+@pytest.mark.parametrize('task', [
+    'fleetgpu.passthrough.gpu_facts: {sysfs_root: "{{ root }}", addresses: [0000:01:00.0]}',
+    'fleetgpu.passthrough.iommu_check: {sysfs_root: "{{ root }}", devices: [0000:01:00.0]}',
+], ids=['gpu_facts', 'iommu_check'])
+def test_an_unquoted_address_is_refused_with_quote_it(run_playbook, sims: dict, task: str) -> None:
+    """YAML 1.1 reads 0000:01:00.0 unquoted as a base-60 number (60.0); the error says to quote it."""
+    play = '- hosts: localhost\n  gather_facts: false\n  tasks:\n    - name: facts\n      %s\n' % task
     proc = run_playbook(play, extra_vars={'root': sims['workstation']})
     result = tasks(playbook_json(proc), 'facts')[0]
     assert proc.returncode != 0 and result['status'] == 'failed', result
     msg = result['result']['msg']
     assert "'60.0'" in msg and 'quote it ("0000:41:00.0")' in msg, msg
     assert 'Traceback' not in json.dumps(result['result'])
-
-
-def test_an_unquoted_device_is_refused_with_quote_it(run_playbook, sims: dict) -> None:
-    play = '''
-- hosts: localhost
-  gather_facts: false
-  tasks:
-    - name: check
-      fleetgpu.passthrough.iommu_check:
-        sysfs_root: "{{ root }}"
-        devices: [0000:01:00.0]
-'''
-    proc = run_playbook(play, extra_vars={'root': sims['workstation']})
-    result = tasks(playbook_json(proc), 'check')[0]
-    assert result['status'] == 'failed', result
-    assert "'60.0'" in result['result']['msg'] and 'quote it' in result['result']['msg'], result['result']['msg']
 
 
 def test_stuck_device_does_not_hang_the_play(run_playbook, sims: dict) -> None:
