@@ -46,13 +46,16 @@ LogLevel ERROR
 Subsystem sftp internal-sftp
 '''
 
-# The stand-in for shutdown(8): answers at once, asks the proxy to reboot the host a moment
-# later (after the reply has gone back, as a real host's sshd lives a little past the command).
+# The stand-in for shutdown(8): records the call and asks the proxy to reboot the host, then
+# answers at once. It starts no background process: ansible.builtin.reboot runs the command on
+# a pty (ssh -tt), and when that session ends the kernel hangs up every process still in it, so
+# a delayed child could die before it asked (it did, under load). The proxy waits a moment
+# before the "reboot" instead, as a real host's sshd lives a little past the command.
 FAKE_SHUTDOWN = '''\
 #!/bin/sh
 # fleetgpu test stand-in: never shuts anything down
 echo "$@" >> {base}/shutdown.calls
-setsid sh -c 'sleep 1; touch {base}/reboot.request' </dev/null >/dev/null 2>&1 &
+: > {base}/reboot.request
 exit 0
 '''
 
@@ -78,6 +81,7 @@ class RebootingHost:
     def __init__(self, base: Path, boot_seconds: float = 4.0, down_for: Optional[float] = 0.0) -> None:
         self.base = base
         self.boot_seconds = boot_seconds
+        self.reply_seconds = 1.0
         self.down_forever = down_for is None
         self.sshd_port = 0
         self.port = 0
@@ -228,6 +232,7 @@ class RebootingHost:
         while not self._stop.is_set():
             if request.exists():
                 request.unlink()
+                time.sleep(self.reply_seconds)   # the command's reply goes back first
                 with self._lock:
                     self._generation += 1
                     self._frozen.extend(self._pairs)
