@@ -8,7 +8,8 @@
 #      iommu_check tasks, site.yml (check mode, the real run, a second run) on simulated hosts
 #      with private libvirtds, and the host-pattern check of site.yml, facts.yml and restore.yml
 # and prints one line per version. A version whose controller needs a Python this machine does
-# not have is reported as not run, with the reason.
+# not have is reported as not run, with the reason. Interpreters are looked for on PATH and
+# among those pyenv installed (by their own path; its shims are not used).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here" || exit 1
@@ -24,7 +25,7 @@ MATRIX=(
   "2.17.14|3.10 3.11 3.12"
   "2.18.19|3.11 3.12 3.13"
   "2.19.14|3.11 3.12 3.13"
-  "2.20.0|3.12 3.13 3.14"
+  "2.20.10|3.12 3.13 3.14"
 )
 own=$(sed -n 's/^ansible-core==//p' tests/requirements.txt)
 SMOKE=(tests/integration/test_facts_playbook.py
@@ -39,6 +40,8 @@ for entry in "${MATRIX[@]}"; do
   version=${entry%%|*} pythons=${entry##*|}
   minor=${version%.*}
   t0=$SECONDS
+  # FLEETGPU_CORE_ONLY=2.20 runs one version (for a contributor; the test command runs all)
+  [ -n "${FLEETGPU_CORE_ONLY:-}" ] && [ "$minor" != "$FLEETGPU_CORE_ONLY" ] && continue
   if [ "$version" = "$own" ]; then
     lines+=("$(printf '%-8s %-8s %s' "$minor" ok "$version: the tool chain's own; every phase of the test command runs on it")")
     continue
@@ -46,6 +49,10 @@ for entry in "${MATRIX[@]}"; do
   py=
   for p in $pythons; do
     if "python$p" -c pass 2>/dev/null; then py=python$p; break; fi
+    # an interpreter a version manager installed (pyenv) is a real one: its own path, not a shim
+    for cand in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$p".*/bin/"python$p"; do
+      if [ -x "$cand" ] && "$cand" -c pass 2>/dev/null; then py=$cand; break 2; fi
+    done
   done
   if [ -z "$py" ]; then
     lines+=("$(printf '%-8s %-8s %s' "$minor" 'not run' "$version: its controller needs Python $pythons; this machine has $(python3 -V 2>&1 | cut -d' ' -f2) only")")
@@ -82,7 +89,7 @@ for entry in "${MATRIX[@]}"; do
   # here and the line says so.
   skip=()
   [ "$minor" = 2.17 ] && skip=(--skip-test empty-init)
-  if (cd "$src" && PATH="$here/$venv/bin:$PATH" ansible-test sanity --python "${py#python}" --color no "${skip[@]}" \
+  if (cd "$src" && PATH="$here/$venv/bin:$PATH" ansible-test sanity --python "${py##*python}" --color no "${skip[@]}" \
         >"$here/$venv/sanity.log" 2>&1); then
     what+=("sanity ok${skip[*]:+ (empty-init skipped)}")
   else
