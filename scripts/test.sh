@@ -52,11 +52,9 @@ phase ansible-doc docs
 phase changelog bash scripts/changelog.sh --check
 phase docsite bash scripts/docsite.sh --check
 phase unit pytest -q -p no:cacheprovider tests/unit
-phase integration pytest -q -n 2 --dist loadfile -p no:cacheprovider tests/integration \
-  --ignore=tests/integration/test_reboot_bounded.py
-# The reboot tests time a private sshd behind a proxy (tests/integration/sshhost.py): they run
-# alone, so that the other integration tests' load cannot starve the stand-in host.
-phase reboot-tests pytest -q -p no:cacheprovider tests/integration/test_reboot_bounded.py
+# The reboot tests (test_reboot_bounded.py) run a private sshd behind a proxy that plays a
+# rebooting host (tests/integration/sshhost.py); they mostly wait, beside the other tests.
+phase integration pytest -q -n 2 --dist loadfile -p no:cacheprovider tests/integration
 phase core-matrix bash scripts/core-matrix.sh
 # The end-to-end phase on QEMU test hosts (tests/testbed/e2e.sh, also `make e2e` alone):
 # real kernels (runtime tests, AWX jobs, a host without an IOMMU, the two-host Molecule fleet

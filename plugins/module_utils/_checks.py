@@ -202,14 +202,20 @@ def vfio_ids_findings(sysfs: Sysfs, cmdline: str) -> list[Finding]:
     return out
 
 
-def python_module_findings(names: list[str]) -> list[Finding]:
-    """Python modules (import names) the interpreter running this check cannot import."""
+def missing_python_modules(names: list[str]) -> list[str]:
+    """The Python modules (import names) the interpreter running this check cannot import."""
     missing: list[str] = []
     for name in names:
         try:
             importlib.import_module(name)
         except ImportError:
             missing.append(name)
+    return missing
+
+
+def python_module_findings(names: list[str]) -> list[Finding]:
+    """A finding naming the Python modules (import names) the interpreter cannot import."""
+    missing = missing_python_modules(names)
     if not missing:
         return []
     return [Finding('python_module_missing', 'the Python interpreter %s on this host cannot import %s'
@@ -316,7 +322,8 @@ class IommuCheck:
                                     '(out-of-tree GPU drivers included)',
                                     'nothing to do for vfio-pci; sign or enroll keys for out-of-tree modules'))
         findings.extend(vfio_ids_findings(s, iommu.cmdline))
-        findings.extend(python_module_findings(self.python_modules))
+        python_missing = missing_python_modules(self.python_modules)
+        findings.extend(python_module_findings(python_missing))
         findings.extend(command_findings(self.commands_missing))
         devices = []
         for addr in self.targets:
@@ -329,6 +336,8 @@ class IommuCheck:
             'findings': [f.as_dict() for f in findings],
             'ready': not errors,
             'commands_missing': self.commands_missing,
+            'python_modules_missing': python_missing,
+            'python_interpreter': sys.executable,
         }
 
     def _stuck_devices(self, devices: list[dict], findings: list[Finding]) -> None:

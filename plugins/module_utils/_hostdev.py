@@ -17,6 +17,8 @@ carrying ``multifunction='on'``.
 
 from __future__ import annotations
 
+from xml.etree import ElementTree
+
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError
 
 try:
@@ -179,9 +181,12 @@ class SlotRequest:
 class DomainDefinition:
     """A parsed domain XML with the operations the module plans with."""
 
-    def __init__(self, xml: str) -> None:
+    def __init__(self, xml: str, read_only: bool = False) -> None:
         if not HAS_LXML:
-            raise DomainXmlError('lxml is not installed')
+            if not read_only:
+                raise DomainXmlError('lxml is not installed')
+            self._read_with_stdlib(xml)
+            return
         try:
             parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
             self.root = etree.fromstring(xml.encode('utf-8'), parser)
@@ -193,6 +198,19 @@ class DomainDefinition:
         if devices is None:
             devices = etree.SubElement(self.root, 'devices')
         self.devices = devices
+
+    def _read_with_stdlib(self, xml: str) -> None:
+        """Reads only (no lxml): the XML libvirt itself printed, parsed by the standard library."""
+        if '<!DOCTYPE' in xml or '<!ENTITY' in xml:
+            raise DomainXmlError('domain XML with a DTD or entities is not read')
+        try:
+            self.root = ElementTree.fromstring(xml)
+        except ElementTree.ParseError as exc:
+            raise DomainXmlError('domain XML cannot be parsed: %s' % exc) from None
+        if self.root.tag != 'domain':
+            raise DomainXmlError('expected a <domain> document, got <%s>' % self.root.tag)
+        devices = self.root.find('devices')
+        self.devices = devices if devices is not None else ElementTree.Element('devices')
 
     # ---------------------------------------------------------------- reads
     @property

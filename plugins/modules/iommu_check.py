@@ -159,6 +159,23 @@ commands_missing:
   elements: str
   sample: [/usr/sbin/update-initramfs]
   version_added: 0.1.0
+python_modules_missing:
+  description:
+    - The modules of O(python_modules) that the host's Python cannot import (also named in the finding
+      C(python_module_missing)).
+    - Role P(fleetgpu.passthrough.vfio_host#role) uses it to decide whether to install the distribution packages
+      that provide them.
+  returned: always
+  type: list
+  elements: str
+  sample: [libvirt]
+  version_added: 0.1.0
+python_interpreter:
+  description: The Python interpreter the module ran with on the host (the one O(python_modules) were checked for).
+  returned: always
+  type: str
+  sample: /usr/bin/python3
+  version_added: 0.1.0
 '''
 
 from ansible.module_utils.basic import AnsibleModule

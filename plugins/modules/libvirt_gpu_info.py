@@ -15,8 +15,12 @@ description:
     pinned to.
   - Made for the fleet play of C(site.yml) and C(facts.yml), which reads it on every host before placing
     VM requests with M(fleetgpu.passthrough.fleet_plan).
-  - A host without libvirt (no Python binding, no daemon, nothing answering at O(uri)) is not a failure
-    - the result says C(available=false) and why, so a fleet run goes on and no VM is placed there.
+  - When the host's Python lacks the libvirt binding or lxml, the module reads the same through the libvirt
+    client program (C(virsh --readonly)), so the fleet can still place VMs on that host; role
+    P(fleetgpu.passthrough.vfio_host#role) installs the binding before role P(fleetgpu.passthrough.libvirt_gpu#role)
+    changes anything there. RV(via) and RV(python_modules_missing) say how it was read.
+  - A host without libvirt (no daemon, nothing answering at O(uri), neither the binding nor C(virsh)) is not a
+    failure - the result says C(available=false) and why, so a fleet run goes on and no VM is placed there.
 author:
   - fleetgpu.passthrough contributors (@fleetgpu)
 options:
@@ -33,7 +37,7 @@ attributes:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 requirements:
-  - libvirt-python and lxml on the managed host (without them the module reports C(available=false)).
+  - libvirt-python and lxml on the managed host, or the libvirt client program C(virsh) without them.
 seealso:
   - module: fleetgpu.passthrough.fleet_plan
   - module: fleetgpu.passthrough.libvirt_hostdev
@@ -60,6 +64,25 @@ uri:
   description: The URI asked.
   returned: always
   type: str
+via:
+  description: How the domains were read - C(python) (the libvirt binding), C(virsh) (without it), or null.
+  returned: always
+  type: str
+  sample: python
+  version_added: 0.1.0
+python_modules_missing:
+  description: The Python modules (C(libvirt), C(lxml)) the host's Python cannot import; empty when it has both.
+  returned: always
+  type: list
+  elements: str
+  sample: []
+  version_added: 0.1.0
+python_interpreter:
+  description: The Python interpreter the module ran with on the host (the one RV(python_modules_missing) is about).
+  returned: always
+  type: str
+  sample: /usr/bin/python3
+  version_added: 0.1.0
 error:
   description: Why libvirt is not available (null when it is).
   returned: always
@@ -103,7 +126,8 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt_info
 def main() -> None:
     module = AnsibleModule(argument_spec=dict(uri=dict(type='str', default='qemu:///system')),
                            supports_check_mode=True)
-    result = read(module.params['uri'])
+    result = read(module.params['uri'], run=lambda argv: module.run_command(argv, environ_update={'LC_ALL': 'C'}),
+                  virsh=module.get_bin_path('virsh'))
     module.exit_json(changed=False, **result)
 
 

@@ -58,13 +58,18 @@ class Fleet:
         for d in self.daemons.values():
             d.cleanup()
 
-    def inventory(self, extra_hosts: dict | None = None, **group_vars: object) -> str:
+    def inventory(self, extra_hosts: dict | None = None, without_binding: tuple = (), **group_vars: object) -> str:
         hosts: dict[str, dict] = dict(extra_hosts or {})
+        shadow = self.tmp / 'no-libvirt-binding'
+        shadow.mkdir(exist_ok=True)
+        (shadow / 'libvirt.py').write_text('raise ImportError("simulated: libvirt-python is not installed")\n')
         for name, host in self.hosts.items():
             wrapper = host.tmp / 'python'
             env = host.env()
-            wrapper.write_text('#!/bin/sh\nexport PATH=%s FLEETGPU_TEST_LOG=%s FLEETGPU_TEST_ROOT=%s\nexec %s "$@"\n'
-                               % (env['PATH'], env['FLEETGPU_TEST_LOG'], env['FLEETGPU_TEST_ROOT'], sys.executable))
+            # a host in without_binding has a Python without the libvirt binding
+            wrapper.write_text('#!/bin/sh\nexport PATH=%s FLEETGPU_TEST_LOG=%s FLEETGPU_TEST_ROOT=%s%s\nexec %s "$@"\n'
+                               % (env['PATH'], env['FLEETGPU_TEST_LOG'], env['FLEETGPU_TEST_ROOT'],
+                                  ' PYTHONPATH=%s' % shadow if name in without_binding else '', sys.executable))
             wrapper.chmod(0o755)
             hosts[name] = {'ansible_connection': 'local', 'ansible_python_interpreter': str(wrapper),
                            'fleetgpu_sysfs_root': host.sysfs, 'vfio_host_root': str(host.root),
@@ -118,8 +123,9 @@ def clean(fleet: Fleet):
 
 
 def run(run_playbook, fleet: Fleet, playbook: Path, vms: list, args: tuple = (), extra_hosts: dict | None = None,
-        **group_vars: object):
-    proc = run_playbook(playbook, inventory=fleet.inventory(extra_hosts, fleetgpu_vms=vms, **group_vars), args=args)
+        without_binding: tuple = (), **group_vars: object):
+    proc = run_playbook(playbook, inventory=fleet.inventory(extra_hosts, without_binding, fleetgpu_vms=vms, **group_vars),
+                        args=args)
     return proc, playbook_json(proc)
 
 
@@ -354,6 +360,33 @@ def test_facts_report_renders_in_chromium(run_playbook, clean: Fleet, tmp_path: 
     assert 'Requests that cannot be placed' in dom and '<script' not in dom
 
 
+def test_site_places_on_a_host_without_the_binding_and_refuses_it_before_any_change(run_playbook, clean: Fleet) -> None:
+    """nodeB's Python lacks the libvirt binding: the fleet reads nodeB with virsh and places vm2 there.
+
+    The binding is needed from the definition of vm2 on: role vfio_host installs it on a running
+    host (the QEMU test hosts show that); a simulated host is a prefix root, where the role installs
+    nothing, so the run stops there - on every host, before any change - and says what to install.
+    """
+    fleet = clean
+    before = fleet.state()
+    said = []
+    for args in (('--check',), ()):   # check mode says what the real run does
+        proc, doc = run(run_playbook, fleet, SITE, [vm('vm1'), vm('vm2')], args, without_binding=('nodeB',))
+        assert proc.returncode != 0
+        said.append([(t['host'], t['result']['msg']) for t in doc['tasks'] if t['status'] == 'failed'])
+    assert said[0] == said[1], said
+    placement = plan_task(doc)['result']['placement']
+    assert [(p['vm'], p['host']) for p in placement] == [('vm1', 'nodeA'), ('vm2', 'nodeB')]
+    failed = [t for t in doc['tasks'] if t['status'] == 'failed']
+    assert [t['host'] for t in failed] == ['nodeB'], [(t['host'], t['task']) for t in failed]
+    msg = failed[0]['result']['msg']
+    assert 'vfio_host refuses to configure nodeB; nothing was written' in msg, msg
+    assert 'cannot import libvirt: role libvirt_gpu needs them. Install python3-libvirt python3-lxml' in msg, msg
+    assert 'the role installs packages only on the running host, vfio_host_root /' in msg, msg
+    assert fleet.state() == before   # no VM defined on nodeA either, no file written
+    assert 'Traceback' not in proc.stdout + proc.stderr
+
+
 def test_libvirt_gpu_info_reads_every_domain_and_survives_no_libvirt(run_playbook, clean: Fleet, tmp_path: Path) -> None:
     fleet = clean
     daemon = fleet.daemons['nodeA']
@@ -384,6 +417,30 @@ def test_libvirt_gpu_info_reads_every_domain_and_survives_no_libvirt(run_playboo
         {'name': 'info1', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': ['0000:41:00.0'],
          'numa_nodes': [1]},
         {'name': 'info2', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': [], 'numa_nodes': []}]
+    assert info['via'] == 'python' and info['python_modules_missing'] == []
     none = tasks(doc, 'none')[0]
     assert none['status'] == 'ok' and none['result']['available'] is False and none['result']['domains'] == []
     assert 'no libvirt at qemu:///system?socket=' in none['result']['error']
+
+    # A host whose Python has neither the binding nor lxml: the same inventory, read with virsh
+    # (a running domain too), so the fleet can still place VMs there.
+    conn = daemon.connect()
+    try:
+        conn.lookupByName('info2').create()
+    finally:
+        conn.close()
+    shadow = tmp_path / 'shadow'
+    (shadow / 'lxml').mkdir(parents=True)
+    (shadow / 'libvirt.py').write_text('raise ImportError("simulated: libvirt-python is not installed")\n')
+    (shadow / 'lxml' / '__init__.py').write_text('raise ImportError("simulated: lxml is not installed")\n')
+    both = []
+    for env in ({}, {'PYTHONPATH': str(shadow)}):
+        proc = run_playbook(play, extra_vars={'uri': daemon.uri, 'nowhere': str(tmp_path / 'no.sock')}, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        both.append(tasks(playbook_json(proc), 'info')[0]['result'])
+    binding, virsh = both
+    assert virsh['via'] == 'virsh' and virsh['python_modules_missing'] == ['libvirt', 'lxml'], virsh
+    assert virsh['available'] is True and virsh['error'] is None
+    assert virsh['domains'] == binding['domains'], (virsh['domains'], binding['domains'])
+    assert [(d['name'], d['state'], d['active']) for d in virsh['domains']] == [
+        ('info1', 'shut off', False), ('info2', 'running', True)]

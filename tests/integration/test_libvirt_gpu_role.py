@@ -137,6 +137,23 @@ def test_role_fails_before_any_change_when_the_host_cannot_satisfy(run_playbook,
     assert all(sources(daemon, n) == [] for n in DOMAINS)
 
 
+def test_role_alone_refuses_a_host_without_libvirt_python_before_any_change(
+        run_playbook, env, daemon, tmp_path) -> None:
+    """Used without role vfio_host before it, the role checks the binding and lxml itself."""
+    shadow = tmp_path / 'shadow'
+    shadow.mkdir()
+    (shadow / 'libvirt.py').write_text('raise ImportError("simulated: libvirt-python is not installed")\n')
+    proc = run_playbook(play(), extra_vars=role_vars(env, daemon, [{'name': 'gpu-train', 'gpus': {'count': 1}}]),
+                        env={'PYTHONPATH': str(shadow)})
+    assert proc.returncode != 0
+    failed = [t for t in playbook_json(proc)['tasks'] if t['status'] == 'failed']
+    msg = failed[0]['result']['msg']
+    assert failed[0]['task'].endswith('Refuse, before any change, a host whose Python lacks them'), failed[0]['task']
+    assert 'cannot import libvirt, which libvirt_gpu needs; nothing was changed' in msg, msg
+    assert 'python3-libvirt and python3-lxml on Debian' in msg and 'vfio_host_install_libvirt_python' in msg, msg
+    assert all(sources(daemon, n) == [] for n in DOMAINS)
+
+
 def test_role_refuses_a_missing_domain_and_missing_facts(run_playbook, env, daemon) -> None:
     proc = run_playbook(play(), extra_vars=role_vars(env, daemon, [{'name': 'not-defined', 'gpus': {'count': 1}}]))
     assert proc.returncode != 0

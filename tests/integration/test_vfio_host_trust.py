@@ -209,6 +209,14 @@ def test_missing_lxml_fails_before_any_change_naming_the_packages(run_playbook, 
     msg = _failed(proc)[0]['result']['msg']
     assert 'cannot import lxml' in msg and 'libvirt_gpu needs them' in msg, msg
     assert 'python3-lxml' in msg and 'family' in msg, msg
+    # a prefix root is never the running host: the role installs nothing there, and says why
+    assert 'the role installs packages only on the running host, vfio_host_root /' in msg, msg
+    assert host_pair.snapshot() == before and host_pair.commands() == []
+    # with the installation turned off, the refusal names the option
+    proc = run_playbook(PLAY, extra_vars=host_pair.vars(libvirt_gpu_domains=[{'name': 'vm1', 'gpus': {'count': 1}}],
+                                                        vfio_host_install_libvirt_python=False), env=env)
+    msg = _failed(proc)[0]['result']['msg']
+    assert proc.returncode != 0 and 'vfio_host_install_libvirt_python is false' in msg, msg
     assert host_pair.snapshot() == before and host_pair.commands() == []
     # without libvirt_gpu work the role does not ask for them
     proc = run_playbook(PLAY, extra_vars=host_pair.vars(), env=env)

@@ -126,11 +126,16 @@ grub-pc grub-pc/install_devices_empty boolean true
 EOF
 # The GRUB defaults go in before grub-pc so its configuration handling keeps them.
 install -D -m 0644 "$here/guest/grub" "$rootfs/etc/default/grub"
+# The .deb files of python3-libvirt and python3-lxml stay in apt's cache: a scenario that
+# removes them from a host sees role vfio_host install them again with the real apt, offline
+# (python3-apt is what Ansible's apt module runs on).
 log "installing GRUB, pciutils, qemu and libvirt into the image"
 timeout 1800 chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive LC_ALL=C sh -c \
   'apt-get update -q && apt-get install -y -q --no-install-recommends -o Dpkg::Options::=--force-confold \
      grub-pc pciutils qemu-system-x86 libvirt-daemon-system libvirt-clients python3-libvirt python3-lxml \
-     dbus less procps && apt-get clean' > "$work/apt.log" 2>&1 || {
+     python3-apt dbus less procps &&
+   find /var/cache/apt/archives -maxdepth 1 -name "*.deb" ! -name "python3-libvirt_*" ! -name "python3-lxml_*" -delete' \
+  > "$work/apt.log" 2>&1 || {
     tail -30 "$work/apt.log" >&2; log "package installation failed"; exit 1; }
 install -m 0644 "$here/guest/grub" "$rootfs/etc/default/grub"
 for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount "${mounted[$i]}"; done

@@ -211,3 +211,23 @@ def test_numa_nodes_of_the_domain(nodeset: str, expected: list[int]) -> None:
     xml = Q35.format(extra='').replace('<devices>', "<numatune><memory mode='strict' nodeset='%s'/></numatune><devices>" % nodeset)
     assert DomainDefinition(xml).numa_nodes() == expected
     assert q35().numa_nodes() == []
+
+
+def test_read_only_definition_without_lxml_reads_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libvirt_gpu_info reads with virsh and the standard library where lxml is missing."""
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _hostdev
+    xml = Q35.replace('<devices>', '<devices>\n    <hostdev mode="subsystem" type="pci" managed="no"><source>'
+                                   '<address domain="0x0000" bus="0x41" slot="0x00" function="0x0"/></source></hostdev>', 1)
+    xml = xml.replace('<name>q35vm</name>', '<name>q35vm</name><numatune><memory mode="strict" nodeset="0-1"/></numatune>')
+    with_lxml = DomainDefinition(xml)
+    monkeypatch.setattr(_hostdev, 'HAS_LXML', False)
+    plain = DomainDefinition(xml, read_only=True)
+    assert plain.sources() == with_lxml.sources() == [A('0000:41:00.0')]
+    assert plain.numa_nodes() == with_lxml.numa_nodes() == [0, 1]
+    assert plain.name == 'q35vm'
+    with pytest.raises(DomainXmlError, match='lxml is not installed'):
+        DomainDefinition(xml)   # a change needs lxml
+    with pytest.raises(DomainXmlError, match='DTD or entities'):
+        DomainDefinition('<!DOCTYPE d [<!ENTITY x "y">]><domain/>', read_only=True)
+    with pytest.raises(DomainXmlError, match='cannot be parsed'):
+        DomainDefinition('<domain>', read_only=True)

@@ -316,8 +316,17 @@ def test_python_modules_missing_are_named(roots: dict, tmp_path: Path) -> None:
     out = json.loads(proc.stdout)
     assert proc.returncode != 0 and 'python_module_missing' in out['msg']
     assert 'cannot import lxml' in out['msg'] and sys.executable in out['msg']
+    # without fail_on the same read returns the missing modules and the interpreter (role vfio_host
+    # decides from them whether to install the packages)
+    argfile.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': {
+        'sysfs_root': roots['workstation'], 'python_modules': ['libvirt', 'lxml']}}))
+    proc = subprocess.run([sys.executable, str(REPO / 'plugins' / 'modules' / 'iommu_check.py'), str(argfile)],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0, out
+    assert out['python_modules_missing'] == ['lxml'] and out['python_interpreter'] == sys.executable
     rc, out = run_module({'sysfs_root': roots['workstation'], 'python_modules': ['lxml']}, tmp_path)
-    assert rc == 0 and 'python_module_missing' not in names(out)
+    assert rc == 0 and 'python_module_missing' not in names(out) and out['python_modules_missing'] == []
     rc, out = run_module({'sysfs_root': roots['workstation'], 'python_modules': ['os']}, tmp_path)
     assert rc != 0 and 'python_modules' in out['msg']
 

@@ -158,6 +158,20 @@ def test_exactly_one_reboot_in_the_first_converge_none_in_the_second(converged):
     assert len(_boot_records(converged)) == before + 1
 
 
+def test_the_libvirt_python_binding_is_there_and_was_installed_where_prepare_removed_it(converged):
+    """A host prepared without python3-libvirt got a VM (read with virsh) and the binding from role vfio_host."""
+    assert converged.run("python3 -c 'import libvirt, lxml'").rc == 0
+    marker = converged.file(STATE + '/libvirt-python')
+    assert marker.exists, 'prepare.yml records whether it removed the binding'
+    if marker.content_string.strip() != 'removed':
+        return
+    events = [line.split()[2:4] for line in converged.file('/var/log/dpkg.log').content_string.splitlines()
+              if len(line.split()) > 3 and line.split()[3].startswith('python3-libvirt:')]
+    actions = [action for action, _pkg in events]
+    assert 'remove' in actions, events
+    assert 'install' in actions[actions.index('remove'):], 'not installed again after prepare removed it: %s' % events
+
+
 def _virsh(host, args: str, timeout: int = 120):
     return host.run('timeout %d virsh -c qemu:///system %s' % (timeout, args))
 
