@@ -49,11 +49,15 @@ for entry in "${MATRIX[@]}"; do
   py=
   for p in $pythons; do
     if "python$p" -c pass 2>/dev/null; then py=python$p; break; fi
-    # an interpreter a version manager installed (pyenv) is a real one: its own path, not a shim
-    for cand in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$p".*/bin/"python$p"; do
-      if [ -x "$cand" ] && "$cand" -c pass 2>/dev/null; then py=$cand; break 2; fi
-    done
   done
+  # else an interpreter a version manager installed (pyenv): a real one, by its own path (not a shim)
+  if [ -z "$py" ]; then
+    for p in $pythons; do
+      for cand in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$p".*/bin/"python$p"; do
+        if [ -x "$cand" ] && "$cand" -c pass 2>/dev/null; then py=$cand; break 2; fi
+      done
+    done
+  fi
   if [ -z "$py" ]; then
     lines+=("$(printf '%-8s %-8s %s' "$minor" 'not run' "$version: its controller needs Python $pythons; this machine has $(python3 -V 2>&1 | cut -d' ' -f2) only")")
     continue
