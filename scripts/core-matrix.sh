@@ -7,9 +7,9 @@
 #      module, role and filter, then with that version's ansible-playbook: gpu_facts and
 #      iommu_check tasks, site.yml (check mode, the real run, a second run) on simulated hosts
 #      with private libvirtds, and the host-pattern check of site.yml, facts.yml and restore.yml
-# and prints one line per version. A version whose controller needs a Python this machine does
-# not have is reported as not run, with the reason. Interpreters are looked for on PATH and
-# among those pyenv installed (by their own path; its shims are not used).
+# and prints one line per version; two versions run at a time. A version whose controller needs
+# a Python this machine does not have is reported as not run, with the reason. Interpreters are
+# looked for on PATH, then among those pyenv installed (by their own path, not its shims).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here" || exit 1
@@ -34,17 +34,22 @@ SMOKE=(tests/integration/test_facts_playbook.py
 
 bash scripts/install-collection.sh >/dev/null || exit 1
 tarball=$(ls "$here"/.cache/dist/fleetgpu-passthrough-*.tar.gz)
-lines=()
-failed=0
-for entry in "${MATRIX[@]}"; do
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+# One version: its output goes to $out/<minor>.log, its matrix line to $out/<minor>.line, and
+# $out/<minor>.failed marks a failure.
+one_version() {
+  local entry=$1 version pythons minor t0 py p cand venv pipver cache src what docs bad f name type status joined
+  local failed=0 skip=()
   version=${entry%%|*} pythons=${entry##*|}
   minor=${version%.*}
+  say_line() { printf '%s\n' "$1" > "$out/$minor.line"; }
   t0=$SECONDS
   # FLEETGPU_CORE_ONLY=2.20 runs one version (for a contributor; the test command runs all)
-  [ -n "${FLEETGPU_CORE_ONLY:-}" ] && [ "$minor" != "$FLEETGPU_CORE_ONLY" ] && continue
+  [ -n "${FLEETGPU_CORE_ONLY:-}" ] && [ "$minor" != "$FLEETGPU_CORE_ONLY" ] && return
   if [ "$version" = "$own" ]; then
-    lines+=("$(printf '%-8s %-8s %s' "$minor" ok "$version: the tool chain's own; every phase of the test command runs on it")")
-    continue
+    say_line "$(printf '%-8s %-8s %s' "$minor" ok "$version: the tool chain's own; every phase of the test command runs on it")"
+    return
   fi
   py=
   for p in $pythons; do
@@ -59,8 +64,8 @@ for entry in "${MATRIX[@]}"; do
     done
   fi
   if [ -z "$py" ]; then
-    lines+=("$(printf '%-8s %-8s %s' "$minor" 'not run' "$version: its controller needs Python $pythons; this machine has $(python3 -V 2>&1 | cut -d' ' -f2) only")")
-    continue
+    say_line "$(printf '%-8s %-8s %s' "$minor" 'not run' "$version: its controller needs Python $pythons; this machine has $(python3 -V 2>&1 | cut -d' ' -f2) only")"
+    return
   fi
   venv=.cache/core-$minor
   echo "=== ansible-core $version ($py)"
@@ -71,9 +76,9 @@ for entry in "${MATRIX[@]}"; do
       echo "$version" > "$venv/.version"
     else
       tail -5 "$venv/pip.log"
-      lines+=("$(printf '%-8s %-8s %s' "$minor" FAILED "$version: its venv could not be made ($venv/pip.log)")")
+      say_line "$(printf '%-8s %-8s %s' "$minor" FAILED "$version: its venv could not be made ($venv/pip.log)")"
       failed=1
-      continue
+      return
     fi
   fi
   what=()
@@ -82,7 +87,8 @@ for entry in "${MATRIX[@]}"; do
   pipver=$(grep -oP "pip='\K[0-9.]+" "$venv"/lib/python3*/site-packages/ansible_test/_internal/python_requirements.py | head -1)
   cache="$HOME/.ansible/test/cache/get_pip_${pipver//./_}.py"
   if [ -n "$pipver" ] && ! cmp -s scripts/get_pip_offline.py "$cache"; then
-    mkdir -p "$(dirname "$cache")" && cp scripts/get_pip_offline.py "$cache"
+    # by rename: another version's job may be reading the same file
+    mkdir -p "$(dirname "$cache")" && cp scripts/get_pip_offline.py "$cache.$minor" && mv -f "$cache.$minor" "$cache"
   fi
   # 1. sanity, on a copy of the collection tree laid out for ansible-test
   src=$venv/src/ansible_collections/fleetgpu/passthrough
@@ -135,7 +141,29 @@ for entry in "${MATRIX[@]}"; do
   status=ok
   [[ "${what[*]}" == *FAILED* ]] && status=FAILED
   joined=$(printf '%s, ' "${what[@]}")
-  lines+=("$(printf '%-8s %-8s %s: %s%ss' "$minor" "$status" "$version" "$joined" $((SECONDS - t0)))")
+  say_line "$(printf '%-8s %-8s %s: %s%ss' "$minor" "$status" "$version" "$joined" $((SECONDS - t0)))"
+  [ "$failed" = 0 ] || : > "$out/$minor.failed"
+}
+# Two versions at a time (FLEETGPU_CORE_JOBS): sanity and the smoke job are mostly one process each.
+jobs_max=${FLEETGPU_CORE_JOBS:-2}
+for entry in "${MATRIX[@]}"; do
+  minor=${entry%%|*}; minor=${minor%.*}
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
+  one_version "$entry" > "$out/$minor.log" 2>&1 &
+done
+wait
+failed=0
+lines=()
+for entry in "${MATRIX[@]}"; do
+  minor=${entry%%|*}; minor=${minor%.*}
+  [ -s "$out/$minor.log" ] && cat "$out/$minor.log"
+  [ -f "$out/$minor.line" ] && lines+=("$(cat "$out/$minor.line")")
+  [ -f "$out/$minor.failed" ] && failed=1
+  if [ -f "$out/$minor.line" ]; then
+    [ "$(awk '{print $2}' "$out/$minor.line")" = FAILED ] && failed=1
+  elif [ -z "${FLEETGPU_CORE_ONLY:-}" ] || [ "$minor" = "$FLEETGPU_CORE_ONLY" ]; then
+    lines+=("$(printf '%-8s %-8s %s' "$minor" FAILED "no result (see the output above)")"); failed=1
+  fi
 done
 echo
 echo "=== ansible-core matrix"
