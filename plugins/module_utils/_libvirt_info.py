@@ -98,6 +98,10 @@ def _domain(dom: object) -> dict[str, object] | None:
             'hostdevs': sorted(hostdevs), 'numa_nodes': numa}
 
 
+class _VirshReadError(Exception):
+    """A domain listed by virsh whose definition could not be read."""
+
+
 _VIRSH_STATES = {'running': 'running', 'idle': 'blocked', 'paused': 'paused', 'in shutdown': 'shutting down',
                  'shut off': 'shut off', 'crashed': 'crashed', 'pmsuspended': 'suspended'}
 
@@ -111,10 +115,15 @@ def _read_virsh(out: dict[str, object], uri: str, run: Runner, virsh: str) -> di
         out['error'] = 'no libvirt at %s (virsh): %s' % (uri, (stderr or stdout).strip())
         return out
     rows = []
-    for name in [line.strip() for line in stdout.splitlines() if line.strip()]:
-        row = _domain_virsh(base, name, run)
-        if row is not None:
-            rows.append(row)
+    try:
+        for name in [line.strip() for line in stdout.splitlines() if line.strip()]:
+            row = _domain_virsh(base, name, run)
+            if row is not None:
+                rows.append(row)
+    except _VirshReadError as exc:
+        # a domain whose devices cannot be read could hold any GPU: place nothing on this host
+        out['error'] = 'cannot read the domains at %s (virsh): %s' % (uri, exc)
+        return out
     out['domains'] = sorted(rows, key=lambda d: str(d['name']))
     out['available'] = True
     return out
@@ -130,18 +139,18 @@ def _domain_virsh(base: list, name: str, run: Runner) -> dict[str, object] | Non
         if sep:
             fields[key.strip().lower()] = value.strip()
     state = _VIRSH_STATES.get(fields.get('state', ''), 'unknown')
-    active = state not in ('shut off', 'unknown')
+    active = fields.get('id', '-') != '-'   # a running (or preserved crashed) domain has an id
     persistent = fields.get('persistent') == 'yes'
     hostdevs: set[str] = set()
     numa: list[int] = []
     for args in ((['dumpxml', '--inactive', name],) if persistent else ()) + ((['dumpxml', name],) if active else ()):
-        rc, xml, _err = run(base + args)
+        rc, xml, err = run(base + args)
         if rc != 0:
-            return None
+            raise _VirshReadError('%s of %r failed: %s' % (' '.join(args[:-1]), name, (err or xml).strip()))
         try:
             defn = DomainDefinition(xml, read_only=True)
-        except DomainXmlError:
-            return None
+        except DomainXmlError as exc:
+            raise _VirshReadError('the definition of %r: %s' % (name, exc)) from None
         hostdevs.update(str(a) for a in defn.sources())
         numa = numa or defn.numa_nodes()
     return {'name': name, 'state': state, 'active': active, 'persistent': persistent,

@@ -18,7 +18,9 @@ description:
   - When the host's Python lacks the libvirt binding or lxml, the module reads the same through the libvirt
     client program (C(virsh --readonly)), so the fleet can still place VMs on that host; role
     P(fleetgpu.passthrough.vfio_host#role) installs the binding before role P(fleetgpu.passthrough.libvirt_gpu#role)
-    changes anything there. RV(via) and RV(python_modules_missing) say how it was read.
+    changes anything there. RV(via) and RV(python_modules_missing) say how it was read. Read that way, a
+    domain whose definition cannot be read makes the result C(available=false) with the reason (it could hold
+    any GPU, so no VM is placed on that host).
   - A host without libvirt (no daemon, nothing answering at O(uri), neither the binding nor C(virsh)) is not a
     failure - the result says C(available=false) and why, so a fleet run goes on and no VM is placed there.
 author:
