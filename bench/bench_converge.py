@@ -1,6 +1,6 @@
 """Converge figures on a real kernel: the main job (playbooks/site.yml) on a QEMU test host.
 
-Boots an ``intel`` test host (tests/testbed/launch.py), defines the VM ``gpu-vm`` in it, runs
+Boots an ``intel`` test host (roles/testbed/files/launch.py), defines the VM ``gpu-vm`` in it, runs
 site.yml twice through the repository inventory (inventories/testbed) and prints, for the
 first converge and for the second (no-op) one: module runs on the host (tasks that start Python
 there, the figure that dominates under TCG), tasks run, tasks changed, reboots, wall time.
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Dict
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / 'tests' / 'testbed'))
+sys.path.insert(0, str(REPO / 'roles' / 'testbed' / 'files'))
 import launch  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 # The collection on every supported ansible-core (meta/runtime.yml: >=2.17). For each version
 # other than the tool chain's own (tests/requirements.txt, which every other phase uses), in a
 # venv of its own (.cache/core-<version>):
-#   1. ansible-test sanity, with tests/sanity/ignore-<version>.txt
+#   1. ansible-test sanity (the collection needs no tests/sanity/ignore-<version>.txt)
 #   2. a smoke job: the tarball installed by that version's ansible-galaxy, ansible-doc of every
 #      module, role and filter, then with that version's ansible-playbook: gpu_facts and
 #      iommu_check tasks, site.yml (check mode, the real run, a second run) on simulated hosts

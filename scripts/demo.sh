@@ -13,7 +13,7 @@
 #  5. stop the test hosts (always, also on failure or Ctrl-C)
 #
 # FLEETGPU_DEMO_KEEP=1 leaves the hosts running (stop them with
-# `python3 tests/testbed/launch.py --run-dir "$FLEETGPU_TESTBED_CACHE/run-demo" sweep`).
+# `python3 roles/testbed/files/launch.py --run-dir "$FLEETGPU_TESTBED_CACHE/run-demo" sweep`).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -26,7 +26,7 @@ export FLEETGPU_TESTBED_RUN="$FLEETGPU_TESTBED_CACHE/run-demo"
 hosts=(testbed-intel testbed-amd)
 topologies=(intel amd)
 report_dir="$here/.cache/demo-report"
-launcher=(python3 tests/testbed/launch.py)
+launcher=(python3 roles/testbed/files/launch.py)
 
 stop_hosts() {
   if [ "${FLEETGPU_DEMO_KEEP:-0}" != 1 ]; then
@@ -38,7 +38,7 @@ trap 'exit 130' INT TERM HUP
 
 echo "== test-host image"
 t=$SECONDS
-timeout 2400 bash tests/testbed/build_image.sh >/dev/null
+timeout 2400 bash roles/testbed/files/build_image.sh >/dev/null
 image_s=$((SECONDS - t))
 echo "== collection"
 bash scripts/install-collection.sh

@@ -120,7 +120,7 @@ def run_playbook(installed_collection: Path, tmp_path: Path):
     return _run
 
 
-# The runtime phase's test hosts: name -> topology (see tests/testbed/launch.py TOPOLOGIES).
+# The runtime phase's test hosts: name -> topology (see roles/testbed/files/launch.py TOPOLOGIES).
 TESTBED_TOPOLOGIES = {'intel': 'intel', 'radeon': 'radeon', 'noiommu': 'noiommu'}
 
 
@@ -131,7 +131,7 @@ def testbed_hosts(request: pytest.FixtureRequest):  # type: ignore[no-untyped-de
     Sharing them saves a boot per module (minutes under TCG); a module that is done with a host
     may stop it early (``host.stop()``) to give the cores back.
     """
-    sys.path.insert(0, str(REPO / 'tests' / 'testbed'))
+    sys.path.insert(0, str(REPO / 'roles' / 'testbed' / 'files'))
     import launch  # pylint: disable=import-outside-toplevel
 
     wanted: list[str] = []

@@ -25,7 +25,7 @@ import yaml
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / 'tests' / 'testbed'))
+sys.path.insert(0, str(REPO / 'roles' / 'testbed' / 'files'))
 import launch  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which('ssh') is None, reason='needs the OpenSSH client')

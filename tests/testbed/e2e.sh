@@ -47,7 +47,7 @@ cap() {  # cap LIMIT: the limit, or the time left in the budget when that is sho
 
 cleanup() {
   local d
-  python3 tests/testbed/launch.py sweep >/dev/null 2>&1 || true
+  python3 roles/testbed/files/launch.py sweep >/dev/null 2>&1 || true
   # Keep the serial consoles with the logs; drop the run directory (overlays are gone already).
   for d in "$FLEETGPU_TESTBED_RUN"/*/; do
     [ -f "$d/serial.log" ] && cp "$d/serial.log" "$logs/serial-$(basename "$d").log"
@@ -91,7 +91,7 @@ diagnose() {  # scenario reason: keep and print what a failure needs to be under
       port=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["port"])' "$d/host.json" 2>/dev/null)
       echo "host $(basename "$d"), ssh port ${port:-?}:"
       [ -n "${port:-}" ] && ss -tnp "( dport = :$port or sport = :$port )" 2>/dev/null | cut -c1-200
-      [ -n "${port:-}" ] && timeout 20 python3 tests/testbed/launch.py ssh --name "$(basename "$d")" --timeout 15 -- \
+      [ -n "${port:-}" ] && timeout 20 python3 roles/testbed/files/launch.py ssh --name "$(basename "$d")" --timeout 15 -- \
         "cat /proc/sys/kernel/random/boot_id /proc/uptime /proc/loadavg; timeout 10 systemctl list-jobs --no-pager; ps -eo pid,stat,etimes,wchan:24,args | awk 'NR == 1 || \$2 ~ /^D/'" 2>&1 | sed 's/^/  probe: /'
     done
     for d in "$FLEETGPU_TESTBED_RUN"/testbed-*/; do
@@ -137,8 +137,8 @@ molecule_scenario() {  # scenario limit: run `molecule test`, output to a log fi
 }
 
 t_all=$SECONDS
-wants image && phase image 2400 bash tests/testbed/build_image.sh
-if [ ! -f "$(bash tests/testbed/build_image.sh --path)/ready" ]; then
+wants image && phase image 2400 bash roles/testbed/files/build_image.sh
+if [ ! -f "$(bash roles/testbed/files/build_image.sh --path)/ready" ]; then
   echo "e2e: no test-host image; the remaining phases cannot run"
   record rest 0 FAILED
 else
@@ -146,7 +146,8 @@ else
   if wants runtime; then
     # --durations: where the phase's time went, test by test (setup = the hosts' boot)
     phase runtime 1800 pytest -q -rs --durations=12 -p no:cacheprovider tests/testbed/test_real_kernel.py \
-      tests/testbed/test_noiommu.py tests/testbed/test_awx_runner.py
+      tests/testbed/test_noiommu.py tests/testbed/test_awx_runner.py \
+      tests/testbed/test_testbed_role.py
     if [ "${failed[*]}" != "${failed[*]/runtime/}" ]; then
       # pytest names the failed test and its play output; a time-out shows nothing more, so
       # the hosts' consoles are kept and their ends printed here

@@ -1,5 +1,5 @@
 """The playbooks through ansible-runner, as AWX launches them, against a QEMU test host
-(real kernel, emulated Intel IOMMU, emulated GPUs: see tests/testbed/launch.py), over SSH.
+(real kernel, emulated Intel IOMMU, emulated GPUs: see roles/testbed/files/launch.py), over SSH.
 
 The host is the runtime phase's intel host (session fixture ``testbed_hosts``), after
 test_real_kernel.py has bound and given back its GPU at runtime. Jobs: facts.yml, then the
@@ -21,7 +21,7 @@ import yaml
 
 from conftest import REPO, VENV_BIN
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'roles' / 'testbed' / 'files'))
 import launch  # noqa: E402
 
 PLAYBOOKS = REPO / 'playbooks'

@@ -25,7 +25,7 @@ import pytest
 
 from conftest import REPO, playbook_env, playbook_json, tool
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'roles' / 'testbed' / 'files'))
 import launch  # noqa: E402
 
 GPU, AUDIO, AMD_GPU, BOOT_GPU = '0000:01:00.0', '0000:01:00.1', '0000:02:00.0', '0000:00:01.0'

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'testbed'))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'roles' / 'testbed' / 'files'))
 import launch  # noqa: E402
 
 
@@ -97,3 +97,55 @@ def test_start_many_starts_in_waves_and_stops_all_on_failure(monkeypatch):
     assert sorted(started) == ['h0', 'h1', 'h2', 'h3']
     assert 'h4' not in started            # the wave after the failure never starts
     assert sorted(stopped) == ['h0', 'h1', 'h2', 'h3', 'h4']
+
+
+def _main_json(capsys, argv):
+    rc = launch.main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_status_reports_missing_and_dead_hosts_as_not_running(tmp_path, capsys):
+    # A host whose recorded process is alive but is not a test-host QEMU (this test's own pid)
+    # is not running: a recycled pid is never taken for a test host.
+    stale = tmp_path / 'stale'
+    stale.mkdir()
+    (stale / 'host.json').write_text('{"topology": "amd", "port": 40022, "pgid": %d, "image": "/x"}' % launch.os.getpid())
+    rc, out, _ = _main_json(capsys, ['--run-dir', str(tmp_path), 'status', '--name', 'absent', '--name', 'stale'])
+    assert rc == 0
+    assert launch.json.loads(out) == [{'instance': 'absent', 'running': False}, {'instance': 'stale', 'running': False}]
+
+
+def test_down_json_says_nothing_was_stopped_and_drops_the_overlay(tmp_path, capsys):
+    run = tmp_path / 'h1'
+    run.mkdir()
+    (run / 'overlay.qcow2').write_text('x')
+    (run / 'serial.log').write_text('kept')
+    rc, out, _ = _main_json(capsys, ['--run-dir', str(tmp_path), 'down', '--json', '--name', 'h1'])
+    assert rc == 0 and launch.json.loads(out) == {'instance': 'h1', 'stopped': False}
+    assert not (run / 'overlay.qcow2').exists() and (run / 'serial.log').read_text() == 'kept'
+
+
+def test_up_reuse_leaves_a_running_host_alone(tmp_path, capsys, monkeypatch):
+    host = _host('h1', 'amd', tmp=tmp_path)
+    host.port, host.image = 40100, Path('/img')
+    monkeypatch.setattr(launch, 'running', lambda name, run_dir: host if name == 'h1' else None)
+
+    def no_start(self, *a, **k):
+        raise AssertionError('a running host was started again')
+    monkeypatch.setattr(launch.TestHost, 'start', no_start)
+    rc, out, _ = _main_json(capsys, ['--run-dir', str(tmp_path), 'up', '--reuse', '--json', '--name', 'h1',
+                                     '--topology', 'amd'])
+    assert rc == 0
+    assert launch.json.loads(out) == {'instance': 'h1', 'address': '127.0.0.1', 'port': 40100, 'user': 'root',
+                                      'identity_file': '/img/id_ed25519', 'topology': 'amd', 'started': False}
+
+
+def test_up_reuse_refuses_a_running_host_of_another_topology(tmp_path, capsys, monkeypatch):
+    host = _host('h1', 'amd', tmp=tmp_path)
+    monkeypatch.setattr(launch, 'running', lambda name, run_dir: host)
+    monkeypatch.setattr(launch.TestHost, 'start', lambda self, *a, **k: pytest.fail('started'))
+    rc, out, err = _main_json(capsys, ['--run-dir', str(tmp_path), 'up', '--reuse', '--json', '--name', 'h1',
+                                       '--topology', 'intel'])
+    assert rc == 1 and out == ''
+    assert 'h1 is running with topology amd, not intel' in err

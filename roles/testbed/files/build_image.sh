@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Build (or reuse) the base disk image of the QEMU test hosts.
 #
-#   tests/testbed/build_image.sh           build if needed, print the image directory last
-#   tests/testbed/build_image.sh --path    print the image directory only (no build)
+#   roles/testbed/files/build_image.sh           build if needed, print the image directory last
+#   roles/testbed/files/build_image.sh --path    print the image directory only (no build)
 #
 # The image: Debian 12 (debootstrap, minbase) with the kernel, systemd, openssh, python3,
 # initramfs-tools, GRUB on the disk, pciutils, and qemu + libvirt inside for the VM step.
 # It lives OUTSIDE the repository in ${FLEETGPU_TESTBED_CACHE:-/var/cache/fleetgpu-testbed},
-# in a directory named after a hash of the recipe (this script and tests/testbed/guest/*),
+# in a directory named after a hash of the recipe (this script and roles/testbed/files/guest/*),
 # so a recipe change builds a new image. Test hosts boot from qcow2 overlays of it, so
 # the cached image is never modified by a run.
 #
@@ -41,7 +41,7 @@ fi
 
 [ "$(id -u)" = 0 ] || { log "must run as root (debootstrap, chroot)"; exit 1; }
 for tool in debootstrap mkfs.ext4 sfdisk qemu-system-x86_64 qemu-img ssh-keygen flock timeout; do
-  command -v "$tool" >/dev/null || { log "missing tool: $tool (run scripts/bootstrap.sh)"; exit 1; }
+  command -v "$tool" >/dev/null || { log "missing tool: $tool (Debian packages: debootstrap e2fsprogs fdisk qemu-system-x86 qemu-utils openssh-client)"; exit 1; }
 done
 
 mkdir -p "$cache"
@@ -181,7 +181,7 @@ mkdir -p "$work/out"
 ssh-keygen -q -t ed25519 -N '' -C fleetgpu-testbed -f "$work/out/id_ed25519"
 install -d -m 0700 "$rootfs/root/.ssh"
 install -m 0600 "$work/out/id_ed25519.pub" "$rootfs/root/.ssh/authorized_keys"
-kver=$(ls "$rootfs/lib/modules" | sort -V | tail -1)
+kver=$(find "$rootfs/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -1)
 cp "$rootfs/boot/vmlinuz-$kver" "$work/out/vmlinuz"
 cp "$rootfs/boot/initrd.img-$kver" "$work/out/initrd.img"
 echo "$kver" > "$work/out/kernel-release"

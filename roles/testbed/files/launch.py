@@ -6,10 +6,12 @@ QEMU always dies with the run: in-process hosts are stopped by ``atexit`` and si
 handlers, detached hosts (``up``) by ``down`` / ``sweep``, and every QEMU also runs under
 ``timeout`` with a hard lifetime, so nothing survives a crashed caller for long.
 
-Command line (``python3 tests/testbed/launch.py ...``)::
+Command line (``python3 roles/testbed/files/launch.py ...``)::
 
     launch.py up --name NAME --topology intel [--inventory FILE] [--kernel-args ARGS]
-    launch.py down --name NAME            # stop one host, remove its overlay
+    launch.py up ... --reuse --json       # leave a running host as it is; print how to reach it
+    launch.py down --name NAME [--json]   # stop one host, remove its overlay
+    launch.py status --name NAME ...      # JSON: which of these hosts are running
     launch.py sweep                       # stop every host of the run directory
     launch.py ssh --name NAME -- CMD...   # run a command on a host
     launch.py list                        # hosts of the run directory
@@ -36,7 +38,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 HERE = Path(__file__).resolve().parent
-SNAPSHOT = HERE.parents[1] / 'molecule' / 'shared' / 'files' / 'snapshot.sh'
+#: The host-state script of ``TestHost.state()``: the repository's, read by its own tests only.
+SNAPSHOT = HERE.parents[2] / 'molecule' / 'shared' / 'files' / 'snapshot.sh'
 CACHE = Path(os.environ.get('FLEETGPU_TESTBED_CACHE', '/var/cache/fleetgpu-testbed'))
 RUN_DIR = Path(os.environ.get('FLEETGPU_TESTBED_RUN', str(CACHE / 'run')))
 MARKER = 'fleetgpu-testbed'
@@ -354,7 +357,7 @@ class TestHost:
 
 
 def inventory_text(hosts: Sequence[TestHost], group: str = 'testbed') -> str:
-    lines = ['# Written by tests/testbed/launch.py: how to reach the running test hosts.',
+    lines = ['# Written by roles/testbed/files/launch.py: how to reach the running test hosts.',
              'all:', '  children:', '    %s:' % group, '      hosts:']
     for h in hosts:
         lines += [
@@ -532,6 +535,30 @@ def _load(name: str, run_dir: Path) -> TestHost:
     return h
 
 
+def running(name: str, run_dir: Path) -> Optional[TestHost]:
+    """The host of this name when its QEMU is alive and it answers on SSH, else None."""
+    if not (run_dir / name / 'host.json').exists():
+        return None
+    try:
+        host = _load(name, run_dir)
+    except (OSError, ValueError, KeyError):
+        return None
+    if not host.alive():
+        return None
+    try:
+        proc = subprocess.run(host.ssh_command(['true']), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=30, check=False)
+    except subprocess.TimeoutExpired:
+        return None
+    return host if proc.returncode == 0 else None
+
+
+def record(host: TestHost) -> Dict[str, object]:
+    """How to reach a host: Molecule's instance-configuration keys plus the topology."""
+    return {'instance': host.name, 'address': '127.0.0.1', 'port': host.port, 'user': 'root',
+            'identity_file': str(host.key), 'topology': host.topology}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--run-dir', type=Path, default=RUN_DIR)
@@ -544,8 +571,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     up.add_argument('--inventory', type=Path, help='write an Ansible inventory for the host here')
     up.add_argument('--group', default='testbed')
     up.add_argument('--json', action='store_true', help='print the host record as JSON')
+    up.add_argument('--reuse', action='store_true',
+                    help='leave a host of this name that is running and answers on SSH as it is '
+                         '(its record says "started": false)')
     down = sub.add_parser('down', help='stop one host')
     down.add_argument('--name', required=True)
+    down.add_argument('--json', action='store_true', help='print whether a running host was stopped')
+    status = sub.add_parser('status', help='print, as JSON, whether each named host is running')
+    status.add_argument('--name', action='append', required=True)
     sub.add_parser('sweep', help='stop every host of the run directory')
     sub.add_parser('list', help='list the hosts of the run directory')
     sub.add_parser('topologies', help='print the named topologies')
@@ -557,18 +590,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     try:
         if args.cmd == 'up':
-            host = TestHost(args.name, args.topology, kernel_args=args.kernel_args,
-                            memory_mib=args.memory, run_dir=args.run_dir)
-            host.start(wait=True)
+            host = running(args.name, args.run_dir) if args.reuse else None
+            if host is not None and host.topology != args.topology:
+                raise TestbedError('%s is running with topology %s, not %s: stop it first (down)'
+                                   % (args.name, host.topology, args.topology))
+            started = host is None
+            if host is None:
+                host = TestHost(args.name, args.topology, kernel_args=args.kernel_args,
+                                memory_mib=args.memory, run_dir=args.run_dir)
+                host.start(wait=True)
             if args.inventory:
                 host.write_inventory(args.inventory, args.group)
             detach(host)
             if args.json:
-                print(json.dumps({'instance': host.name, 'address': '127.0.0.1', 'port': host.port,
-                                  'user': 'root', 'identity_file': str(host.key), 'topology': host.topology}))
+                print(json.dumps(dict(record(host), started=started)))
             return 0
         if args.cmd == 'down':
-            stop_dir(args.run_dir / args.name)
+            found = stop_dir(args.run_dir / args.name)
+            if args.json:
+                print(json.dumps({'instance': args.name, 'stopped': found}))
+            return 0
+        if args.cmd == 'status':
+            hosts = [(name, running(name, args.run_dir)) for name in args.name]
+            print(json.dumps([dict(record(h), running=True) if h else {'instance': name, 'running': False}
+                              for name, h in hosts]))
             return 0
         if args.cmd == 'sweep':
             n = sweep(args.run_dir)
