@@ -111,8 +111,8 @@ def test_status_reports_missing_and_dead_hosts_as_not_running(tmp_path, capsys):
     stale = tmp_path / 'stale'
     stale.mkdir()
     (stale / 'host.json').write_text('{"topology": "amd", "port": 40022, "pgid": %d, "image": "/x"}' % launch.os.getpid())
-    rc, out, _ = _main_json(capsys, ['--run-dir', str(tmp_path), 'status', '--name', 'absent', '--name', 'stale'])
-    assert rc == 0
+    rc, out, err = _main_json(capsys, ['--run-dir', str(tmp_path), 'status', '--name', 'absent', '--name', 'stale'])
+    assert rc == 0 and 'error' not in err
     assert launch.json.loads(out) == [{'instance': 'absent', 'running': False}, {'instance': 'stale', 'running': False}]
 
 
@@ -121,8 +121,8 @@ def test_down_json_says_nothing_was_stopped_and_drops_the_overlay(tmp_path, caps
     run.mkdir()
     (run / 'overlay.qcow2').write_text('x')
     (run / 'serial.log').write_text('kept')
-    rc, out, _ = _main_json(capsys, ['--run-dir', str(tmp_path), 'down', '--json', '--name', 'h1'])
-    assert rc == 0 and launch.json.loads(out) == {'instance': 'h1', 'stopped': False}
+    rc, out, err = _main_json(capsys, ['--run-dir', str(tmp_path), 'down', '--json', '--name', 'h1'])
+    assert rc == 0 and 'error' not in err and launch.json.loads(out) == {'instance': 'h1', 'stopped': False}
     assert not (run / 'overlay.qcow2').exists() and (run / 'serial.log').read_text() == 'kept'
 
 
@@ -134,9 +134,9 @@ def test_up_reuse_leaves_a_running_host_alone(tmp_path, capsys, monkeypatch):
     def no_start(self, *a, **k):
         raise AssertionError('a running host was started again')
     monkeypatch.setattr(launch.TestHost, 'start', no_start)
-    rc, out, _ = _main_json(capsys, ['--run-dir', str(tmp_path), 'up', '--reuse', '--json', '--name', 'h1',
-                                     '--topology', 'amd'])
-    assert rc == 0
+    rc, out, err = _main_json(capsys, ['--run-dir', str(tmp_path), 'up', '--reuse', '--json', '--name', 'h1',
+                                       '--topology', 'amd'])
+    assert rc == 0 and 'error' not in err
     assert launch.json.loads(out) == {'instance': 'h1', 'address': '127.0.0.1', 'port': 40100, 'user': 'root',
                                       'identity_file': '/img/id_ed25519', 'topology': 'amd', 'started': False}
 

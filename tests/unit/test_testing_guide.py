@@ -15,7 +15,7 @@ ANY_BLOCK = re.compile(r'```yaml\n(.*?)```', re.S)
 
 
 def _blocks() -> dict:
-    return {name: body for name, body in BLOCK.findall(GUIDE.read_text())}
+    return dict(BLOCK.findall(GUIDE.read_text()))
 
 
 def _options(role: str) -> set:
