@@ -38,6 +38,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     read_locked_attributes,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._topology import numa_nodes, pci_path, read_bars
 
 STATES = ('available', 'vfio-ready', 'boot-vga', 'in-use', 'unusable')
 
@@ -111,6 +112,7 @@ def host_facts(sysfs: Sysfs, iommu: HostIommu) -> dict:
         'cmdline': iommu.cmdline,
         'kernel_release': release,
         'vfio_pci_builtin': module_is_builtin(modules_builtin(sysfs, release), 'vfio_pci'),
+        'numa_nodes': numa_nodes(sysfs),
     }
 
 
@@ -257,6 +259,8 @@ class GpuFacts:
             'vfs': [str(v) for v in dev.virtfns],
         }
         state, reasons = self._state(dev, group, members, iommu, stuck, holders)
+        bars = read_bars(self.sysfs, dev)
+        path = pci_path(self.sysfs, dev)
         return {
             'address': str(addr),
             'vendor_id': dev.vendor_id,
@@ -277,6 +281,11 @@ class GpuFacts:
             'companions': companions,
             'boot_vga': dev.boot_vga,
             'numa_node': dev.numa_node,
+            'bars': bars,
+            'bar_bytes': sum(b['bytes'] for b in bars),
+            'root_complex': path['root_complex'],
+            'root_port': path['root_port'],
+            'upstream_bridges': path['upstream'],
             'reset_method': _split_words(locked.get((addr, 'reset_method'))),
             'sriov': sriov,
             'mdev_types': dev.mdev_types,

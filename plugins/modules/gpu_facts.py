@@ -91,6 +91,9 @@ ansible_facts:
             - C(cpu_vendor) (intel, amd, other), C(cpu_vendor_id), C(virtualization) (vmx, svm or null),
               C(iommu_enabled), C(iommu_type) (intel, amd, other or null), C(interrupt_remapping) (bool or null),
               C(cmdline), C(kernel_release), C(vfio_pci_builtin).
+            - C(numa_nodes), the host's NUMA nodes from C(/sys/devices/system/node), each with C(node),
+              C(cpus) (list of CPU numbers), C(memory_mib), C(memory_free_mib) and C(hugepages) (per page size
+              C(size_kib), C(total) reserved, C(free)). Empty on a kernel without these files.
           type: dict
           returned: always
           sample:
@@ -103,6 +106,14 @@ ansible_facts:
             cmdline: root=/dev/sda1 ro intel_iommu=on
             kernel_release: 6.1.0-27-amd64
             vfio_pci_builtin: false
+            numa_nodes:
+              - node: 0
+                cpus: [0, 1, 2, 3]
+                memory_mib: 65536
+                memory_free_mib: 51200
+                hugepages:
+                  - {size_kib: 2048, total: 0, free: 0}
+                  - {size_kib: 1048576, total: 16, free: 16}
         gpus:
           description:
             - One entry per GPU, sorted by address, with C(address), C(vendor_id), C(device_id), C(vendor_device),
@@ -112,6 +123,12 @@ ansible_facts:
               C(companions) (other functions of the same slot with their C(kind) audio, usb, ucsi or other),
               C(boot_vga), C(numa_node), C(reset_method), C(sriov) (totalvfs, numvfs, is_vf, physfn, vfs),
               C(mdev_types), C(state), C(state_reasons), C(stuck).
+            - C(bars), the GPU's memory BARs from sysfs C(resource) (C(index), C(bytes), C(prefetchable), C(mem64);
+              I/O-port BARs and the expansion ROM left out), and C(bar_bytes), their sum - what the guest's 64-bit
+              MMIO window must hold.
+            - C(root_complex) (such as C(0000:00)), C(root_port) (the PCIe root port above the GPU, or null for a
+              device on the root bus) and C(upstream_bridges) (every bridge from the root port down to the GPU),
+              from the GPU's sysfs path.
           type: list
           elements: dict
           returned: always
@@ -127,6 +144,15 @@ ansible_facts:
               companions:
                 - {address: "0000:01:00.1", kind: audio, class: "0x040300", driver: snd_hda_intel}
               boot_vga: false
+              numa_node: 0
+              bars:
+                - {index: 0, bytes: 16777216, prefetchable: false, mem64: false}
+                - {index: 1, bytes: 268435456, prefetchable: true, mem64: true}
+                - {index: 3, bytes: 33554432, prefetchable: true, mem64: true}
+              bar_bytes: 318767104
+              root_complex: "0000:00"
+              root_port: "0000:00:01.0"
+              upstream_bridges: ["0000:00:01.0"]
               state: available
               state_reasons: ["0000:01:00.0 is on nvidia and its group can be handed to a VM"]
               stuck: []

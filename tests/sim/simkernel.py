@@ -14,6 +14,8 @@ A topology (YAML file under ``tests/sim/topologies/`` or a dict) says::
     secure_boot: true | false | null       (null: no efivars)
     pci:     list of functions; a bridge lists ``children``
     processes: [{pid, comm, fds: {N: /dev/...}}]
+    numa:    [{cpus: '0-31', memory_mib, memory_free_mib, hugepages: {2048: {total, free}}}]
+             (node N is the Nth entry; default one node with every CPU and 16 GiB)
 
 Each PCI function: ``address`` (``00:02.0`` or ``0000:00:02.0``), ``vendor``,
 ``device``, ``subsystem_vendor``, ``subsystem_device``, ``class`` (24-bit,
@@ -26,7 +28,9 @@ Each PCI function: ``address`` (``00:02.0`` or ``0000:00:02.0``), ``vendor``,
 or ``auto``), ``stuck`` (its ``driver_override`` and ``sriov_numvfs`` become
 FIFOs: any open blocks, as a device lock held by a stuck probe does),
 ``acs`` (bridges: false puts everything below into the bridge's group),
-``children`` (bridges).
+``children`` (bridges), ``bars`` (memory BARs: a size such as ``16M`` or
+``{size, index, prefetchable, mem64, io}``; written to ``resource`` at aligned
+addresses, a 64-bit BAR taking two slots).
 
 :func:`materialize` writes the tree and returns ``dest/sys``, the
 ``sysfs_root`` to pass to the modules.  ``dest/.sim/devices.json`` records,
@@ -187,6 +191,7 @@ class _Function:
         self.reset_method: Optional[List[str]] = node.get('reset_method')
         self.sriov: Optional[Dict[str, Any]] = node.get('sriov')
         self.mdev_types = node.get('mdev_types') or []
+        self.bars = [_bar(b, i) for i, b in enumerate(node.get('bars') or [])]
         self.group_spec = node.get('iommu_group', 'auto')
         self.group: Optional[int] = None
         self.stuck = bool(node.get('stuck', False))
@@ -205,6 +210,53 @@ class _Function:
     @property
     def slot_key(self) -> str:
         return self.address[:-2]
+
+
+_SIZE_UNITS = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
+
+
+def _size(value: Any) -> int:
+    """``16M`` / ``64G`` / ``4096`` -> bytes."""
+    text = str(value).strip().upper().rstrip('B').rstrip('I')
+    unit = _SIZE_UNITS.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in _SIZE_UNITS else text
+    if not number.isdigit() or int(number) <= 0:
+        raise TopologyError('invalid BAR size %r' % value)
+    return int(number) * unit
+
+
+def _bar(spec: Any, position: int) -> Dict[str, Any]:
+    """A BAR: ``{size, index, prefetchable, mem64, io}`` (or just a size); the index defaults
+    to the next free slot, a 64-bit BAR using two."""
+    spec = spec if isinstance(spec, dict) else {'size': spec}
+    size = _size(spec['size'])
+    if size & (size - 1):
+        raise TopologyError('BAR size %r is not a power of two' % spec['size'])
+    return {'size': size, 'index': spec.get('index'), 'prefetchable': bool(spec.get('prefetchable', False)),
+            'mem64': bool(spec.get('mem64', size > (1 << 31))), 'io': bool(spec.get('io', False)), 'position': position}
+
+
+def _resource_lines(fn: '_Function', alloc: Dict[str, int]) -> str:
+    """The 13 lines of ``resource`` (start end flags), with the function's BARs at addresses
+    aligned to their size, as the kernel assigns them."""
+    lines = ['0x%016x 0x%016x 0x%016x' % (0, 0, 0)] * 13
+    slot = 0
+    for bar in fn.bars:
+        index = bar['index'] if bar['index'] is not None else slot
+        if index >= 6:
+            raise TopologyError('%s: BAR index %d out of range' % (fn.address, index))
+        size = bar['size']
+        if bar['io']:
+            flags = 0x40101
+            key = 'io'
+        else:
+            flags = 0x40200 | (0x2000 | 0x8 if bar['prefetchable'] else 0) | (0x100000 | 0x4 if bar['mem64'] else 0)
+            key = 'mem64' if bar['mem64'] else 'mem32'
+        start = (alloc[key] + size - 1) & ~(size - 1)
+        alloc[key] = start + size
+        lines[index] = '0x%016x 0x%016x 0x%016x' % (start, start + size - 1, flags)
+        slot = index + (2 if bar['mem64'] and not bar['io'] else 1)
+    return '\n'.join(lines) + '\n'
 
 
 def _build_functions(topology: Topology, sys_root: str) -> List[_Function]:
@@ -311,7 +363,8 @@ def _modalias(fn: _Function) -> str:
         fn.class_code >> 16, (fn.class_code >> 8) & 0xff, fn.class_code & 0xff)
 
 
-def _write_function(w: _Writer, fn: _Function, drm_nodes: List[str]) -> None:
+def _write_function(w: _Writer, fn: _Function, drm_nodes: List[str], local_cpus: str = '0-3',
+                    alloc: Optional[Dict[str, int]] = None) -> None:
     d = w.mkdir(fn.dir)
     attrs = {
         'vendor': '0x%s' % fn.vendor,
@@ -323,7 +376,7 @@ def _write_function(w: _Writer, fn: _Function, drm_nodes: List[str]) -> None:
         'numa_node': str(fn.numa_node),
         'enable': '1' if fn.driver else '0',
         'irq': '0',
-        'local_cpulist': '0-3',
+        'local_cpulist': local_cpus,
         'msi_bus': '1',
         'd3cold_allowed': '1',
         'broken_parity_status': '0',
@@ -344,7 +397,8 @@ def _write_function(w: _Writer, fn: _Function, drm_nodes: List[str]) -> None:
     for name in ('remove', 'rescan', 'reset') if fn.reset_method else ('remove', 'rescan'):
         w.write(os.path.join(d, name), '')
     w.write_bytes(os.path.join(d, 'config'), _config_space(fn))
-    w.write(os.path.join(d, 'resource'), '0x0000000000000000 0x0000000000000000 0x0000000000000000\n' * 13)
+    w.write(os.path.join(d, 'resource'), _resource_lines(fn, alloc if alloc is not None else
+                                                         {'io': 0x1000, 'mem32': 0xe0000000, 'mem64': 0x38000000000}))
     if fn.stuck:
         w.fifo(os.path.join(d, 'driver_override'))
     else:
@@ -513,9 +567,32 @@ def materialize(topology: Any, dest: str) -> str:
         if modname in loaded or modname in builtin_names:
             w.link(os.path.join(ddir, 'module'), os.path.join(sys_root, 'module', modname))
 
+    # NUMA nodes (a kernel always has node0)
+    all_cpus = '0-%d' % (int(cpu.get('count', 4)) - 1)
+    node_cpus: Dict[int, str] = {}
+    numa = topo.get('numa') or [{'cpus': all_cpus, 'memory_mib': 16384}]
+    nbase = w.path('sys', 'devices', 'system', 'node')
+    for index, node in enumerate(numa):
+        ndir = w.mkdir(os.path.join(nbase, 'node%d' % index))
+        node_cpus[index] = str(node.get('cpus', all_cpus))
+        w.write(os.path.join(ndir, 'cpulist'), node_cpus[index] + '\n')
+        total = int(node.get('memory_mib', 16384)) * 1024
+        free = int(node.get('memory_free_mib', int(node.get('memory_mib', 16384)) * 3 // 4)) * 1024
+        w.write(os.path.join(ndir, 'meminfo'), 'Node %d MemTotal:       %d kB\nNode %d MemFree:        %d kB\n'
+                'Node %d MemUsed:        %d kB\n' % (index, total, index, free, index, total - free))
+        pages = {2048: {}, 1048576: {}}
+        pages.update({int(k): v for k, v in (node.get('hugepages') or {}).items()})
+        for size, counts in pages.items():
+            hdir = w.mkdir(os.path.join(ndir, 'hugepages', 'hugepages-%dkB' % size))
+            w.write(os.path.join(hdir, 'nr_hugepages'), '%d\n' % int(counts.get('total', 0)))
+            w.write(os.path.join(hdir, 'free_hugepages'), '%d\n' % int(counts.get('free', counts.get('total', 0))))
+            w.write(os.path.join(hdir, 'surplus_hugepages'), '0\n')
+    w.write(os.path.join(nbase, 'online'), ('0-%d' % (len(numa) - 1) if len(numa) > 1 else '0') + '\n')
+
     # Functions
+    alloc = {'io': 0x1000, 'mem32': 0xe0000000, 'mem64': 0x38000000000}
     for fn in functions:
-        _write_function(w, fn, drm.get(fn.address, []))
+        _write_function(w, fn, drm.get(fn.address, []), node_cpus.get(fn.numa_node, all_cpus), alloc)
         w.link(os.path.join(sys_root, 'bus', 'pci', 'devices', fn.address), fn.dir)
         if fn.driver:
             w.link(os.path.join(sys_root, 'bus', 'pci', 'drivers', fn.driver, fn.address), fn.dir)

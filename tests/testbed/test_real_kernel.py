@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,6 +110,41 @@ def test_vfio_bind_binds_and_restores_the_gpu_group_at_runtime(hosts, tmp_path):
     assert restore['status'] == 'ok' and restore['result']['changed'] is True, restore
     assert again['status'] == 'ok' and again['result']['changed'] is False, again
     assert _drivers(host) == before
+
+
+LSPCI_MEMORY = re.compile(r'^\s*Memory at \S+ \((32|64)-bit, (prefetchable|non-prefetchable)\)(?: \[\w+\])* '
+                          r'\[size=([0-9]+)([KMG]?)\]', re.M)
+UNITS = {'': 1, 'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30}
+PCI_ADDRESS = re.compile(r'^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
+
+
+def test_gpu_facts_reports_bars_pcie_path_and_numa_as_the_kernel_does(hosts, tmp_path):
+    """BARs as lspci reads them from config space, the PCIe path as the device's sysfs directory
+    says, the NUMA node as nproc and /proc/meminfo say (a one-node host)."""
+    host = hosts['intel']
+    doc = _play(host, tmp_path, [{'name': 'facts', 'fleetgpu.passthrough.gpu_facts': {'addresses': [GPU, AMD_GPU]}}],
+                'topology')
+    facts = _result(doc, 'facts')['result']['ansible_facts']['gpu_passthrough']
+    assert [g['address'] for g in facts['gpus']] == [GPU, AMD_GPU]
+    for gpu in facts['gpus']:
+        lspci = host.ssh(['lspci', '-v', '-s', gpu['address']]).stdout
+        want = [(int(size) * UNITS[unit], kind == 'prefetchable', bits == '64')
+                for bits, kind, size, unit in LSPCI_MEMORY.findall(lspci)]
+        assert want, lspci
+        assert [(b['bytes'], b['prefetchable'], b['mem64']) for b in gpu['bars']] == want, (gpu['bars'], lspci)
+        assert gpu['bar_bytes'] == sum(size for size, _pf, _m64 in want)
+        path = host.ssh(['readlink', '-f', '/sys/bus/pci/devices/%s' % gpu['address']]).stdout.strip()
+        chain = [part for part in path.split('/') if PCI_ADDRESS.match(part)]
+        assert chain[-1] == gpu['address'] and len(chain) == 2, path    # behind its own root port
+        assert gpu['upstream_bridges'] == chain[:-1] and gpu['root_port'] == chain[0], (gpu, path)
+        assert gpu['root_complex'] == '0000:00'
+    cpus = int(host.ssh(['nproc', '--all']).stdout)
+    meminfo = host.ssh(['cat', '/proc/meminfo']).stdout
+    memtotal_kib = int(re.search(r'^MemTotal:\s+([0-9]+) kB', meminfo, re.M).group(1))
+    nodes = facts['host']['numa_nodes']
+    assert [n['node'] for n in nodes] == [0] and nodes[0]['cpus'] == list(range(cpus)), nodes
+    assert nodes[0]['memory_mib'] == memtotal_kib // 1024, (nodes, memtotal_kib)
+    assert {p['size_kib'] for p in nodes[0]['hugepages']} >= {2048}, nodes
 
 
 @pytest.fixture(scope='module')
