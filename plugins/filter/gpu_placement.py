@@ -240,7 +240,7 @@ class _Request:
         if self.vendor_id:
             what.append('%s:%s' % (self.vendor_id, self.device_id or '*'))
         if self.name_literal is not None:
-            what.append('name %r' % self.match['name'])
+            what.append('name %r' % (self.match or {}).get('name'))
         return '%d GPU(s)%s' % (self.count, (' matching ' + ' and '.join(what)) if what else '')
 
 

@@ -480,7 +480,7 @@ class Binder:
             raise BindingRefused(
                 'the journal %s records %s as %s (original driver %s), but the card at that address now is %s: the '
                 'card was changed since; refusing to use that entry. Check the card, then remove the entry for %s '
-                'from the journal' % (self.journal.path, dev.address, journaled, entry.get('driver_before') or 'none',
+                'from the journal' % (self.journal.path, dev.address, journaled, (entry or {}).get('driver_before') or 'none',
                                       dev.vendor_device, dev.address),
                 device=str(dev.address), journal_path=self.journal.path)
         if self.state == 'present':
@@ -583,9 +583,9 @@ class Binder:
             if plan.state == 'present' and is_vfio_driver(self.driver) and steps:
                 node = self.sysfs.dev('vfio', str(group))
                 if not self.sysfs.exists(node):
-                    exc = BindingApplyError('group %d is bound to %s but %s did not appear' % (group, self.driver, node))
-                    self._rollback(done, exc, plan.steps)
-                    raise exc
+                    missing = BindingApplyError('group %d is bound to %s but %s did not appear' % (group, self.driver, node))
+                    self._rollback(done, missing, plan.steps)
+                    raise missing
             if plan.state == 'absent':
                 for step in steps:
                     self.journal.entries.pop(str(step.address), None)

@@ -527,7 +527,8 @@ def _partition_refusal(vm: VmRequest, gpus: dict[str, list[Gpu]]) -> str:
         for g in gpus[hname]:
             if g.model not in {a.model for a in vm.gpus}:
                 continue
-            sriov = g.raw.get('sriov') if isinstance(g.raw.get('sriov'), dict) else {}
+            sriov_raw = g.raw.get('sriov')
+            sriov = sriov_raw if isinstance(sriov_raw, dict) else {}
             kinds = (['SR-IOV'] if (sriov.get('totalvfs') or 0) > 0 else []) + (['mdev'] if g.raw.get('mdev_types') else [])
             if kinds:
                 capable.append('%s %s (%s)' % (hname, g.address, '+'.join(kinds)))
@@ -560,35 +561,35 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
         if host.status != 'ok' or host.facts is None:
             continue
         raw = _check_gpu_list(host.facts, hname)
-        by_addr = {str(g['address']): g for g in raw}
+        by_addr = {str(r['address']): r for r in raw}
         holders: dict[str, list[str]] = {}
         for dom in _libvirt_domains(host.libvirt):
             for addr in dom.get('hostdevs') or []:
                 holders.setdefault(str(addr), []).append(str(dom['name']))
-        gpus = []
+        gpus: list[Gpu] = []
         for addr in sorted(by_addr):
-            g = by_addr[addr]
-            gpu = Gpu(host=hname, address=addr, raw=g, holders=sorted(set(holders.get(addr, []))))
+            row = by_addr[addr]
+            gpu = Gpu(host=hname, address=addr, raw=row, holders=sorted(set(holders.get(addr, []))))
             matched = []
             for model in models.values():
                 if model.hosts is not None:
-                    if addr in model.hosts.get(hname, []) and model.identity_matches(g):
+                    if addr in model.hosts.get(hname, []) and model.identity_matches(row):
                         matched.append(model.name)
-                elif model.identity_matches(g):
+                elif model.identity_matches(row):
                     matched.append(model.name)
             if len(matched) > 1:
                 errors.append('host %s: %s (%s) matches more than one model: %s; a GPU belongs to one model'
-                              % (hname, addr, g.get('vendor_device'), ', '.join(matched)))
+                              % (hname, addr, row.get('vendor_device'), ', '.join(matched)))
             gpu.model = matched[0] if matched else None
-            state = g.get('state')
+            state = row.get('state')
             if state in USABLE_STATES:
                 gpu.usable, gpu.reason = True, ''
-            elif state == 'boot-vga' and host.allow_boot_vga and _boot_only(g):
+            elif state == 'boot-vga' and host.allow_boot_vga and _boot_only(row):
                 gpu.usable, gpu.reason = True, 'boot GPU (forced with vfio_host_allow_boot_vga)'
             elif state == 'boot-vga':
-                gpu.reason = 'boot GPU' + ('' if _boot_only(g) else ': ' + '; '.join(g.get('state_reasons') or []))
+                gpu.reason = 'boot GPU' + ('' if _boot_only(row) else ': ' + '; '.join(row.get('state_reasons') or []))
             else:
-                gpu.reason = '%s: %s' % (state, '; '.join(g.get('state_reasons') or []) or 'no reason given')
+                gpu.reason = '%s: %s' % (state, '; '.join(row.get('state_reasons') or []) or 'no reason given')
             gpus.append(gpu)
         result.gpus[hname] = gpus
         for model in models.values():
@@ -628,8 +629,8 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
 
     # free pool GPUs per host and model, kept up to date as GPUs are given out
     free_idx: dict[str, dict[str, list[Gpu]]] = {}
-    for hname, gpus in result.gpus.items():
-        for g in gpus:
+    for hname, host_gpus in result.gpus.items():
+        for g in host_gpus:
             if g.model is not None and g.usable and not g.holders:
                 free_idx.setdefault(hname, {}).setdefault(g.model, []).append(g)
 
@@ -647,8 +648,8 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
                 pool.remove(g)
 
     by_holder: dict[str, list[Gpu]] = {}
-    for gpus in result.gpus.values():
-        for g in gpus:
+    for host_gpus in result.gpus.values():
+        for g in host_gpus:
             for name in g.holders:
                 by_holder.setdefault(name, []).append(g)
 
@@ -678,8 +679,8 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
             floating.append(vm)
 
     # 3. anchored VMs keep their GPUs (up to their count) and top up on their host
-    for vm, hname, held in anchored:
-        kept = {a.model: sorted(held.get(a.model, []), key=lambda g: g.address)[:a.count] for a in vm.gpus}
+    for vm, hname, held_here in anchored:
+        kept = {a.model: sorted(held_here.get(a.model, []), key=lambda g: g.address)[:a.count] for a in vm.gpus}
         need = {a.model: a.count - len(kept[a.model]) for a in vm.gpus}
         bad = sorted(m for m in need if m in drifted.get(hname, set()))
         if bad:

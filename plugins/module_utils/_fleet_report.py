@@ -35,8 +35,9 @@ def build(fleet: FleetPlan, mode: str) -> dict:
     for hname in sorted(fleet.hosts):
         host = fleet.hosts[hname]
         facts = host.facts if isinstance(host.facts, dict) else {}
-        hinfo = facts.get('host') if isinstance(facts.get('host'), dict) else {}
-        lv = host.libvirt if isinstance(host.libvirt, dict) else {}
+        host_raw = facts.get('host')
+        hinfo: dict = host_raw if isinstance(host_raw, dict) else {}
+        lv: dict = host.libvirt if isinstance(host.libvirt, dict) else {}
         gpus = []
         for g in fleet.gpus.get(hname, []):
             raw = g.raw
@@ -83,8 +84,8 @@ def build(fleet: FleetPlan, mode: str) -> dict:
     for name in sorted(fleet.models):
         total = free = assigned = 0
         per_host: dict[str, int] = {}
-        for gpus in fleet.gpus.values():
-            for g in gpus:
+        for host_gpus in fleet.gpus.values():
+            for g in host_gpus:
                 if g.model != name:
                     continue
                 total += 1

@@ -17,6 +17,7 @@ carrying ``multifunction='on'``.
 
 from __future__ import annotations
 
+from typing import Any
 from xml.etree import ElementTree
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError
@@ -258,7 +259,7 @@ class DomainDefinition:
                 out.append(addr)
         return out
 
-    def _pci_controllers(self) -> list[object]:
+    def _pci_controllers(self) -> list[Any]:
         return [c for c in self.devices.findall('controller') if c.get('type') == 'pci']
 
     def to_xml(self) -> str:
@@ -345,8 +346,8 @@ class DomainDefinition:
     def plan_present(self, slot: SlotRequest, managed: bool, rom: RomSpec | None = None,
                      guest_address: PciAddress | None = None) -> list[Change]:
         """Make every function of ``slot`` a hostdev of this domain; returns the changes."""
-        before = {a: (self.find(a).xml() if self.find(a) else None) for a in slot.functions}
         existing = {a: self.find(a) for a in slot.functions}
+        before = {a: (h.xml() if h is not None else None) for a, h in existing.items()}
         missing = [a for a in slot.functions if existing[a] is None]
         allowed = set(slot.functions)
 

@@ -257,7 +257,7 @@ class HostdevBackend:
         return self._conn
 
     def _fail(self, what: str, exc: Exception) -> LibvirtError:
-        msg = exc.get_error_message() if hasattr(exc, 'get_error_message') else str(exc)  # type: ignore[attr-defined]
+        msg = exc.get_error_message() if hasattr(exc, 'get_error_message') else str(exc)
         return LibvirtError('%s (domain %r at %s): %s' % (what, self.req.domain, self.req.uri, msg))
 
     def run(self, check_mode: bool) -> dict[str, object]:
@@ -308,7 +308,7 @@ class HostdevBackend:
 
         if req.where == 'live':
             # The persistent definition is not touched: report what the live plan did.
-            changes = [Change(PciAddress.parse(c['address']), c['action']) for c in live]
+            changes = [Change(PciAddress.parse(str(c['address'])), str(c['action'])) for c in live]
             after_xml = canonical_xml(before_xml)
         result.update({
             'defined': defined,

@@ -103,7 +103,7 @@ def check_regex(pattern: object, where: str) -> re.Pattern:
     try:
         from re import _parser as sre_parse  # type: ignore[attr-defined]  # Python 3.11+
     except ImportError:
-        import sre_parse  # type: ignore[no-redef]  # pylint: disable=deprecated-module
+        import sre_parse  # pylint: disable=deprecated-module
     counts = [0]
     parsed = sre_parse.parse(pattern, re.I)
     if _repeats(parsed, False, counts) or counts[0] > MAX_REPEATS or re.search(r'\\[1-9]|\(\?P=', pattern):

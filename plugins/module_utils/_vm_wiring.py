@@ -77,7 +77,7 @@ def plan(host: dict, gpus: list[dict], vcpus: int, memory_mib: int, numa_mode: s
     if info is not None:
         cpus = list(info['cpus'])
         if len(cpus) < vcpus:
-            raise WiringError('NUMA node %d has %d CPUs (%s), fewer than the %d vCPUs asked for'
+            raise WiringError('NUMA node %s has %d CPUs (%s), fewer than the %d vCPUs asked for'
                               % (node, len(cpus), format_cpulist(cpus), vcpus))
         # vCPUs one to one on the node's CPUs, from the top (CPU 0 keeps the host's housekeeping);
         # the emulator threads on the node's other CPUs, or on all of them when none are left
@@ -88,7 +88,7 @@ def plan(host: dict, gpus: list[dict], vcpus: int, memory_mib: int, numa_mode: s
         if numa_mode is not None:
             free = info.get('memory_free_mib')
             if numa_mode == 'strict' and hugepage_kib is None and free is not None and free < memory_mib:
-                raise WiringError('NUMA node %d has %d MiB free, less than the %d MiB the VM needs bound to it (strict)'
+                raise WiringError('NUMA node %s has %d MiB free, less than the %d MiB the VM needs bound to it (strict)'
                                   % (node, free, memory_mib))
             result['numatune'] = {'mode': numa_mode, 'nodeset': str(node)}
     if hugepage_kib is not None:
@@ -102,7 +102,7 @@ def plan(host: dict, gpus: list[dict], vcpus: int, memory_mib: int, numa_mode: s
                                   % (hugepage_kib, ', '.join(str(s) for s in sorted(sizes)) or 'none'))
             free_pages = int(sizes[hugepage_kib]['free'])
             if free_pages < pages:
-                raise WiringError('NUMA node %d has %d free %d KiB hugepages, fewer than the %d the VM needs '
+                raise WiringError('NUMA node %s has %d free %d KiB hugepages, fewer than the %d the VM needs '
                                   '(%d MiB); reserve %d more' % (node, free_pages, hugepage_kib, pages, memory_mib,
                                                                  pages - free_pages))
         result['hugepages'] = {'size_kib': hugepage_kib, 'pages': pages}

@@ -228,9 +228,9 @@ def parse_ovf(text: str, path: str) -> list[VmSource]:
         extra: dict[int, PassthroughEntry] = {}
         for elem in system.iter():
             tag = _local(elem.tag)
-            line = line_of.get(id(elem)) or None
+            eline = line_of.get(id(elem)) or None
             if tag == 'Item':
-                entry = _ovf_item(elem, path, line)
+                entry = _ovf_item(elem, path, eline)
                 if entry is not None:
                     source.entries.append(entry)
             elif tag == 'ExtraConfig':
@@ -242,7 +242,7 @@ def parse_ovf(text: str, path: str) -> list[VmSource]:
                 index = int(match.group('index'))
                 entry = extra.get(index)
                 if entry is None:
-                    entry = extra[index] = PassthroughEntry(file=path, key='pciPassthru%d' % index, line=line)
+                    entry = extra[index] = PassthroughEntry(file=path, key='pciPassthru%d' % index, line=eline)
                 entry.fields[match.group('field')] = value
         source.entries.extend(extra[i] for i in sorted(extra))
         out.append(source)

@@ -276,13 +276,13 @@ def main() -> None:
             result['devices'] = binder.results()
             result['released_ids'] = binder.released_ids
         module.fail_json(msg=str(exc), **result)
-
-    result['changed'] = plan.changed
-    result['devices'] = binder.results()
-    result['released_ids'] = binder.released_ids
-    if module._diff and plan.changed:
-        result['diff'] = plan.diff()
-    module.exit_json(**result)
+    else:
+        result['changed'] = plan.changed
+        result['devices'] = binder.results()
+        result['released_ids'] = binder.released_ids
+        if module._diff and plan.changed:
+            result['diff'] = plan.diff()
+        module.exit_json(**result)
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+from typing import Callable
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, key_of, validate_token
@@ -277,7 +278,7 @@ def backend(name: str, root: str, runner: Runner, update: bool = True, running: 
 
     if name == 'auto':
         name = detect(root)
-    classes = {
+    classes: dict[str, Callable[..., Bootloader]] = {
         'grub': grub.Grub,
         'grubby': grubby.Grubby,
         'systemd-boot': systemd_boot.SystemdBoot,

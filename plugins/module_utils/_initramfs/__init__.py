@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import os
+from typing import Callable
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
@@ -180,8 +181,8 @@ def backend(name: str, root: str, runner: Runner) -> Initramfs:
 
     if name == 'auto':
         name = detect(root)
-    classes = {'initramfs-tools': initramfs_tools.InitramfsTools, 'dracut': dracut.Dracut,
-               'mkinitcpio': mkinitcpio.Mkinitcpio}
+    classes: dict[str, Callable[..., Initramfs]] = {
+        'initramfs-tools': initramfs_tools.InitramfsTools, 'dracut': dracut.Dracut, 'mkinitcpio': mkinitcpio.Mkinitcpio}
     if name not in classes:
         raise InitramfsError('unknown initramfs generator %r (one of %s)' % (name, ', '.join(sorted(classes))))
     return classes[name](root, runner)
