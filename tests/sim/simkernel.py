@@ -241,21 +241,21 @@ def _resource_lines(fn: '_Function', alloc: Dict[str, int]) -> str:
     aligned to their size, as the kernel assigns them."""
     lines = ['0x%016x 0x%016x 0x%016x' % (0, 0, 0)] * 13
     slot = 0
-    for bar in fn.bars:
-        index = bar['index'] if bar['index'] is not None else slot
+    for spec in fn.bars:
+        index = spec['index'] if spec['index'] is not None else slot
         if index >= 6:
             raise TopologyError('%s: BAR index %d out of range' % (fn.address, index))
-        size = bar['size']
-        if bar['io']:
+        size = spec['size']
+        if spec['io']:
             flags = 0x40101
             key = 'io'
         else:
-            flags = 0x40200 | (0x2000 | 0x8 if bar['prefetchable'] else 0) | (0x100000 | 0x4 if bar['mem64'] else 0)
-            key = 'mem64' if bar['mem64'] else 'mem32'
+            flags = 0x40200 | (0x2000 | 0x8 if spec['prefetchable'] else 0) | (0x100000 | 0x4 if spec['mem64'] else 0)
+            key = 'mem64' if spec['mem64'] else 'mem32'
         start = (alloc[key] + size - 1) & ~(size - 1)
         alloc[key] = start + size
         lines[index] = '0x%016x 0x%016x 0x%016x' % (start, start + size - 1, flags)
-        slot = index + (2 if bar['mem64'] and not bar['io'] else 1)
+        slot = index + (2 if spec['mem64'] and not spec['io'] else 1)
     return '\n'.join(lines) + '\n'
 
 
