@@ -11,21 +11,11 @@ report.  Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 import tracemalloc
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYROOT = os.path.join(REPO, '.cache', 'pyroot')
-_link = os.path.join(PYROOT, 'ansible_collections', 'fleetgpu', 'passthrough')
-if not os.path.exists(_link):
-    os.makedirs(os.path.dirname(_link), exist_ok=True)
-    os.symlink(REPO, _link)
-    for init in (os.path.join(PYROOT, 'ansible_collections', '__init__.py'),
-                 os.path.join(PYROOT, 'ansible_collections', 'fleetgpu', '__init__.py')):
-        open(init, 'a').close()
-sys.path[:0] = [PYROOT, REPO]
+# the collection from this checkout on sys.path, before it is imported
+import _pyroot  # noqa: F401  # pylint: disable=unused-import
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _fleet as fleet  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _fleet_report as report  # noqa: E402

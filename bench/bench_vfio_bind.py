@@ -19,16 +19,8 @@ import tempfile
 import time
 from typing import Callable, List, Tuple
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYROOT = os.path.join(REPO, '.cache', 'pyroot')
-_link = os.path.join(PYROOT, 'ansible_collections', 'fleetgpu', 'passthrough')
-if not os.path.exists(_link):
-    os.makedirs(os.path.dirname(_link), exist_ok=True)
-    os.symlink(REPO, _link)
-    for init in (os.path.join(PYROOT, 'ansible_collections', '__init__.py'),
-                 os.path.join(PYROOT, 'ansible_collections', 'fleetgpu', '__init__.py')):
-        open(init, 'a').close()
-sys.path[:0] = [PYROOT, REPO, os.path.join(REPO, 'tests', 'sim')]
+# the collection from this checkout on sys.path, before it is imported
+import _pyroot  # noqa: F401  # pylint: disable=unused-import
 
 import fusekernel  # noqa: E402
 import simkernel  # noqa: E402

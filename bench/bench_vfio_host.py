@@ -17,16 +17,8 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYROOT = os.path.join(REPO, '.cache', 'pyroot')
-_link = os.path.join(PYROOT, 'ansible_collections', 'fleetgpu', 'passthrough')
-if not os.path.exists(_link):
-    os.makedirs(os.path.dirname(_link), exist_ok=True)
-    os.symlink(REPO, _link)
-    for init in (os.path.join(PYROOT, 'ansible_collections', '__init__.py'),
-                 os.path.join(PYROOT, 'ansible_collections', 'fleetgpu', '__init__.py')):
-        open(init, 'a').close()
-sys.path[:0] = [PYROOT, REPO]
+# the collection from this checkout on sys.path, before it is imported
+import _pyroot  # noqa: F401  # pylint: disable=unused-import
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _vfio_host_apply  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import backend as boot_backend  # noqa: E402
