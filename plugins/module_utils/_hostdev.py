@@ -21,6 +21,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._topology import parse_cpulist
 
 try:
     from lxml import etree
@@ -232,7 +233,7 @@ class DomainDefinition:
         mem = self.root.find('numatune/memory')
         if mem is None or not mem.get('nodeset'):
             return []
-        return parse_nodeset(mem.get('nodeset'))
+        return parse_cpulist(mem.get('nodeset'), strict=False)
 
     def sources(self) -> list[PciAddress]:
         return sorted(h.source for h in self.hostdevs() if h.source is not None)
@@ -406,21 +407,6 @@ class DomainDefinition:
             dev.elem.getparent().remove(dev.elem)  # type: ignore[attr-defined]
             changes.append(Change(addr, 'removed', guest))
         return changes
-
-
-def parse_nodeset(text: str) -> list[int]:
-    """libvirt's nodeset syntax: ``0-3,^2,5`` -> [0, 1, 3, 5]; unparsable parts are ignored."""
-    include: set[int] = set()
-    exclude: set[int] = set()
-    for part in text.replace(' ', '').split(','):
-        target = include
-        if part.startswith('^'):
-            target, part = exclude, part[1:]
-        low, _sep, high = part.partition('-')
-        if not low.isdigit() or (high and not high.isdigit()):
-            continue
-        target.update(range(int(low), int(high or low) + 1))
-    return sorted(include - exclude)
 
 
 def hostdev_xml(source: PciAddress, managed: bool, rom: RomSpec | None = None) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciDevice
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError, PciDevice
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 
 # include/linux/ioport.h
@@ -26,7 +26,6 @@ IORESOURCE_MEM_64 = 0x00100000
 #: BARs and, on bridges, the windows).
 STANDARD_BARS = 6
 
-_ADDRESS = re.compile(r'^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
 _ROOT_BUS = re.compile(r'^pci([0-9a-f]{4,5}:[0-9a-f]{2})$')
 _NODE = re.compile(r'^node([0-9]+)$')
 _HUGEPAGES = re.compile(r'^hugepages-([0-9]+)kB$')
@@ -36,21 +35,28 @@ class CpuListError(ValueError):
     """A CPU list that is not the kernel's ``0-3,8,10-11`` form."""
 
 
-def parse_cpulist(text: str | None) -> list[int]:
-    """``0-3,8`` -> ``[0, 1, 2, 3, 8]`` (sorted, no repeats); empty or None -> ``[]``."""
-    cpus: set[int] = set()
-    for part in (text or '').strip().split(','):
-        part = part.strip()
+def parse_cpulist(text: str | None, strict: bool = True) -> list[int]:
+    """The kernel's CPU lists and libvirt's cpusets and nodesets: ``0-3,^2,8`` -> ``[0, 1, 3, 8]``
+    (sorted, no repeats; ``^`` excludes, as libvirt allows); empty or None -> ``[]``.
+
+    A malformed part raises :class:`CpuListError`, or is skipped when not ``strict`` (a nodeset
+    read from a domain someone else wrote).
+    """
+    include: set[int] = set()
+    exclude: set[int] = set()
+    for part in (text or '').replace(' ', '').strip().split(','):
         if not part:
             continue
+        target = include
+        if part.startswith('^'):
+            target, part = exclude, part[1:]
         first, sep, last = part.partition('-')
-        if not first.isdigit() or (sep and not last.isdigit()):
-            raise CpuListError('invalid CPU list %r' % text)
-        low, high = int(first), int(last) if sep else int(first)
-        if high < low:
-            raise CpuListError('invalid CPU list %r (range %s)' % (text, part))
-        cpus.update(range(low, high + 1))
-    return sorted(cpus)
+        if not first.isdigit() or (sep and not last.isdigit()) or (sep and int(last) < int(first)):
+            if strict:
+                raise CpuListError('invalid CPU list %r (at %r)' % (text, part))
+            continue
+        target.update(range(int(first), int(last if sep else first) + 1))
+    return sorted(include - exclude)
 
 
 def format_cpulist(cpus: list[int]) -> str:
@@ -106,8 +112,11 @@ def pci_path(sysfs: Sysfs, dev: PciDevice) -> dict:
         m = _ROOT_BUS.match(part)
         if m:
             root, chain = m.group(1), []
-        elif _ADDRESS.match(part):
-            chain.append(part)
+            continue
+        try:
+            chain.append(str(PciAddress.parse(part)))
+        except PciAddressError:
+            continue
     upstream = chain[:-1] if chain and chain[-1] == str(dev.address) else chain
     return {
         'root_complex': root,

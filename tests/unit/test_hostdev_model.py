@@ -13,9 +13,9 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     canonical_xml,
     hostdev_sources,
     hostdev_xml,
-    parse_nodeset,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._topology import parse_cpulist
 
 A = PciAddress.parse
 
@@ -207,7 +207,7 @@ def test_standalone_hostdev_xml_and_sources() -> None:
     ('1', [1]), ('0-3', [0, 1, 2, 3]), ('0-3,^2', [0, 1, 3]), ('0,2', [0, 2]), ('x,1', [1]), ('', []),
 ])
 def test_numa_nodes_of_the_domain(nodeset: str, expected: list[int]) -> None:
-    assert parse_nodeset(nodeset) == expected
+    assert parse_cpulist(nodeset, strict=False) == expected
     xml = Q35.format(extra='').replace('<devices>', "<numatune><memory mode='strict' nodeset='%s'/></numatune><devices>" % nodeset)
     assert DomainDefinition(xml).numa_nodes() == expected
     assert q35().numa_nodes() == []

@@ -113,7 +113,8 @@ def test_status_reports_missing_and_dead_hosts_as_not_running(tmp_path, capsys):
     (stale / 'host.json').write_text('{"topology": "amd", "port": 40022, "pgid": %d, "image": "/x"}' % launch.os.getpid())
     rc, out, err = _main_json(capsys, ['--run-dir', str(tmp_path), 'status', '--name', 'absent', '--name', 'stale'])
     assert rc == 0 and 'error' not in err
-    assert launch.json.loads(out) == [{'instance': 'absent', 'running': False}, {'instance': 'stale', 'running': False}]
+    assert launch.json.loads(out) == [{'instance': 'absent', 'running': False, 'leftover': False},
+                                      {'instance': 'stale', 'running': False, 'leftover': False}]
 
 
 def test_down_json_says_nothing_was_stopped_and_drops_the_overlay(tmp_path, capsys):
@@ -122,7 +123,8 @@ def test_down_json_says_nothing_was_stopped_and_drops_the_overlay(tmp_path, caps
     (run / 'overlay.qcow2').write_text('x')
     (run / 'serial.log').write_text('kept')
     rc, out, err = _main_json(capsys, ['--run-dir', str(tmp_path), 'down', '--json', '--name', 'h1'])
-    assert rc == 0 and 'error' not in err and launch.json.loads(out) == {'instance': 'h1', 'stopped': False}
+    assert rc == 0 and 'error' not in err
+    assert launch.json.loads(out) == {'instance': 'h1', 'stopped': False, 'removed_overlay': True}
     assert not (run / 'overlay.qcow2').exists() and (run / 'serial.log').read_text() == 'kept'
 
 
@@ -138,7 +140,8 @@ def test_up_reuse_leaves_a_running_host_alone(tmp_path, capsys, monkeypatch):
                                        '--topology', 'amd'])
     assert rc == 0 and 'error' not in err
     assert launch.json.loads(out) == {'instance': 'h1', 'address': '127.0.0.1', 'port': 40100, 'user': 'root',
-                                      'identity_file': '/img/id_ed25519', 'topology': 'amd', 'started': False}
+                                      'identity_file': '/img/id_ed25519', 'topology': 'amd', 'started': False,
+                                      'ssh_common_args': ' '.join(launch.SSH_OPTIONS)}
 
 
 def test_up_reuse_refuses_a_running_host_of_another_topology(tmp_path, capsys, monkeypatch):
@@ -149,3 +152,25 @@ def test_up_reuse_refuses_a_running_host_of_another_topology(tmp_path, capsys, m
                                        '--topology', 'intel'])
     assert rc == 1 and out == ''
     assert 'h1 is running with topology amd, not intel' in err
+
+
+@pytest.mark.parametrize('name', ['../h1', '..', 'a/b', '-x', '', 'x' * 64, 'h 1'])
+@pytest.mark.parametrize('command', [['status', '--name'], ['down', '--json', '--name'],
+                                     ['up', '--reuse', '--json', '--name'], ['ssh', '--name']])
+def test_a_name_that_is_not_one_plain_path_component_is_refused(tmp_path, capsys, name, command):
+    # a name is a directory of the run directory: "../h1" must not reach (or remove) anything outside it
+    outside = tmp_path / 'h1'
+    outside.mkdir()
+    (outside / 'overlay.qcow2').write_text('keep')
+    run = tmp_path / 'run'
+    rc, out, err = _main_json(capsys, ['--run-dir', str(run), *command[:-1], '%s=%s' % (command[-1], name)])
+    assert rc == 1 and out == ''
+    assert 'invalid test host name %r' % name in err
+    assert (outside / 'overlay.qcow2').read_text() == 'keep' and not run.exists()
+
+
+def test_status_names_the_overlay_a_dead_host_left(tmp_path, capsys):
+    (tmp_path / 'h1').mkdir()
+    (tmp_path / 'h1' / 'overlay.qcow2').write_text('x')
+    rc, out, _err = _main_json(capsys, ['--run-dir', str(tmp_path), 'status', '--name', 'h1'])
+    assert rc == 0 and launch.json.loads(out) == [{'instance': 'h1', 'running': False, 'leftover': True}]

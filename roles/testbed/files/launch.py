@@ -27,6 +27,7 @@ import argparse
 import atexit
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -117,6 +118,18 @@ class TestbedError(RuntimeError):
     """A test host could not be built, started or reached."""
 
 
+#: A host's name becomes a directory of the run directory and part of QEMU's process name.
+NAME_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$')
+
+
+def check_name(name: str) -> str:
+    """The name, when it is one path component of letters, digits, '.', '_' and '-'."""
+    if not NAME_RE.match(name):
+        raise TestbedError('invalid test host name %r: 1 to 63 letters, digits, ".", "_" or "-", starting with a '
+                           'letter or digit' % name)
+    return name
+
+
 def log(msg: str) -> None:
     sys.stderr.write('[launch %s] %s\n' % (time.strftime('%H:%M:%S'), msg))
     sys.stderr.flush()
@@ -168,6 +181,7 @@ class TestHost:
 
     def __init__(self, name: str, topology: str = 'intel', kernel_args: Optional[str] = None,
                  memory_mib: int = 2048, cpus: int = 2, run_dir: Optional[Path] = None) -> None:
+        check_name(name)
         if topology not in TOPOLOGIES:
             raise TestbedError('unknown topology %r (known: %s)' % (topology, ', '.join(sorted(TOPOLOGIES))))
         self.name = name
@@ -527,7 +541,7 @@ def detach(host: TestHost) -> None:
 
 
 def _load(name: str, run_dir: Path) -> TestHost:
-    info = json.loads((run_dir / name / 'host.json').read_text())
+    info = json.loads((run_dir / check_name(name) / 'host.json').read_text())
     h = TestHost(name, info['topology'], kernel_args=info.get('kernel_args'), run_dir=run_dir)
     h.port = int(info['port'])
     h.pgid = int(info['pgid'])
@@ -537,7 +551,7 @@ def _load(name: str, run_dir: Path) -> TestHost:
 
 def running(name: str, run_dir: Path) -> Optional[TestHost]:
     """The host of this name when its QEMU is alive and it answers on SSH, else None."""
-    if not (run_dir / name / 'host.json').exists():
+    if not (run_dir / check_name(name) / 'host.json').exists():
         return None
     try:
         host = _load(name, run_dir)
@@ -556,7 +570,7 @@ def running(name: str, run_dir: Path) -> Optional[TestHost]:
 def record(host: TestHost) -> Dict[str, object]:
     """How to reach a host: Molecule's instance-configuration keys plus the topology."""
     return {'instance': host.name, 'address': '127.0.0.1', 'port': host.port, 'user': 'root',
-            'identity_file': str(host.key), 'topology': host.topology}
+            'identity_file': str(host.key), 'topology': host.topology, 'ssh_common_args': ' '.join(SSH_OPTIONS)}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -606,13 +620,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(json.dumps(dict(record(host), started=started)))
             return 0
         if args.cmd == 'down':
-            found = stop_dir(args.run_dir / args.name)
+            run = args.run_dir / check_name(args.name)
+            leftover = (run / 'overlay.qcow2').exists()
+            found = stop_dir(run)
             if args.json:
-                print(json.dumps({'instance': args.name, 'stopped': found}))
+                print(json.dumps({'instance': args.name, 'stopped': found, 'removed_overlay': leftover}))
             return 0
         if args.cmd == 'status':
             hosts = [(name, running(name, args.run_dir)) for name in args.name]
-            print(json.dumps([dict(record(h), running=True) if h else {'instance': name, 'running': False}
+            print(json.dumps([dict(record(h), running=True) if h else
+                              {'instance': name, 'running': False,
+                               'leftover': (args.run_dir / name / 'overlay.qcow2').exists()}
                               for name, h in hosts]))
             return 0
         if args.cmd == 'sweep':
