@@ -1,0 +1,199 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Writing a VM's wiring (plugins/module_utils/_vm_wiring.py) into its libvirt definition.
+
+PRIVATE to the fleetgpu.passthrough collection: not a public API.
+
+Only these elements are owned, and only they change; everything else the user wrote stays:
+
+- ``cputune/vcpupin`` (one per vCPU) and ``cputune/emulatorpin``;
+- ``numatune/memory``;
+- ``memoryBacking/hugepages``;
+- the ``pcihole64`` of the root PCI controller (SeaBIOS guests);
+- the fw_cfg entry ``opt/ovmf/X-PciMmio64Mb`` under ``sysinfo type='fwcfg'`` (UEFI guests).
+
+:func:`shape` reads what the wiring is computed from (vCPUs, memory, firmware, machine);
+:func:`apply` edits the definition in place and returns one record per owned element.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import DomainDefinition, DomainXmlError
+
+try:
+    from lxml import etree
+except ImportError:  # pragma: no cover - DomainDefinition refuses to edit without lxml
+    etree = None
+
+FW_CFG_NAME = 'opt/ovmf/X-PciMmio64Mb'
+#: libvirt's memory units, in bytes
+_UNIT_BYTES = {'b': 1, 'bytes': 1, 'kb': 10 ** 3, 'k': 1 << 10, 'kib': 1 << 10, 'mb': 10 ** 6, 'm': 1 << 20,
+               'mib': 1 << 20, 'gb': 10 ** 9, 'g': 1 << 30, 'gib': 1 << 30, 'tb': 10 ** 12, 't': 1 << 40,
+               'tib': 1 << 40}
+
+
+def shape(defn: DomainDefinition) -> dict:
+    """``vcpus``, ``memory_mib``, ``firmware`` (``efi`` or ``bios``) and ``pcie`` of a definition."""
+    root = defn.root
+    vcpu_text = (root.findtext('vcpu') or '').strip()
+    if not vcpu_text.isdigit():
+        raise DomainXmlError('domain %r has no vCPU count (<vcpu>)' % defn.name)
+    mem = root.find('memory')
+    if mem is None or not (mem.text or '').strip().isdigit():
+        raise DomainXmlError('domain %r has no memory size (<memory>)' % defn.name)
+    unit = (mem.get('unit') or 'KiB').lower()
+    if unit not in _UNIT_BYTES:
+        raise DomainXmlError('domain %r: unknown memory unit %r' % (defn.name, mem.get('unit')))
+    kib = int(mem.text.strip()) * _UNIT_BYTES[unit] // 1024
+    os_elem = root.find('os')
+    efi = False
+    if os_elem is not None:
+        loader = (os_elem.findtext('loader') or '').lower()
+        efi = os_elem.get('firmware') == 'efi' or 'ovmf' in loader or 'edk2' in loader
+    return {'vcpus': int(vcpu_text), 'memory_mib': kib // 1024, 'firmware': 'efi' if efi else 'bios',
+            'pcie': defn.is_pcie()}
+
+
+def _child(parent: Any, tag: str, first: bool = False) -> Any:
+    elem = parent.find(tag)
+    if elem is None:
+        elem = etree.Element(tag)
+        if first:
+            parent.insert(0, elem)
+        else:
+            parent.append(elem)
+    return elem
+
+
+def _record(records: list[dict], element: str, before: str | None, after: str | None) -> None:
+    if before == after:
+        action = 'unchanged'
+    elif before is None:
+        action = 'added'
+    elif after is None:
+        action = 'removed'
+    else:
+        action = 'updated'
+    records.append({'element': element, 'action': action, 'before': before, 'after': after})
+
+
+def _text(elem: Any) -> str | None:
+    if elem is None:
+        return None
+    return etree.tostring(elem, encoding='unicode', with_tail=False).strip()
+
+
+def _after_domain_child(root: Any, tag: str, after: tuple[str, ...]) -> Any:
+    """The top-level element ``tag``, made where libvirt itself would print it when missing."""
+    elem = root.find(tag)
+    if elem is not None:
+        return elem
+    elem = etree.Element(tag)
+    anchor = None
+    for name in after:
+        found = root.find(name)
+        if found is not None:
+            anchor = found
+    if anchor is not None:
+        anchor.addnext(elem)
+    else:
+        root.insert(0, elem)
+    return elem
+
+
+def apply(defn: DomainDefinition, wiring: dict) -> list[dict]:
+    """Write ``wiring`` (from ``_vm_wiring.plan``) into ``defn``; one record per owned element
+    (``element``, ``action`` added / updated / unchanged, ``before``, ``after``)."""
+    root = defn.root
+    records: list[dict] = []
+    info = shape(defn)
+    order = ('name', 'uuid', 'title', 'description', 'metadata', 'maxMemory', 'memory', 'currentMemory',
+             'blkiotune', 'memtune', 'memoryBacking', 'vcpu', 'vcpus', 'iothreads', 'iothreadids', 'cputune',
+             'numatune', 'resource', 'sysinfo', 'os')
+
+    if wiring.get('vcpu_pins') is not None:
+        cputune = _after_domain_child(root, 'cputune', order[:order.index('cputune')])
+        for vcpu, cpu in sorted(wiring['vcpu_pins'].items(), key=lambda kv: int(kv[0])):
+            existing = [p for p in cputune.findall('vcpupin') if p.get('vcpu') == str(vcpu)]
+            before = _text(existing[0]) if existing else None
+            pin = existing[0] if existing else etree.SubElement(cputune, 'vcpupin')
+            pin.set('vcpu', str(vcpu))
+            pin.set('cpuset', str(cpu))
+            _record(records, 'cputune/vcpupin[@vcpu=%s]' % vcpu, before, _text(pin))
+        for pin in cputune.findall('vcpupin'):
+            if int(pin.get('vcpu', '-1')) >= info['vcpus']:
+                before = _text(pin)
+                cputune.remove(pin)
+                _record(records, 'cputune/vcpupin[@vcpu=%s]' % pin.get('vcpu'), before, None)
+        emu = cputune.find('emulatorpin')
+        before = _text(emu)
+        emu = _child(cputune, 'emulatorpin')
+        emu.set('cpuset', str(wiring['emulator_cpus']))
+        _record(records, 'cputune/emulatorpin', before, _text(emu))
+
+    if wiring.get('numatune') is not None:
+        numatune = _after_domain_child(root, 'numatune', order[:order.index('numatune')])
+        mem = numatune.find('memory')
+        before = _text(mem)
+        mem = _child(numatune, 'memory', first=True)
+        mem.set('mode', wiring['numatune']['mode'])
+        mem.set('nodeset', wiring['numatune']['nodeset'])
+        _record(records, 'numatune/memory', before, _text(mem))
+
+    if wiring.get('hugepages') is not None:
+        backing = _after_domain_child(root, 'memoryBacking', order[:order.index('memoryBacking')])
+        pages = backing.find('hugepages')
+        before = _text(pages)
+        if pages is not None:
+            for child in list(pages):
+                pages.remove(child)
+        pages = _child(backing, 'hugepages', first=True)
+        page = etree.SubElement(pages, 'page', size=str(wiring['hugepages']['size_kib']), unit='KiB')
+        if wiring.get('node') is not None:
+            page.set('nodeset', str(wiring['node']))
+        _record(records, 'memoryBacking/hugepages', before, _text(pages))
+
+    if info['firmware'] == 'efi':
+        sysinfo = None
+        for elem in root.findall('sysinfo'):
+            if elem.get('type') == 'fwcfg':
+                sysinfo = elem
+        if sysinfo is None:
+            sysinfo = etree.Element('sysinfo', type='fwcfg')
+            anchor = None
+            for name in order[:order.index('sysinfo')]:
+                found = root.find(name)
+                if found is not None:
+                    anchor = found
+            if anchor is not None:
+                anchor.addnext(sysinfo)
+            else:
+                root.insert(0, sysinfo)
+        entry = None
+        for elem in sysinfo.findall('entry'):
+            if elem.get('name') == FW_CFG_NAME:
+                entry = elem
+        before = _text(entry)
+        if entry is None:
+            entry = etree.SubElement(sysinfo, 'entry', name=FW_CFG_NAME)
+        entry.text = str(wiring['mmio64_mib'])
+        _record(records, "sysinfo[@type='fwcfg']/entry[@name='%s']" % FW_CFG_NAME, before, _text(entry))
+    else:
+        model = 'pcie-root' if info['pcie'] else 'pci-root'
+        ctl = None
+        for elem in defn.devices.findall('controller'):
+            if elem.get('type') == 'pci' and elem.get('model') == model:
+                ctl = elem
+        if ctl is None:
+            ctl = etree.Element('controller', type='pci', index='0', model=model)
+            defn.devices.insert(0, ctl)
+        hole = ctl.find('pcihole64')
+        before = _text(hole)
+        hole = _child(ctl, 'pcihole64')
+        hole.set('unit', 'KiB')
+        hole.text = str(wiring['pcihole64_kib'])
+        _record(records, "devices/controller[@model='%s']/pcihole64" % model, before, _text(hole))
+    return records

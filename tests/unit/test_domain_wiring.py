@@ -1,0 +1,104 @@
+"""Writing a VM's wiring into its libvirt definition (plugins/module_utils/_domain_wiring.py):
+only the owned elements change, a second write changes nothing, what the user wrote stays."""
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._domain_wiring import FW_CFG_NAME, apply, shape
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import DomainDefinition, DomainXmlError
+
+BIOS_Q35 = """<domain type='kvm'>
+  <name>train01</name>
+  <memory unit='GiB'>64</memory>
+  <vcpu placement='static'>4</vcpu>
+  <cputune><shares>2048</shares><vcpupin vcpu='7' cpuset='1'/></cputune>
+  <os><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices>
+    <controller type='pci' index='0' model='pcie-root'/>
+    <disk type='file' device='disk'><source file='/var/lib/libvirt/images/train01.qcow2'/><target dev='vda'/></disk>
+  </devices>
+</domain>"""
+
+EFI = """<domain type='kvm'>
+  <name>infer01</name>
+  <memory unit='KiB'>8388608</memory>
+  <vcpu>2</vcpu>
+  <memoryBacking><locked/></memoryBacking>
+  <os firmware='efi'><type arch='x86_64' machine='q35'>hvm</type></os>
+  <devices/>
+</domain>"""
+
+WIRING = {'node': 1, 'vcpu_pins': {'0': 12, '1': 13, '2': 14, '3': 15}, 'emulator_cpus': '8-11',
+          'numatune': {'mode': 'strict', 'nodeset': '1'}, 'hugepages': {'size_kib': 1048576, 'pages': 64},
+          'mmio64_mib': 262144, 'pcihole64_kib': 268435456,
+          'ovmf_fw_cfg': {'name': FW_CFG_NAME, 'value': '262144'}}
+
+
+def test_shape_reads_vcpus_memory_and_firmware() -> None:
+    assert shape(DomainDefinition(BIOS_Q35)) == {'vcpus': 4, 'memory_mib': 65536, 'firmware': 'bios', 'pcie': True}
+    assert shape(DomainDefinition(EFI)) == {'vcpus': 2, 'memory_mib': 8192, 'firmware': 'efi', 'pcie': False}
+
+
+def test_a_bios_guest_gets_pins_memory_pages_and_pcihole64_and_keeps_the_rest() -> None:
+    defn = DomainDefinition(BIOS_Q35)
+    records = apply(defn, WIRING)
+    actions = {r['element']: r['action'] for r in records}
+    assert actions == {
+        'cputune/vcpupin[@vcpu=0]': 'added', 'cputune/vcpupin[@vcpu=1]': 'added',
+        'cputune/vcpupin[@vcpu=2]': 'added', 'cputune/vcpupin[@vcpu=3]': 'added',
+        'cputune/vcpupin[@vcpu=7]': 'removed',   # a pin of a vCPU the domain does not have
+        'cputune/emulatorpin': 'added', 'numatune/memory': 'added', 'memoryBacking/hugepages': 'added',
+        "devices/controller[@model='pcie-root']/pcihole64": 'added',
+    }
+    root = defn.root
+    assert [(p.get('vcpu'), p.get('cpuset')) for p in root.findall('cputune/vcpupin')] == [
+        ('0', '12'), ('1', '13'), ('2', '14'), ('3', '15')]
+    assert root.find('cputune/shares').text == '2048'      # the user's own setting stays
+    assert root.find('cputune/emulatorpin').get('cpuset') == '8-11'
+    assert dict(root.find('numatune/memory').attrib) == {'mode': 'strict', 'nodeset': '1'}
+    assert dict(root.find('memoryBacking/hugepages/page').attrib) == {'size': '1048576', 'unit': 'KiB', 'nodeset': '1'}
+    hole = root.find("devices/controller[@model='pcie-root']/pcihole64")
+    assert hole.text == '268435456' and hole.get('unit') == 'KiB'
+    assert root.find('sysinfo') is None
+    assert root.find('devices/disk/source').get('file') == '/var/lib/libvirt/images/train01.qcow2'
+    # libvirt's element order: memoryBacking before vcpu, cputune and numatune after it
+    tags = [c.tag for c in root]
+    assert tags.index('memory') < tags.index('memoryBacking') < tags.index('vcpu') < tags.index('cputune') \
+        < tags.index('numatune') < tags.index('os')
+    # a second write changes nothing
+    again = DomainDefinition(defn.to_xml())
+    assert {r['action'] for r in apply(again, WIRING)} == {'unchanged'}
+    assert again.to_xml() == defn.to_xml()
+
+
+def test_an_efi_guest_gets_the_ovmf_window_and_keeps_locked_memory() -> None:
+    defn = DomainDefinition(EFI)
+    wiring = dict(WIRING, vcpu_pins={'0': 14, '1': 15}, hugepages={'size_kib': 2048, 'pages': 4096})
+    records = {r['element']: r for r in apply(defn, wiring)}
+    entry = records["sysinfo[@type='fwcfg']/entry[@name='%s']" % FW_CFG_NAME]
+    assert entry['action'] == 'added' and entry['after'] == '<entry name="%s">262144</entry>' % FW_CFG_NAME
+    assert defn.root.find('devices/controller') is None     # no pcihole64 for OVMF
+    assert defn.root.find('memoryBacking/locked') is not None
+    assert defn.root.find('memoryBacking/hugepages/page').get('size') == '2048'
+    # a changed window is an update of that one element
+    records = {r['element']: r['action'] for r in apply(defn, dict(wiring, mmio64_mib=524288))}
+    assert records["sysinfo[@type='fwcfg']/entry[@name='%s']" % FW_CFG_NAME] == 'updated'
+    assert [a for e, a in records.items() if a != 'unchanged'] == ['updated']
+
+
+def test_no_numa_information_writes_only_the_window() -> None:
+    defn = DomainDefinition(BIOS_Q35)
+    records = apply(defn, {'node': None, 'vcpu_pins': None, 'emulator_cpus': None, 'numatune': None,
+                           'hugepages': None, 'mmio64_mib': 32768, 'pcihole64_kib': 33554432})
+    assert [r['element'] for r in records] == ["devices/controller[@model='pcie-root']/pcihole64"]
+    assert defn.root.find('numatune') is None
+
+
+@pytest.mark.parametrize('xml,message', [
+    ("<domain><name>x</name><memory>1</memory></domain>", "domain 'x' has no vCPU count"),
+    ("<domain><name>x</name><vcpu>1</vcpu></domain>", "domain 'x' has no memory size"),
+    ("<domain><name>x</name><vcpu>1</vcpu><memory unit='parsecs'>1</memory></domain>", "unknown memory unit 'parsecs'"),
+])
+def test_a_definition_without_what_the_wiring_needs_is_named(xml: str, message: str) -> None:
+    with pytest.raises(DomainXmlError, match=message):
+        shape(DomainDefinition(xml))
