@@ -12,7 +12,8 @@ Only these elements are owned, and only they change; everything else the user wr
 - ``numatune/memory``;
 - ``memoryBacking/hugepages``;
 - the ``pcihole64`` of the root PCI controller (SeaBIOS guests);
-- the fw_cfg entry ``opt/ovmf/X-PciMmio64Mb`` under ``sysinfo type='fwcfg'`` (UEFI guests).
+- the ``-fw_cfg name=opt/ovmf/X-PciMmio64Mb`` pair of ``qemu:commandline`` (UEFI guests; libvirt
+  reserves that name in ``sysinfo type='fwcfg'``).
 
 :func:`shape` reads what the wiring is computed from (vCPUs, memory, firmware, machine);
 :func:`apply` edits the definition in place and returns one record per owned element.
@@ -29,6 +30,7 @@ except ImportError:  # pragma: no cover - DomainDefinition refuses to edit witho
     etree = None
 
 FW_CFG_NAME = 'opt/ovmf/X-PciMmio64Mb'
+QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0'
 #: libvirt's memory units, in bytes
 _UNIT_BYTES = {'b': 1, 'bytes': 1, 'kb': 10 ** 3, 'k': 1 << 10, 'kib': 1 << 10, 'mb': 10 ** 6, 'm': 1 << 20,
                'mib': 1 << 20, 'gb': 10 ** 9, 'g': 1 << 30, 'gib': 1 << 30, 'tb': 10 ** 12, 't': 1 << 40,
@@ -157,30 +159,23 @@ def apply(defn: DomainDefinition, wiring: dict) -> list[dict]:
         _record(records, 'memoryBacking/hugepages', before, _text(pages))
 
     if info['firmware'] == 'efi':
-        sysinfo = None
-        for elem in root.findall('sysinfo'):
-            if elem.get('type') == 'fwcfg':
-                sysinfo = elem
-        if sysinfo is None:
-            sysinfo = etree.Element('sysinfo', type='fwcfg')
-            anchor = None
-            for name in order[:order.index('sysinfo')]:
-                found = root.find(name)
-                if found is not None:
-                    anchor = found
-            if anchor is not None:
-                anchor.addnext(sysinfo)
-            else:
-                root.insert(0, sysinfo)
-        entry = None
-        for elem in sysinfo.findall('entry'):
-            if elem.get('name') == FW_CFG_NAME:
-                entry = elem
-        before = _text(entry)
-        if entry is None:
-            entry = etree.SubElement(sysinfo, 'entry', name=FW_CFG_NAME)
-        entry.text = str(wiring['mmio64_mib'])
-        _record(records, "sysinfo[@type='fwcfg']/entry[@name='%s']" % FW_CFG_NAME, before, _text(entry))
+        # libvirt refuses fw_cfg names under opt/ovmf/ in <sysinfo type='fwcfg'> ("That firmware
+        # name is reserved", libvirt 9.0), so OVMF's setting goes on QEMU's command line.
+        cmdline = root.find('{%s}commandline' % QEMU_NS)
+        if cmdline is None:
+            cmdline = etree.SubElement(root, '{%s}commandline' % QEMU_NS, nsmap={'qemu': QEMU_NS})
+        args = cmdline.findall('{%s}arg' % QEMU_NS)
+        value = 'name=%s,string=%d' % (FW_CFG_NAME, wiring['mmio64_mib'])
+        before = None
+        target = None
+        for flag, arg in zip(args, args[1:]):
+            if flag.get('value') == '-fw_cfg' and (arg.get('value') or '').startswith('name=%s,' % FW_CFG_NAME):
+                target, before = arg, arg.get('value')
+        if target is None:
+            etree.SubElement(cmdline, '{%s}arg' % QEMU_NS, value='-fw_cfg')
+            target = etree.SubElement(cmdline, '{%s}arg' % QEMU_NS)
+        target.set('value', value)
+        _record(records, 'qemu:commandline -fw_cfg %s' % FW_CFG_NAME, before, value)
     else:
         model = 'pcie-root' if info['pcie'] else 'pci-root'
         ctl = None

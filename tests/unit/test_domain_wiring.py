@@ -75,14 +75,17 @@ def test_an_efi_guest_gets_the_ovmf_window_and_keeps_locked_memory() -> None:
     defn = DomainDefinition(EFI)
     wiring = dict(WIRING, vcpu_pins={'0': 14, '1': 15}, hugepages={'size_kib': 2048, 'pages': 4096})
     records = {r['element']: r for r in apply(defn, wiring)}
-    entry = records["sysinfo[@type='fwcfg']/entry[@name='%s']" % FW_CFG_NAME]
-    assert entry['action'] == 'added' and entry['after'] == '<entry name="%s">262144</entry>' % FW_CFG_NAME
+    entry = records['qemu:commandline -fw_cfg %s' % FW_CFG_NAME]
+    assert entry['action'] == 'added' and entry['after'] == 'name=%s,string=262144' % FW_CFG_NAME
+    ns = '{http://libvirt.org/schemas/domain/qemu/1.0}'
+    assert [a.get('value') for a in defn.root.find(ns + 'commandline')] == ['-fw_cfg', entry['after']]
     assert defn.root.find('devices/controller') is None     # no pcihole64 for OVMF
     assert defn.root.find('memoryBacking/locked') is not None
     assert defn.root.find('memoryBacking/hugepages/page').get('size') == '2048'
     # a changed window is an update of that one element
     records = {r['element']: r['action'] for r in apply(defn, dict(wiring, mmio64_mib=524288))}
-    assert records["sysinfo[@type='fwcfg']/entry[@name='%s']" % FW_CFG_NAME] == 'updated'
+    assert records['qemu:commandline -fw_cfg %s' % FW_CFG_NAME] == 'updated'
+    assert len(defn.root.find('{http://libvirt.org/schemas/domain/qemu/1.0}commandline')) == 2
     assert [a for e, a in records.items() if a != 'unchanged'] == ['updated']
 
 
