@@ -20,9 +20,18 @@ Only these elements are owned, and only they change; everything else the user wr
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import DomainDefinition, DomainXmlError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import FactsError, gather
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (
+    DomainDefinition,
+    DomainXmlError,
+    HostdevError,
+)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import is_gpu_class
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vm_wiring import WiringError, plan
 
 try:
     from lxml import etree
@@ -30,6 +39,11 @@ except ImportError:  # pragma: no cover - DomainDefinition refuses to edit witho
     etree = None
 
 FW_CFG_NAME = 'opt/ovmf/X-PciMmio64Mb'
+NUMA_CHOICES = ('strict', 'preferred', 'none')
+#: The wiring option's keys and their defaults (libvirt_hostdev ``wiring``, libvirt_gpu ``wiring``).
+DEFAULTS = {'pin_cpus': True, 'numa_mode': 'strict', 'hugepages': None, 'mmio64': True, 'allow_spread': False}
+_PAGE_SIZE = re.compile(r'^([0-9]+)\s*([kmg]?)(?:i?b)?$', re.IGNORECASE)
+_PAGE_UNIT_KIB = {'': 1, 'k': 1, 'm': 1024, 'g': 1024 * 1024}
 QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0'
 #: libvirt's memory units, in bytes
 _UNIT_BYTES = {'b': 1, 'bytes': 1, 'kb': 10 ** 3, 'k': 1 << 10, 'kib': 1 << 10, 'mb': 10 ** 6, 'm': 1 << 20,
@@ -153,12 +167,13 @@ def apply(defn: DomainDefinition, wiring: dict) -> list[dict]:
             for child in list(pages):
                 pages.remove(child)
         pages = _child(backing, 'hugepages', first=True)
-        page = etree.SubElement(pages, 'page', size=str(wiring['hugepages']['size_kib']), unit='KiB')
-        if wiring.get('node') is not None:
-            page.set('nodeset', str(wiring['node']))
+        # the page's own nodeset would name guest NUMA cells: the host node comes from numatune
+        etree.SubElement(pages, 'page', size=str(wiring['hugepages']['size_kib']), unit='KiB')
         _record(records, 'memoryBacking/hugepages', before, _text(pages))
 
-    if info['firmware'] == 'efi':
+    if wiring.get('mmio64_mib') is None:
+        pass
+    elif info['firmware'] == 'efi':
         # libvirt refuses fw_cfg names under opt/ovmf/ in <sysinfo type='fwcfg'> ("That firmware
         # name is reserved", libvirt 9.0), so OVMF's setting goes on QEMU's command line.
         cmdline = root.find('{%s}commandline' % QEMU_NS)
@@ -192,3 +207,76 @@ def apply(defn: DomainDefinition, wiring: dict) -> list[dict]:
         hole.text = str(wiring['pcihole64_kib'])
         _record(records, "devices/controller[@model='%s']/pcihole64" % model, before, _text(hole))
     return records
+
+
+class DomainWiringError(HostdevError):
+    """The wiring asked for cannot be written for this domain on this host."""
+
+
+def page_size_kib(text: object) -> int:
+    """A hugepage size as written by users (``2M``, ``1G``, ``2048`` KiB, ``1GiB``) in KiB."""
+    found = _PAGE_SIZE.match(str(text).strip())
+    if not found or int(found.group(1)) <= 0:
+        raise DomainWiringError('wiring.hugepages: %r is not a page size (write 2M, 1G or a number of KiB)' % (text,))
+    return int(found.group(1)) * _PAGE_UNIT_KIB[found.group(2).lower()]
+
+
+def options(given: dict | None) -> dict:
+    """The wiring options with their defaults, checked (raises DomainWiringError naming the key)."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise DomainWiringError('wiring: unknown key(s) %s (known: %s)' % (', '.join(unknown), ', '.join(sorted(DEFAULTS))))
+    out = dict(DEFAULTS)
+    out.update({k: v for k, v in given.items() if v is not None})
+    if out['numa_mode'] not in NUMA_CHOICES:
+        raise DomainWiringError('wiring.numa_mode must be one of %s, not %r' % (', '.join(NUMA_CHOICES), out['numa_mode']))
+    if out['hugepages'] is not None:
+        out['hugepages'] = page_size_kib(out['hugepages'])
+    return out
+
+
+def _current_page_kib(defn: DomainDefinition) -> int | None:
+    page = defn.root.find('memoryBacking/hugepages/page')
+    if page is None or not (page.get('size') or '').isdigit():
+        return None
+    unit = (page.get('unit') or 'KiB').lower()
+    return int(page.get('size')) * _UNIT_BYTES.get(unit, 1024) // 1024
+
+
+def wire(defn: DomainDefinition, sysfs: Sysfs, given: dict | None, active: bool) -> tuple[dict, list[dict]]:
+    """Compute the wiring of ``defn``'s GPUs (its PCI hostdevs found under ``sysfs``) and write it.
+
+    ``active``: the domain runs now, so the memory and hugepages its definition already binds to
+    the node are its own, not missing. Returns the plan (with ``gpus``, the addresses it was
+    computed from) and one record per owned element."""
+    opts = options(given)
+    sources = [a for a in defn.sources() if sysfs.isdir(sysfs.sys('bus', 'pci', 'devices', str(a)))]
+    if not sources:
+        raise DomainWiringError('wiring of domain %r: it has no PCI hostdev present on this host to wire for'
+                                % defn.name)
+    try:
+        facts = gather(sysfs, addresses=[str(a) for a in sources], include_accelerators=True)
+    except FactsError as exc:
+        raise DomainWiringError('wiring of domain %r: %s' % (defn.name, exc)) from None
+    gpus = [g for g in facts['gpus'] if is_gpu_class(int(g['class'], 16), True)] or facts['gpus']
+    info = shape(defn)
+    held_pages = held_mib = 0
+    if active and opts['hugepages'] is not None and _current_page_kib(defn) == opts['hugepages']:
+        held_pages = info['memory_mib'] * 1024 // opts['hugepages']
+    if active and defn.root.find('numatune/memory') is not None:
+        held_mib = info['memory_mib']
+    try:
+        wiring = plan(facts['host'], gpus, info['vcpus'], info['memory_mib'],
+                      numa_mode=None if opts['numa_mode'] == 'none' else opts['numa_mode'],
+                      hugepage_kib=opts['hugepages'], allow_spread=opts['allow_spread'],
+                      held_pages=held_pages, held_mib=held_mib)
+    except WiringError as exc:
+        raise DomainWiringError('wiring of domain %r: %s' % (defn.name, exc)) from None
+    if not opts['pin_cpus']:
+        wiring['vcpu_pins'] = wiring['emulator_cpus'] = None
+    if not opts['mmio64']:
+        wiring['mmio64_mib'] = wiring['pcihole64_kib'] = wiring['ovmf_fw_cfg'] = None
+    wiring['gpus'] = [g['address'] for g in gpus]
+    wiring['firmware'] = info['firmware']
+    return wiring, apply(defn, wiring)

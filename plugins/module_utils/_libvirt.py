@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._domain_wiring import DomainWiringError, wire
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (
     Change,
     DomainDefinition,
@@ -149,7 +150,8 @@ class Request:
                  where: str = 'config', managed: bool = False, companions: bool = True,
                  rom: RomSpec | None = None, guest_address: PciAddress | None = None,
                  allow_shared: bool = False, start: bool = False, restart: bool = False,
-                 shutdown_timeout: float = 120.0, define_xml: str | None = None) -> None:
+                 shutdown_timeout: float = 120.0, define_xml: str | None = None,
+                 wiring: dict | None = None) -> None:
         self.domain = domain
         self.uri = uri
         self.devices = devices
@@ -164,6 +166,7 @@ class Request:
         self.restart = restart
         self.shutdown_timeout = shutdown_timeout
         self.define_xml = define_xml
+        self.wiring = wiring
 
 
 def slot_requests(devices: list[PciAddress], companions: bool, sysfs: Sysfs | None,
@@ -292,9 +295,12 @@ class HostdevBackend:
             changes += self._plan_present(defn, slots, wanted, shared)
         else:
             changes += defn.plan_absent(wanted)
+        wiring = self._wire(defn, dom)
 
-        config_changed = req.where in ('config', 'both') and any(c.action != 'unchanged' for c in changes)
-        result: dict[str, object] = {'domain': req.domain, 'uri': req.uri}
+        config_changed = req.where in ('config', 'both') and (
+            any(c.action != 'unchanged' for c in changes)
+            or any(r['action'] != 'unchanged' for r in (wiring or {}).get('elements', [])))
+        result: dict[str, object] = {'domain': req.domain, 'uri': req.uri, 'wiring': wiring}
         after_xml = defn.to_xml()
         if config_changed and not check_mode:
             try:
@@ -354,6 +360,7 @@ class HostdevBackend:
         if req.state == 'present':
             # the same plan, and the same warnings, as the real run makes after defining the domain
             changes += self._plan_present(defn, slots, wanted, shared)
+        wiring = self._wire(defn, None)
         after = defn.to_xml()
         self.warnings.append('domain %r does not exist at %s yet: it would be defined from define_xml' % (req.domain, req.uri))
         return {
@@ -361,10 +368,32 @@ class HostdevBackend:
             'devices': [c.to_dict() for c in changes], 'live': [],
             'power': 'started' if req.start and req.state == 'present' else None,
             'hostdevs': [h.to_dict() for h in DomainDefinition(after).hostdevs()],
-            'numa_nodes': DomainDefinition(after).numa_nodes(), 'assignments': shared,
+            'numa_nodes': DomainDefinition(after).numa_nodes(), 'assignments': shared, 'wiring': wiring,
             'diff': {'before': '', 'after': canonical_xml(after), 'before_header': '%s (not defined)' % req.domain,
                      'after_header': '%s (persistent definition)' % req.domain},
         }
+
+    def _wire(self, defn: DomainDefinition, dom: object) -> dict | None:
+        """Write the requested wiring into ``defn`` (state=present only); the plan and its element records."""
+        req = self.req
+        if req.wiring is None or req.state != 'present':
+            return None
+        if req.where == 'live':
+            raise DomainWiringError('wiring of domain %r is written into its persistent definition: use where=config '
+                                    'or where=both, not live' % req.domain)
+        if self.sysfs is None:
+            raise DomainWiringError('wiring of domain %r needs the host\'s sysfs' % req.domain)
+        active = False
+        if dom is not None:
+            try:
+                active = bool(dom.isActive())  # type: ignore[attr-defined]
+            except libvirt.libvirtError as exc:
+                raise self._fail('cannot read the state of the domain', exc) from None
+        plan, records = wire(defn, self.sysfs, req.wiring, active)
+        if active and any(r['action'] != 'unchanged' for r in records) and not req.restart:
+            self.warnings.append('domain %r runs: its new wiring applies when it next starts (or set restart)' % req.domain)
+        plan['elements'] = records
+        return plan
 
     def _plan_present(self, defn: DomainDefinition, slots: list, wanted: list[PciAddress],
                       shared: dict[str, list[str]]) -> list[Change]:

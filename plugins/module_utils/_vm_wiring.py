@@ -61,11 +61,15 @@ def _node_of(host: dict, gpus: list[dict], allow_spread: bool) -> int | None:
 
 
 def plan(host: dict, gpus: list[dict], vcpus: int, memory_mib: int, numa_mode: str | None = 'strict',
-         hugepage_kib: int | None = None, allow_spread: bool = False, headroom: float = HEADROOM) -> dict:
+         hugepage_kib: int | None = None, allow_spread: bool = False, headroom: float = HEADROOM,
+         held_pages: int = 0, held_mib: int = 0) -> dict:
     """The wiring of one VM: ``node``, ``vcpu_pins`` (vCPU -> host CPU), ``emulator_cpus``,
     ``numatune`` (``{mode, nodeset}`` or None), ``hugepages`` (``{size_kib, pages}`` or None),
     ``mmio64_mib``, ``pcihole64_kib`` (the same window, for SeaBIOS guests) and
-    ``ovmf_fw_cfg`` (the OVMF setting for UEFI guests)."""
+    ``ovmf_fw_cfg`` (the OVMF setting for UEFI guests).
+
+    ``held_pages`` / ``held_mib``: hugepages and memory of the node that the VM itself already
+    holds (it runs with this wiring), counted as free for it so that a second run agrees."""
     if vcpus < 1 or memory_mib < 1:
         raise WiringError('vcpus and memory_mib must be positive (got %r and %r)' % (vcpus, memory_mib))
     if numa_mode is not None and numa_mode not in NUMA_MODES:
@@ -87,6 +91,8 @@ def plan(host: dict, gpus: list[dict], vcpus: int, memory_mib: int, numa_mode: s
         result['emulator_cpus'] = format_cpulist(rest or cpus)
         if numa_mode is not None:
             free = info.get('memory_free_mib')
+            if free is not None:
+                free += held_mib
             if numa_mode == 'strict' and hugepage_kib is None and free is not None and free < memory_mib:
                 raise WiringError('NUMA node %s has %d MiB free, less than the %d MiB the VM needs bound to it (strict)'
                                   % (node, free, memory_mib))
@@ -100,7 +106,7 @@ def plan(host: dict, gpus: list[dict], vcpus: int, memory_mib: int, numa_mode: s
             if hugepage_kib not in sizes:
                 raise WiringError('the host has no %d KiB hugepages (sizes: %s)'
                                   % (hugepage_kib, ', '.join(str(s) for s in sorted(sizes)) or 'none'))
-            free_pages = int(sizes[hugepage_kib]['free'])
+            free_pages = int(sizes[hugepage_kib]['free']) + held_pages
             if free_pages < pages:
                 raise WiringError('NUMA node %s has %d free %d KiB hugepages, fewer than the %d the VM needs '
                                   '(%d MiB); reserve %d more' % (node, free_pages, hugepage_kib, pages, memory_mib,

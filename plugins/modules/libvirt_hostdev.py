@@ -140,6 +140,55 @@ options:
     type: list
     elements: str
     default: []
+  wiring:
+    description:
+      - Wire the domain for its GPUs, from the host's topology (as M(fleetgpu.passthrough.gpu_facts)
+        reports it). The GPUs are the domain's PCI hostdevs after this task (display and accelerator
+        classes; all of them when none is), so the wiring follows the devices.
+      - The module owns only these elements of the persistent definition and changes nothing else -
+        C(cputune/vcpupin) and C(cputune/emulatorpin), C(numatune/memory), C(memoryBacking/hugepages),
+        the C(pcihole64) of the root PCI controller (SeaBIOS guests) and the C(-fw_cfg) pair for
+        C(opt/ovmf/X-PciMmio64Mb) in C(qemu:commandline) (UEFI guests; libvirt reserves that name in
+        C(sysinfo)). The C(elements) of RV(wiring) name each one and what happened to it.
+      - Only with O(state=present), and O(where=config) or O(where=both) (a running domain gets it at its
+        next start, or at once with O(restart=true)).
+      - Fails before any change, naming the domain and what is short, when the GPUs' NUMA node has fewer
+        CPUs than the domain's vCPUs, less free memory (V(strict)), or fewer free hugepages of the size
+        asked for than the domain's memory needs (pages the running domain already holds count as its own).
+    type: dict
+    version_added: 0.2.0
+    suboptions:
+      pin_cpus:
+        description:
+          - Pin each vCPU to a CPU of its own on the GPUs' NUMA node (the node's highest-numbered CPUs, so
+            that CPU 0 keeps the host's housekeeping), and the emulator threads to the node's other CPUs.
+        type: bool
+        default: true
+      numa_mode:
+        description:
+          - Bind the guest memory to the GPUs' node, V(strict) (fails to start rather than use another
+            node) or V(preferred); V(none) leaves C(numatune) alone.
+        type: str
+        choices: [strict, preferred, none]
+        default: strict
+      hugepages:
+        description:
+          - Back the guest memory with hugepages of this size on the GPUs' node (V(2M), V(1G), or a number
+            of KiB). The host must have them reserved, see role option C(vfio_host_hugepages) of role
+            P(fleetgpu.passthrough.vfio_host#role).
+        type: str
+      mmio64:
+        description:
+          - Size the guest's 64-bit MMIO window from the sum of the GPUs' BARs plus a quarter, rounded up
+            to a power of two and never below 32 GiB (OVMF's default). Large-BAR GPUs do not boot without it.
+        type: bool
+        default: true
+      allow_spread:
+        description:
+          - Allow GPUs of several NUMA nodes in one domain; the node with the most of them gets the vCPUs
+            and memory. Without it such a domain is refused.
+        type: bool
+        default: false
 notes:
   - Check mode returns the plan (RV(devices), RV(live)) and defines nothing; diff mode shows the
     persistent domain XML before and after.
@@ -168,6 +217,14 @@ EXAMPLES = r'''
       file: /var/lib/libvirt/vbios/gpu.rom
       bar: true
     guest_address: "0000:06:00.0"
+
+- name: A training VM wired for its GPUs - vCPUs and memory on their NUMA node, 1 GiB pages, a 64-bit MMIO window for the BARs
+  fleetgpu.passthrough.libvirt_hostdev:
+    domain: train01
+    devices: ["0000:41:00.0", "0000:42:00.0"]
+    wiring:
+      numa_mode: strict
+      hugepages: 1G
 
 - name: Take the GPU away again
   fleetgpu.passthrough.libvirt_hostdev:
@@ -231,6 +288,29 @@ numa_nodes:
   type: list
   elements: int
   sample: [1]
+wiring:
+  description:
+    - The wiring written (or, in check mode, that would be written) when O(wiring) is given, else null.
+    - C(node) is the GPUs' NUMA node (null on a host without NUMA information); C(vcpu_pins) maps each
+      vCPU to a host CPU; C(emulator_cpus) is a CPU list; C(numatune) is C(mode) and C(nodeset);
+      C(hugepages) is C(size_kib) and C(pages); C(mmio64_mib) and C(pcihole64_kib) give the 64-bit MMIO
+      window; C(gpus) are the host addresses it was computed from; C(firmware) is V(efi) or V(bios).
+    - C(elements) has one entry per owned element - C(element), C(action) (V(added), V(updated),
+      V(removed), V(unchanged)), C(before) and C(after) (XML).
+  returned: success
+  type: dict
+  sample:
+    node: 1
+    vcpu_pins: {"0": 14, "1": 15}
+    emulator_cpus: "8-13"
+    numatune: {mode: strict, nodeset: "1"}
+    hugepages: {size_kib: 1048576, pages: 16}
+    mmio64_mib: 524288
+    pcihole64_kib: 536870912
+    gpus: ["0000:41:00.0"]
+    firmware: bios
+    elements:
+      - {element: numatune/memory, action: added, before: null, after: "<memory mode=\"strict\" nodeset=\"1\"/>"}
 assignments:
   description: Host PCI address -> names of the domains at O(uri) that hold it (before the change).
   returned: success
@@ -240,6 +320,7 @@ assignments:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._domain_wiring import options
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (
     HAS_LXML,
     LXML_IMPORT_ERROR,
@@ -273,6 +354,13 @@ def argument_spec() -> dict:
         shutdown_timeout=dict(type='float', default=120.0),
         assume_vfio=dict(type='list', elements='str', default=[]),
         define_xml=dict(type='str'),
+        wiring=dict(type='dict', options=dict(
+            pin_cpus=dict(type='bool', default=True),
+            numa_mode=dict(type='str', choices=['strict', 'preferred', 'none'], default='strict'),
+            hugepages=dict(type='str'),
+            mmio64=dict(type='bool', default=True),
+            allow_spread=dict(type='bool', default=False),
+        )),
         **common_argspec()
     )
 
@@ -292,7 +380,8 @@ def build_request(params: dict) -> Request:
         domain=params['domain'], uri=params['uri'], devices=devices, state=params['state'],
         where=params['where'], managed=params['managed'], companions=params['companions'], rom=rom,
         guest_address=guest, allow_shared=params['allow_shared'], start=params['start'],
-        restart=params['restart'], shutdown_timeout=params['shutdown_timeout'], define_xml=params['define_xml'])
+        restart=params['restart'], shutdown_timeout=params['shutdown_timeout'], define_xml=params['define_xml'],
+        wiring=options(params['wiring']) if params['wiring'] is not None else None)
 
 
 def main() -> None:

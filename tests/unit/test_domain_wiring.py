@@ -56,7 +56,7 @@ def test_a_bios_guest_gets_pins_memory_pages_and_pcihole64_and_keeps_the_rest() 
     assert root.find('cputune/shares').text == '2048'      # the user's own setting stays
     assert root.find('cputune/emulatorpin').get('cpuset') == '8-11'
     assert dict(root.find('numatune/memory').attrib) == {'mode': 'strict', 'nodeset': '1'}
-    assert dict(root.find('memoryBacking/hugepages/page').attrib) == {'size': '1048576', 'unit': 'KiB', 'nodeset': '1'}
+    assert dict(root.find('memoryBacking/hugepages/page').attrib) == {'size': '1048576', 'unit': 'KiB'}
     hole = root.find("devices/controller[@model='pcie-root']/pcihole64")
     assert hole.text == '268435456' and hole.get('unit') == 'KiB'
     assert root.find('sysinfo') is None

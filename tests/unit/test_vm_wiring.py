@@ -94,3 +94,16 @@ def test_a_one_node_host_without_numa_node_numbers_uses_node_0() -> None:
     # no NUMA information at all: nothing pinned, the window still computed
     bare = plan({}, [{'address': '0000:01:00.0', 'numa_node': None}], vcpus=1, memory_mib=512)
     assert bare['node'] is None and bare['vcpu_pins'] is None and bare['mmio64_mib'] == MIN_MMIO64_MIB
+
+
+def test_pages_and_memory_the_running_vm_holds_count_as_its_own() -> None:
+    """A second run on a running VM sees the node's pages in use by that VM: they are not missing."""
+    host = {'numa_nodes': [{'node': 0, 'cpus': [0, 1, 2, 3], 'memory_mib': 8192, 'memory_free_mib': 1024,
+                            'hugepages': [{'size_kib': 2048, 'total': 1024, 'free': 0}]}]}
+    gpus = [{'address': '0000:01:00.0', 'numa_node': 0, 'bar_bytes': 1 << 28, 'bars': []}]
+    with pytest.raises(WiringError, match='reserve 1024 more'):
+        plan(host, gpus, 2, 2048, hugepage_kib=2048)
+    assert plan(host, gpus, 2, 2048, hugepage_kib=2048, held_pages=1024)['hugepages'] == {'size_kib': 2048, 'pages': 1024}
+    with pytest.raises(WiringError, match='1024 MiB free, less than the 2048 MiB'):
+        plan(host, gpus, 2, 2048)
+    assert plan(host, gpus, 2, 2048, held_mib=2048)['numatune'] == {'mode': 'strict', 'nodeset': '0'}
