@@ -33,8 +33,8 @@ options:
   domains:
     description:
       - The requests, as in the role variable C(libvirt_gpu_domains) - each C(name), C(gpus) (one of
-        C(count), C(addresses), or C(match) with C(count)), optional C(numa_node), C(start) and
-        C(domain_xml) (passed through to the result).
+        C(count), C(addresses), or C(match) with C(count)), optional C(numa_node), C(start),
+        C(domain_xml) and C(wiring) (passed through to the result; C(wiring) is checked for unknown keys).
       - C(match.name) matches a GPU whose PCI device name (or vendor and device name) equals it, compared
         literally and case-insensitively - so C(GP104GL [Tesla P4]) works as written - or, failing that, whose
         names match it as a case-insensitive regular expression.
@@ -107,11 +107,16 @@ _value:
     domain_xml:
       description: The request's C(domain_xml), when it has one.
       type: str
+    wiring:
+      description: The request's C(wiring), when it has one (the option of M(fleetgpu.passthrough.libvirt_hostdev)).
+      type: dict
 '''
 
 import re
 
 from ansible.errors import AnsibleFilterError
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vm_wiring import WiringError, check_wiring_keys
 
 USABLE_STATES = ('available', 'vfio-ready')
 
@@ -211,6 +216,12 @@ class _Request:
         self.numa_node = numa
         self.start = bool(entry.get('start', False))
         self.domain_xml = entry.get('domain_xml')
+        self.wiring = entry.get('wiring')
+        if self.wiring is not None:
+            try:
+                self.wiring = check_wiring_keys(self.wiring, '%s.wiring' % where)
+            except WiringError as exc:
+                raise PlacementRequestError('domain %r (%s)' % (self.name, exc)) from None
 
     def _name_fits(self, gpu: dict) -> bool:
         device = str(gpu.get('device_name') or '').casefold()
@@ -349,6 +360,8 @@ def _entry(req: _Request, devices: list[str], kept: list[str], added: list[str])
     out: dict[str, object] = {'name': req.name, 'devices': devices, 'kept': kept, 'added': added, 'start': req.start}
     if req.domain_xml is not None:
         out['domain_xml'] = req.domain_xml
+    if req.wiring is not None:
+        out['wiring'] = req.wiring
     return out
 
 

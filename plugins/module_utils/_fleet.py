@@ -25,12 +25,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vm_wiring import WiringError, check_wiring_keys
+
 POLICIES = ('spread', 'pack')
 NUMA_POLICIES = ('required', 'preferred', 'any')
 USABLE_STATES = ('available', 'vfio-ready')
 MODEL_KEYS = ('vendor_id', 'device_id', 'subsystem_vendor_id', 'subsystem_device_id', 'name', 'name_regex',
               'hosts', 'description')
-VM_KEYS = ('name', 'gpus', 'numa', 'host', 'domain_xml', 'start', 'mode')
+VM_KEYS = ('name', 'gpus', 'numa', 'host', 'domain_xml', 'start', 'mode', 'wiring')
 VM_MODES = ('whole', 'partition')
 _HEX4 = re.compile(r'^[0-9a-f]{4}$')
 _ADDR = re.compile(r'^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
@@ -195,6 +197,7 @@ class VmRequest:
     start: bool = False
     index: int = 0
     mode: str = 'whole'
+    wiring: dict | None = None
 
     def describe(self) -> str:
         text = ' + '.join('%d x %s' % (g.count, g.model) for g in self.gpus)
@@ -287,8 +290,14 @@ def parse_vms(raw: object, models: dict[str, Model], inventory_hosts: set[str] |
         if mode not in VM_MODES:
             raise FleetInputError('%s.mode must be whole (a whole GPU per count) or partition (SR-IOV / mdev), got %r'
                                   % (where, mode))
+        wiring = entry.get('wiring')
+        if wiring is not None:
+            try:
+                wiring = check_wiring_keys(wiring, where + '.wiring')
+            except WiringError as exc:
+                raise FleetInputError(str(exc)) from None
         out.append(VmRequest(name=name, gpus=asks, numa=str(numa), host=host, domain_xml=xml, start=start,
-                             index=index, mode=str(mode)))
+                             index=index, mode=str(mode), wiring=wiring))
     return out
 
 
@@ -438,6 +447,8 @@ class FleetPlan:
                                         'start': p.vm.start}
             if p.vm.domain_xml is not None:
                 entry['domain_xml'] = p.vm.domain_xml
+            if p.vm.wiring is not None:
+                entry['wiring'] = p.vm.wiring
             domains.append(entry)
         pool = sorted(g.address for g in self.gpus.get(host, []) if g.model is not None and (g.vm or (g.usable and not g.holders)))
         return {'vfio_host_devices': [{'address': a} for a in pool], 'libvirt_gpu_domains': domains,

@@ -23,6 +23,18 @@ MIN_MMIO64_MIB = 32 * 1024
 #: Room left for the guest's other devices and for BAR alignment, as a fraction of the BARs.
 HEADROOM = 0.25
 NUMA_MODES = ('strict', 'preferred')
+#: The keys of a VM's ``wiring`` request (libvirt_hostdev, libvirt_gpu_domains[], fleetgpu_vms[]).
+WIRING_KEYS = ('pin_cpus', 'numa_mode', 'hugepages', 'mmio64', 'allow_spread')
+
+
+def check_wiring_keys(value: object, where: str) -> dict:
+    """``value`` as a wiring request (a mapping of known keys), or WiringError naming ``where``."""
+    if not isinstance(value, dict):
+        raise WiringError('%s must be a mapping of %s, got %r' % (where, ', '.join(WIRING_KEYS), value))
+    unknown = sorted(str(k) for k in value if k not in WIRING_KEYS)
+    if unknown:
+        raise WiringError('%s: unknown key(s) %s (known: %s)' % (where, ', '.join(unknown), ', '.join(WIRING_KEYS)))
+    return dict(value)
 
 
 class WiringError(ValueError):

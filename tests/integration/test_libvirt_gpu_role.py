@@ -192,3 +192,37 @@ def test_role_prefers_the_numa_node_the_domain_is_pinned_to(run_playbook, env, d
     proc = run_playbook(play(), extra_vars=role_vars(env, daemon, [{'name': 'gpu-infer', 'gpus': {'count': 1}}]))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sources(daemon, 'gpu-infer') == ['0000:83:00.0']
+
+
+def test_role_wires_a_domain_for_its_gpus_check_real_repeat(run_playbook, env, daemon) -> None:
+    """libvirt_gpu_domains[].wiring reaches libvirt_hostdev: the domain's vCPU, emulator and memory
+    go to the node of the GPUs placed for it (node 1 of hgx8: CPUs 8-15), its MMIO window holds
+    their BARs; check mode predicts it and defines nothing; a second run changes nothing."""
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import DomainDefinition
+    requests = [{'name': 'gpu-train', 'gpus': {'count': 2}, 'numa_node': 1, 'wiring': {'numa_mode': 'preferred'}}]
+    vars_ = role_vars(env, daemon, requests)
+    check = run_playbook(play(), extra_vars=vars_, args=('--check',))
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert '<numatune' not in daemon.domain_xml('gpu-train')
+    predicted = attach_results(check)[0]['result']['wiring']
+    first = run_playbook(play(), extra_vars=vars_)
+    assert first.returncode == 0, first.stdout + first.stderr
+    wired = attach_results(first)[0]['result']['wiring']
+    assert predicted == wired
+    assert (wired['node'], wired['vcpu_pins'], wired['emulator_cpus']) == (1, {'0': 15}, '8-14')
+    assert (wired['numatune'], wired['mmio64_mib']) == ({'mode': 'preferred', 'nodeset': '1'}, 512 * 1024)
+    root = DomainDefinition(daemon.domain_xml('gpu-train')).root
+    assert dict(root.find('numatune/memory').attrib) == {'mode': 'preferred', 'nodeset': '1'}
+    assert root.find('cputune/vcpupin').get('cpuset') == '15'
+    second = run_playbook(play(), extra_vars=vars_)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert playbook_json(second)['stats']['localhost']['changed'] == 0
+
+
+def test_role_names_an_unknown_wiring_key_before_any_change(run_playbook, env, daemon) -> None:
+    requests = [{'name': 'gpu-train', 'gpus': {'count': 1}, 'wiring': {'hugepage': '1G'}}]
+    proc = run_playbook(play(), extra_vars=role_vars(env, daemon, requests))
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert 'hugepage' in out and 'Traceback' not in out
+    assert sources(daemon, 'gpu-train') == []

@@ -361,3 +361,14 @@ def test_pin_to_a_host_outside_the_play_and_pin_where_the_domain_is_not() -> Non
     p = run(hosts, [vm('b', host='n1', domain_xml=None)])
     assert "domain: 'b' is defined on n2 only" in p.failure_message() and 'pin: the VM is pinned to n1' in p.failure_message()
     assert not p.placements
+
+
+def test_wiring_rides_with_the_vm_to_its_host_and_bad_keys_are_named() -> None:
+    wiring = {'numa_mode': 'strict', 'hugepages': '1G'}
+    p = run(two_hosts(), [vm('a', 1, numa='required', wiring=wiring)])
+    placed = [d for h in ('n1', 'n2') for d in p.host_plan(h)['libvirt_gpu_domains']]
+    assert [(d['name'], d['wiring']) for d in placed] == [('a', wiring)]
+    with pytest.raises(fleet.FleetInputError, match=r'fleetgpu_vms\[0\] \(x\).wiring: unknown key\(s\) huge'):
+        run(two_hosts(), [vm('x', wiring={'huge': '1G'})])
+    with pytest.raises(fleet.FleetInputError, match=r'fleetgpu_vms\[0\] \(x\).wiring must be a mapping'):
+        run(two_hosts(), [vm('x', wiring='fast')])
