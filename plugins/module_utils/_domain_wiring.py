@@ -29,6 +29,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     DomainXmlError,
     HostdevError,
 )
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import is_gpu_class
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vm_wiring import WiringError, plan
@@ -41,7 +42,8 @@ except ImportError:  # pragma: no cover - DomainDefinition refuses to edit witho
 FW_CFG_NAME = 'opt/ovmf/X-PciMmio64Mb'
 NUMA_CHOICES = ('strict', 'preferred', 'none')
 #: The wiring option's keys and their defaults (libvirt_hostdev ``wiring``, libvirt_gpu ``wiring``).
-DEFAULTS = {'pin_cpus': True, 'numa_mode': 'strict', 'hugepages': None, 'mmio64': True, 'allow_spread': False}
+DEFAULTS = {'pin_cpus': True, 'numa_mode': 'strict', 'hugepages': None, 'mmio64': True, 'allow_spread': False,
+            'guest_numa': False}
 _PAGE_SIZE = re.compile(r'^([0-9]+)\s*([kmg]?)(?:i?b)?$', re.IGNORECASE)
 _PAGE_UNIT_KIB = {'': 1, 'k': 1, 'm': 1024, 'g': 1024 * 1024}
 QEMU_NS = 'http://libvirt.org/schemas/domain/qemu/1.0'
@@ -279,4 +281,119 @@ def wire(defn: DomainDefinition, sysfs: Sysfs, given: dict | None, active: bool)
         wiring['mmio64_mib'] = wiring['pcihole64_kib'] = wiring['ovmf_fw_cfg'] = None
     wiring['gpus'] = [g['address'] for g in gpus]
     wiring['firmware'] = info['firmware']
-    return wiring, apply(defn, wiring)
+    records = apply(defn, wiring)
+    wiring['guest_numa'] = None
+    if opts['guest_numa']:
+        spread = sorted({g['numa_node'] for g in gpus if g.get('numa_node') is not None})
+        if len(spread) > 1:
+            raise DomainWiringError('wiring of domain %r: guest_numa mirrors one host NUMA node, and its GPUs sit on '
+                                    'nodes %s' % (defn.name, ', '.join(map(str, spread))))
+        wiring['guest_numa'] = guest_topology(defn, [PciAddress.parse(a) for a in wiring['gpus']], records)
+    return wiring, records
+
+
+def _pci_index(ctl: Any) -> int:
+    text = (ctl.get('index') or '0').strip()
+    return int(text, 16) if text.lower().startswith('0x') else int(text)
+
+
+def _parent_bus(ctl: Any) -> int | None:
+    addr = ctl.find('address')
+    if addr is None or addr.get('type') != 'pci':
+        return None
+    text = (addr.get('bus') or '0').strip()
+    return int(text, 16) if text.lower().startswith('0x') else int(text)
+
+
+def guest_topology(defn: DomainDefinition, gpus: list[PciAddress], records: list[dict]) -> dict:
+    """Mirror the GPUs' host NUMA locality in the guest: one guest NUMA cell with every vCPU and
+    all memory, one ``pcie-expander-bus`` bound to that cell, and each GPU slot (with its
+    companion functions) behind a ``pcie-root-port`` of its own on that bus, so the guest reads
+    the GPUs' ``numa_node`` as the cell of its vCPUs. Appends the element records; returns
+    ``{cell, expander_index, root_ports}``."""
+    root = defn.root
+    if not defn.is_pcie():
+        raise DomainWiringError('wiring of domain %r: guest_numa needs a q35 (PCI Express) machine, for its '
+                                'pcie-expander-bus' % defn.name)
+    info = shape(defn)
+    # the guest cell: every vCPU, all memory
+    cpu = root.find('cpu')
+    if cpu is None:
+        cpu = _after_domain_child(root, 'cpu', ('features',))
+    numa = cpu.find('numa')
+    before = _text(numa)
+    if numa is not None:
+        for child in list(numa):
+            numa.remove(child)
+    numa = _child(cpu, 'numa')
+    kib = info['memory_mib'] * 1024
+    etree.SubElement(numa, 'cell', id='0', cpus='0-%d' % (info['vcpus'] - 1) if info['vcpus'] > 1 else '0',
+                     memory=str(kib), unit='KiB')
+    _record(records, 'cpu/numa', before, _text(numa))
+
+    controllers = [c for c in defn.devices.findall('controller') if c.get('type') == 'pci']
+    expander = None
+    for ctl in controllers:
+        if ctl.get('model') == 'pcie-expander-bus' and (ctl.findtext('target/node') or '').strip() == '0':
+            expander = ctl
+    next_index = max([_pci_index(c) for c in controllers] or [0]) + 1
+    if expander is None:
+        expander = etree.Element('controller', type='pci', index=str(next_index), model='pcie-expander-bus')
+        etree.SubElement(etree.SubElement(expander, 'target'), 'node').text = '0'
+        if controllers:
+            controllers[-1].addnext(expander)
+        else:
+            defn.devices.insert(0, expander)
+        controllers.append(expander)
+        next_index += 1
+        _record(records, "devices/controller[@model='pcie-expander-bus']", None, _text(expander))
+    else:
+        _record(records, "devices/controller[@model='pcie-expander-bus']", _text(expander), _text(expander))
+    exp_index = _pci_index(expander)
+    by_index = {_pci_index(c): c for c in controllers}
+
+    # each GPU host slot (GPU + companions) behind a root port of the expander bus
+    wanted_slots = {g.slot_key for g in gpus}
+    groups: dict[tuple, list] = {}
+    for dev in defn.hostdevs():
+        if dev.source is not None and dev.source.slot_key in wanted_slots:
+            groups.setdefault(dev.source.slot_key, []).append(dev)
+    ports: list[int] = []
+    for key in sorted(groups):
+        devs = groups[key]
+        guest = devs[0].guest
+        port = by_index.get(guest.bus) if guest is not None else None
+        if port is not None and port.get('model') == 'pcie-root-port' and _parent_bus(port) == exp_index:
+            ports.append(guest.bus)
+            for dev in devs:
+                _record(records, 'hostdev %s guest address' % dev.source, str(dev.guest), str(dev.guest))
+            continue
+        used = {_slot_of(c) for c in controllers if _parent_bus(c) == exp_index}
+        free = [s for s in range(0, 0x20) if s not in used]
+        if not free:
+            raise DomainWiringError('wiring of domain %r: no free slot left on its pcie-expander-bus' % defn.name)
+        new_port = etree.Element('controller', type='pci', index=str(next_index), model='pcie-root-port')
+        etree.SubElement(new_port, 'address', type='pci', domain='0x0000', bus='0x%02x' % exp_index,
+                         slot='0x%02x' % free[0], function='0x0')
+        controllers[-1].addnext(new_port)
+        controllers.append(new_port)
+        by_index[next_index] = new_port
+        _record(records, "devices/controller[@model='pcie-root-port'][@index=%d]" % next_index, None, _text(new_port))
+        for dev in sorted(devs, key=lambda d: d.source.function):
+            old = dev.guest
+            moved = PciAddress(0, next_index, 0, dev.source.function)
+            DomainDefinition._set_guest(dev, moved, multifunction=len(devs) > 1 and dev.source.function == 0)
+            _record(records, 'hostdev %s guest address' % dev.source, str(old) if old else None, str(moved))
+        # The root port the slot left stays, a free hotplug port: libvirt would add one back anyway,
+        # as it fills every gap in the PCI controller indexes.
+        ports.append(next_index)
+        next_index += 1
+    return {'cell': 0, 'expander_index': exp_index, 'root_ports': ports}
+
+
+def _slot_of(ctl: Any) -> int | None:
+    addr = ctl.find('address')
+    if addr is None:
+        return None
+    text = (addr.get('slot') or '0').strip()
+    return int(text, 16) if text.lower().startswith('0x') else int(text)

@@ -24,7 +24,7 @@ MIN_MMIO64_MIB = 32 * 1024
 HEADROOM = 0.25
 NUMA_MODES = ('strict', 'preferred')
 #: The keys of a VM's ``wiring`` request (libvirt_hostdev, libvirt_gpu_domains[], fleetgpu_vms[]).
-WIRING_KEYS = ('pin_cpus', 'numa_mode', 'hugepages', 'mmio64', 'allow_spread')
+WIRING_KEYS = ('pin_cpus', 'numa_mode', 'hugepages', 'mmio64', 'allow_spread', 'guest_numa')
 
 
 def check_wiring_keys(value: object, where: str) -> dict:

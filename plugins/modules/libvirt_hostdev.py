@@ -189,6 +189,16 @@ options:
             and memory. Without it such a domain is refused.
         type: bool
         default: false
+      guest_numa:
+        description:
+          - Mirror the GPUs' NUMA locality inside the guest - one guest NUMA cell (C(cpu/numa)) with every
+            vCPU and all memory, a C(pcie-expander-bus) bound to that cell, and each GPU slot (with its
+            companion functions) behind a C(pcie-root-port) of its own on that bus. The guest then sees its
+            GPUs on the NUMA node of its vCPUs, as on the host.
+          - Needs a q35 machine and GPUs of one host NUMA node. A root port a GPU slot leaves stays in
+            the definition as a free hotplug port.
+        type: bool
+        default: false
 notes:
   - Check mode returns the plan (RV(devices), RV(live)) and defines nothing; diff mode shows the
     persistent domain XML before and after.
@@ -294,7 +304,9 @@ wiring:
     - C(node) is the GPUs' NUMA node (null on a host without NUMA information); C(vcpu_pins) maps each
       vCPU to a host CPU; C(emulator_cpus) is a CPU list; C(numatune) is C(mode) and C(nodeset);
       C(hugepages) is C(size_kib) and C(pages); C(mmio64_mib) and C(pcihole64_kib) give the 64-bit MMIO
-      window; C(gpus) are the host addresses it was computed from; C(firmware) is V(efi) or V(bios).
+      window; C(gpus) are the host addresses it was computed from; C(firmware) is V(efi) or V(bios);
+      C(guest_numa) is null, or the guest C(cell), the C(expander_index) of its expander bus and the
+      C(root_ports) (controller indexes) the GPU slots sit behind.
     - C(elements) has one entry per owned element - C(element), C(action) (V(added), V(updated),
       V(removed), V(unchanged)), C(before) and C(after) (XML).
   returned: success
@@ -360,6 +372,7 @@ def argument_spec() -> dict:
             hugepages=dict(type='str'),
             mmio64=dict(type='bool', default=True),
             allow_spread=dict(type='bool', default=False),
+            guest_numa=dict(type='bool', default=False),
         )),
         **common_argspec()
     )

@@ -209,3 +209,37 @@ def test_more_vcpus_than_the_node_has_and_live_wiring_are_refused(run_playbook, 
     assert 'NUMA node 0 has 8 CPUs (0-7), fewer than the 12 vCPUs asked for' in first['msg']
     assert 'use where=config or where=both, not live' in live['msg']
     assert json.dumps(first).count('Traceback') == 0
+
+
+def test_guest_numa_puts_the_gpus_behind_an_expander_bus_of_the_vcpus_cell(run_playbook, daemon, hgx8) -> None:
+    """guest_numa: one guest cell, a pcie-expander-bus bound to it, each GPU slot on a root port
+    of its own on that bus; libvirt accepts it and QEMU gets a pxb-pcie on NUMA node 0 with the
+    GPUs behind it; a second run moves nothing."""
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import DomainDefinition
+    name = _define(daemon, BIOS_XML)
+    args = {'domain': name, 'uri': daemon.uri, 'devices': NODE0_GPUS, 'sysfs_root': hgx8,
+            'wiring': {'guest_numa': True, 'numa_mode': 'preferred'}}
+    proc = run_playbook(play(task_yaml('plan', args, check=True), task_yaml('wire', args), task_yaml('again', args)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    plan, wire, again = [t['result'] for t in results(proc)]
+    assert (plan['changed'], wire['changed'], again['changed']) == (True, True, False)
+    assert _elements(plan) == _elements(wire)
+    topo = wire['wiring']['guest_numa']
+    assert again['wiring']['guest_numa'] == topo and len(topo['root_ports']) == 2
+    root = DomainDefinition(daemon.domain_xml(name)).root
+    cell = root.find('cpu/numa/cell')
+    assert (cell.get('id'), cell.get('cpus'), cell.get('memory')) == ('0', '0-3', str(16 * 1024 * 1024))
+    ctls = {int(c.get('index')): c for c in root.findall("devices/controller[@type='pci']")}
+    expander = ctls[topo['expander_index']]
+    assert (expander.get('model'), expander.findtext('target/node')) == ('pcie-expander-bus', '0')
+    for port, hostdev in zip(topo['root_ports'], DomainDefinition(daemon.domain_xml(name)).hostdevs()):
+        assert int(ctls[port].find('address').get('bus'), 16) == topo['expander_index']
+        assert hostdev.guest.bus == port
+    conn = daemon.connect()
+    try:
+        argv = conn.domainXMLToNative('qemu-argv', daemon.domain_xml(name, inactive=False).replace(
+            '<source>', "<driver name='vfio'/><source>"), 0)
+    finally:
+        conn.close()
+    assert '"driver":"pxb-pcie"' in argv and '"numa_node":0' in argv, argv
+    assert '-numa node,nodeid=0,cpus=0-3' in argv, argv

@@ -105,3 +105,25 @@ def test_no_numa_information_writes_only_the_window() -> None:
 def test_a_definition_without_what_the_wiring_needs_is_named(xml: str, message: str) -> None:
     with pytest.raises(DomainXmlError, match=message):
         shape(DomainDefinition(xml))
+
+
+def test_guest_numa_needs_q35_and_keeps_a_slot_already_on_the_expander() -> None:
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._domain_wiring import (
+        DomainWiringError,
+        guest_topology,
+    )
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
+    i440fx = BIOS_Q35.replace("machine='q35'", "machine='pc'").replace("model='pcie-root'", "model='pci-root'")
+    with pytest.raises(DomainWiringError, match="guest_numa needs a q35"):
+        guest_topology(DomainDefinition(i440fx), [PciAddress.parse('0000:41:00.0')], [])
+    placed = BIOS_Q35.replace('</devices>', """
+    <controller type='pci' index='1' model='pcie-expander-bus'><target busNr='254'><node>0</node></target></controller>
+    <controller type='pci' index='2' model='pcie-root-port'><address type='pci' domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></controller>
+    <hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x41' slot='0x00' function='0x0'/></source>
+      <address type='pci' domain='0x0000' bus='0x02' slot='0x00' function='0x0'/></hostdev>
+  </devices>""").replace('<vcpu placement', '<cpu><numa><cell id="0" cpus="0-3" memory="67108864" unit="KiB"/></numa></cpu><vcpu placement')
+    defn = DomainDefinition(placed)
+    records: list[dict] = []
+    assert guest_topology(defn, [PciAddress.parse('0000:41:00.0')], records) == {
+        'cell': 0, 'expander_index': 1, 'root_ports': [2]}
+    assert {r['action'] for r in records} == {'unchanged'}, records
