@@ -48,7 +48,8 @@ options:
       - The VM requests, each C(name) (the libvirt domain name, unique), C(gpus) (list of C({model, count})),
         C(numa) (V(required) - all GPUs on one host NUMA node, V(preferred) (default), V(any)), optional C(host)
         (pin), optional C(domain_xml) (its definition, used on the chosen host when the domain does not exist
-        there), C(start) (bool), C(mode) (V(whole), the default, or V(partition)).
+        there), C(start) (bool), C(mode) (V(whole), the default, or V(partition)), optional C(wiring) (the
+        option of M(fleetgpu.passthrough.libvirt_hostdev), passed to the chosen host; unknown keys are refused).
       - A V(partition) request (SR-IOV virtual functions or mediated devices) is never placed, and never as
         whole GPUs, it is unplaced with the reason (no GPU of its model offers SR-IOV or mdev, or they do but
         partitioned placement is not implemented yet).

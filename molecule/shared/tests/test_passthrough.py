@@ -206,6 +206,20 @@ def test_vm_holds_gpu_and_audio_as_one_multifunction_device(converged):
     assert "multifunction='on'" in gpu_extra
 
 
+def test_vm_is_wired_to_the_numa_node_of_its_gpu(converged):
+    """fleetgpu_vms[].wiring: the vCPU on the highest CPU of the GPU's node (the kernel says -1 on a
+    one-node host: node 0), memory strict on it, the emulator on the node's other CPUs, and a
+    64-bit MMIO window of at least 32 GiB (OVMF's default; these GPUs' BARs are small)."""
+    xml = _virsh(converged, 'dumpxml --inactive %s' % _domain(converged))
+    assert xml.rc == 0, xml.stderr
+    cpus = converged.check_output('cat /sys/devices/system/node/node0/cpulist')
+    highest = max(int(part.split('-')[-1]) for part in cpus.split(','))
+    assert "<vcpupin vcpu='0' cpuset='%d'/>" % highest in xml.stdout, xml.stdout
+    assert "<memory mode='strict' nodeset='0'/>" in xml.stdout, xml.stdout
+    assert re.search(r"<emulatorpin cpuset='[0-9,-]+'/>", xml.stdout), xml.stdout
+    assert "<pcihole64 unit='KiB'>33554432</pcihole64>" in xml.stdout, xml.stdout
+
+
 def test_vm_starts_and_its_qemu_holds_the_vfio_devices(converged):
     domain = _domain(converged)
     start = _virsh(converged, 'start %s' % domain, timeout=180)
