@@ -271,3 +271,24 @@ def test_define_xml_errors_name_the_domain(conn, trees, xml: str, error: str, ne
     assert type(info.value).__name__ == error and needle in str(info.value)
     with pytest.raises(libvirt.libvirtError):
         conn.lookupByName('newvm')
+
+
+def test_wiring_of_a_domain_define_xml_would_create_is_predicted_as_the_real_run_writes_it(conn, trees) -> None:
+    """Check mode on a domain that does not exist yet (the fleet's first check run): the wiring is
+    planned on define_xml, and the real run writes the same elements."""
+    name = 'wired%d' % next(_names)
+    xml = DOMAIN.format(name=name).replace('<os>', '<vcpu>1</vcpu><os>')
+    kw = {'domain': name, 'devices': ['01:00.0'], 'define_xml': xml, 'wiring': {'numa_mode': 'preferred'}}
+    planned, _w = run(conn, trees['workstation'], check=True, **kw)
+    with pytest.raises(libvirt.libvirtError):
+        conn.lookupByName(name)
+    real, _w = run(conn, trees['workstation'], **kw)
+    try:
+        assert planned['wiring'] == real['wiring']
+        assert {e['element']: e['action'] for e in real['wiring']['elements']} == {
+            'cputune/vcpupin[@vcpu=0]': 'added', 'cputune/emulatorpin': 'added', 'numatune/memory': 'added',
+            "devices/controller[@model='pcie-root']/pcihole64": 'added'}
+        again, _w = run(conn, trees['workstation'], **kw)
+        assert again['changed'] is False
+    finally:
+        conn.lookupByName(name).undefine()
