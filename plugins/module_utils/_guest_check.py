@@ -169,9 +169,9 @@ def verdict(result: dict, host: str) -> str:
             m[len(result['vm']) + 2:] if m.startswith(result['vm'] + ': ') else m for m in result['messages']))
     if not result['matched']:
         return '%s on %s: OK - it was given no GPU' % (result['vm'], host)
-    seen = ', '.join('%s%s at %s on %s' % (m['vendor_device'],
-                                           ' (with %s)' % ', '.join(m['companions']) if m['companions'] else '',
-                                           m['address'], m['driver'])
-                     for m in result['matched'])
-    return '%s on %s: OK - %d GPU(s) given, all seen in the guest: %s' % (result['vm'], host, len(result['matched']),
-                                                                         seen)
+    seen = []
+    for match in result['matched']:
+        with_companions = ' (with %s)' % ', '.join(match['companions']) if match['companions'] else ''
+        seen.append('%s%s at %s on %s' % (match['vendor_device'], with_companions, match['address'], match['driver']))
+    return '%s on %s: OK - %d GPU(s) given, all seen in the guest: %s' % (
+        result['vm'], host, len(seen), ', '.join(seen))
