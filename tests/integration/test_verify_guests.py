@@ -224,3 +224,18 @@ def test_the_summary_is_printed_when_every_guest_fails(run_playbook, lab: Lab) -
     doc = playbook_json(proc)
     assert set(_check_failures(doc)) == {'g-nogpu', 'g-ghost'}
     assert summary(doc) == 'verify_guests: 0 of 2 guest(s) OK; 1 lack something: g-nogpu; 1 not checked: g-ghost'
+
+
+def test_the_chain_in_the_guide_is_a_valid_playbook(run_playbook, tmp_path: Path) -> None:
+    """docs/verify_guests.md's converge.yml (site.yml, the vendors' roles, verify_guests.yml) passes
+    ansible-playbook --syntax-check, with stand-ins for the vendors' roles."""
+    text = (REPO / 'docs' / 'verify_guests.md').read_text(encoding='utf-8')
+    start = text.index('```yaml\n# converge.yml\n') + len('```yaml\n')
+    converge = tmp_path / 'converge.yml'
+    converge.write_text(text[start:text.index('```', start)])
+    for role in ('nvidia.nvidia_driver', 'my_rocm'):
+        (tmp_path / 'roles' / role / 'tasks').mkdir(parents=True)
+        (tmp_path / 'roles' / role / 'tasks' / 'main.yml').write_text('- ansible.builtin.meta: noop\n')
+    proc = run_playbook(converge, args=('--syntax-check',), json_output=False,
+                        env={'ANSIBLE_ROLES_PATH': str(tmp_path / 'roles')})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
