@@ -15,8 +15,8 @@ check=0
 [ "${1:-}" = --check ] && check=1
 
 # guide (markdown under docs/) -> page (docs/docsite/rst/), the toctree of extra-docs.yml
-guides=(playbooks:user_guide fleet:fleet_guide awx:awx_guide troubleshooting:troubleshooting
-  testing_your_roles:testing_guide)
+guides=(playbooks:user_guide fleet:fleet_guide verify_guests:verify_guests_guide awx:awx_guide
+  troubleshooting:troubleshooting testing_your_roles:testing_guide)
 stale=()
 for pair in "${guides[@]}"; do
   md=${pair%%:*} page=${pair##*:}

@@ -4,6 +4,7 @@
 local guides = {
   ['playbooks.md'] = 'user_guide',
   ['fleet.md'] = 'fleet_guide',
+  ['verify_guests.md'] = 'verify_guests_guide',
   ['awx.md'] = 'awx_guide',
   ['troubleshooting.md'] = 'troubleshooting',
 }

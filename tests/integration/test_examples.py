@@ -37,7 +37,7 @@ from tests.sim import fusekernel, simkernel
 
 MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / 'plugins' / 'modules').glob('*.py')
                  if not p.name.startswith('_'))
-TESTED = ('fleet_plan', 'gpu_facts', 'iommu_check', 'kernel_cmdline', 'libvirt_gpu_info', 'libvirt_hostdev',
+TESTED = ('fleet_plan', 'gpu_facts', 'guest_check', 'iommu_check', 'kernel_cmdline', 'libvirt_gpu_info', 'libvirt_hostdev',
           'vfio_bind', 'vfio_host_config', 'vmware_gpu_import')
 FQ = 'fleetgpu.passthrough.'
 
@@ -86,7 +86,7 @@ def test_every_module_has_its_examples_run() -> None:
 
 @pytest.fixture(scope='module')
 def sims(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return {n: simkernel.materialize(n, str(tmp_path_factory.mktemp(n))) for n in ('amd_host', 'hgx8', 'inference')}
+    return {n: simkernel.materialize(n, str(tmp_path_factory.mktemp(n))) for n in ('amd_host', 'hgx8', 'inference', 'workstation')}
 
 
 @pytest.fixture()
@@ -258,6 +258,31 @@ def test_fleet_plan_examples(installed_collection: Path, run_playbook, sims: dic
     finally:
         for d in daemons.values():
             d.cleanup()
+
+
+def test_guest_check_examples(installed_collection: Path, run_playbook, sims: dict, tmp_path: Path,
+                              daemon: private.PrivateLibvirtd) -> None:
+    # KVM host kvm1 (the workstation tree) gave its GPU and HDMI audio to domain vm1; the guest vm1
+    # is an inventory host whose tree shows that GPU on nvidia with its audio function
+    daemon.define('vm1', private.domain_xml('vm1').replace('</devices>', ''.join(
+        '<hostdev mode="subsystem" type="pci" managed="no"><source><address domain="0x0000" bus="0x01" '
+        'slot="0x00" function="0x%d"/></source></hostdev>' % fn for fn in (0, 1)) + '</devices>'))
+    inventory = tmp_path / 'inventory.json'
+    local = {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}
+    inventory.write_text(json.dumps({'gpu_hosts': {'hosts': {'kvm1': local}}, 'guests': {'hosts': {'vm1': local}}}))
+    before = ('- name: What play 1 of verify_guests.yml registers on the KVM hosts\n  hosts: gpu_hosts\n'
+              '  gather_facts: false\n  tasks:\n'
+              '    - name: Read the GPUs\n      fleetgpu.passthrough.gpu_facts:\n        sysfs_root: %s\n'
+              '      register: fleetgpu_gpu_facts\n'
+              '    - name: Read libvirt\n      fleetgpu.passthrough.libvirt_gpu_info:\n        uri: "%s"\n'
+              '      register: fleetgpu_libvirt_info\n' % (sims['workstation'], daemon.uri))
+    text = examples_of(installed_collection, 'guest_check')
+    play, names = play_of(text, {}, hosts='guests', defaults={FQ + 'gpu_facts': {'sysfs_root': sims['workstation']}})
+    proc = run_playbook(before + play, inventory=str(inventory))
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    tasks = ran(playbook_json(proc), names)
+    assert tasks['Say what was seen'][0]['result']['msg'] == (
+        'vm1 on kvm1: OK - 1 GPU(s) given, all seen in the guest: 10de:2204 (with 10de:1aef) at 0000:01:00.0 on nvidia')
 
 
 def test_vmware_gpu_import_examples(installed_collection: Path, run_playbook, tmp_path: Path) -> None:

@@ -412,7 +412,7 @@ def _undefaulted(text: str) -> set:
     return {n.name for n in ast.find_all(nodes.Name) if n.ctx == 'load'} - defaulted - local
 
 
-@pytest.mark.parametrize('playbook', ['facts.yml', 'site.yml', 'restore.yml'])
+@pytest.mark.parametrize('playbook', ['facts.yml', 'site.yml', 'restore.yml', 'verify_guests.yml'])
 def test_playbook_variables_have_defaults(playbook: str) -> None:
     """Every variable a playbook reads before a role's defaults apply has a default()."""
     _need('playbooks/%s' % playbook)
