@@ -147,9 +147,10 @@ def plan(entries: object, facts: dict, default_size: object = '',
         expected.append({'node': node, 'size_kib': kib, 'count': count})
     for row in expected:
         memory = [n.get('memory_mib') for n in nodes if row['node'] is None or n['node'] == row['node']]
-        if not memory or any(not isinstance(m, int) for m in memory):
+        sizes_mib = [m for m in memory if isinstance(m, int)]
+        if not memory or len(sizes_mib) != len(memory):
             continue
-        total_kib = sum(memory) * 1024
+        total_kib = sum(sizes_mib) * 1024
         asked = row['count'] * row['size_kib']
         if asked > total_kib * MAX_SHARE:
             where = 'node %d' % row['node'] if row['node'] is not None else 'the host'
