@@ -274,7 +274,8 @@ def test_prefix_root_without_tools_runs_nothing_on_the_running_host(run_playbook
     doc = _run(run_playbook, host)
     assert host.commands() == []
     config = [t for t in doc['tasks'] if t['action'] == 'fleetgpu.passthrough.vfio_host_config'][0]['result']
-    cmdline = [t for t in doc['tasks'] if t['action'] == 'fleetgpu.passthrough.kernel_cmdline'][0]['result']
+    cmdline = [t for t in doc['tasks'] if t['action'] == 'fleetgpu.passthrough.kernel_cmdline'
+               and t['status'] != 'skipped'][0]['result']
     assert config['skipped_commands'] == [['update-initramfs', '-u', '-k', 'all']]
     assert cmdline['skipped_commands'] == [['update-grub']]
     assert (host.root / 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg').exists()
@@ -326,3 +327,157 @@ def test_live_host_is_decided_by_resolved_path(run_playbook, host: Host, spellin
     shown = [t for t in doc['tasks'] if t['task'] == 'Show it']
     assert proc.returncode == 0 and shown, proc.stderr[-2000:]
     assert shown[0]['result']['msg'] is live
+
+
+# -- hugepages reserved at boot (vfio_host_hugepages) ------------------------------------
+
+DROPIN = 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg'
+
+
+def _cmdline_task(doc: dict, prefix: str = 'Persist the kernel arguments') -> dict:
+    return [t for t in doc['tasks'] if t['task'].split(' : ')[-1].startswith(prefix)][0]['result']
+
+
+def test_hugepages_rendered_idempotent_check_mode_and_given_back(run_playbook, host: Host) -> None:
+    pages = [{'size': '2M', 'count': 64}]
+    before = host.snapshot()
+    doc = _run(run_playbook, host, ('--check', '--diff'), vfio_host_hugepages=pages)
+    assert host.snapshot() == before and host.commands() == []
+    predicted = _cmdline_task(doc)
+    assert predicted['changed'] is True
+    assert predicted['cmdline_after'] == 'intel_iommu=on iommu=pt hugepagesz=2M hugepages=64 quiet'
+    assert 'hugepagesz=2M hugepages=64' in predicted['diff'][0]['after']
+
+    doc = _run(run_playbook, host, (), vfio_host_hugepages=pages)
+    text = (host.root / DROPIN).read_text()
+    assert 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX intel_iommu=on iommu=pt hugepagesz=2M hugepages=64"' in text
+    assert _cmdline_task(doc)['cmdline_after'] == predicted['cmdline_after']
+    messages = [t['result'].get('msg', '') for t in doc['tasks'] if t['task'].endswith('Say that a reboot is required')]
+    assert messages and 'lacks iommu=pt hugepagesz=2M hugepages=64' in messages[0]
+    host.commands()
+    for args in ((), ('--check',)):
+        doc = _run(run_playbook, host, args, vfio_host_hugepages=pages)
+        assert _changed(doc) == 0, [t['task'] for t in doc['tasks'] if t['result'].get('changed')]
+    assert host.commands() == []
+
+    # per node: the kernel's node form, in place of the earlier value
+    doc = _run(run_playbook, host, (), vfio_host_hugepages=[{'size': 2048, 'count': 32, 'node': 0}])
+    assert _cmdline_task(doc)['cmdline_after'] == 'intel_iommu=on iommu=pt hugepagesz=2M hugepages=0:32 quiet'
+    assert host.commands() == ['update-grub']
+
+    # the option emptied: exactly the hugepage arguments go, the IOMMU ones stay
+    doc = _run(run_playbook, host, ('--check', '--diff'))
+    given_back = _cmdline_task(doc, 'Give back the hugepage arguments')
+    assert given_back['changed'] is True and given_back['cmdline_after'] == 'intel_iommu=on iommu=pt quiet'
+    assert 'hugepages=0:32' in (host.root / DROPIN).read_text()
+    doc = _run(run_playbook, host)
+    assert 'hugepage' not in (host.root / DROPIN).read_text()
+    assert _cmdline_task(doc, 'Give back the hugepage arguments')['cmdline_after'] == 'intel_iommu=on iommu=pt quiet'
+    assert _changed(_run(run_playbook, host)) == 0
+
+    # a default size, then absent: nothing of the collection is left
+    _run(run_playbook, host, (), vfio_host_hugepages=[{'size': '1G', 'count': 2}], vfio_host_default_hugepagesz='1G')
+    assert 'iommu=pt default_hugepagesz=1G hugepagesz=1G hugepages=2"' in (host.root / DROPIN).read_text()
+    _run(run_playbook, host, (), vfio_host_state='absent')
+    assert [p for p in host.snapshot() if 'fleetgpu' in p] == []
+    assert (host.root / 'etc/default/grub').read_text() == GRUB
+
+
+def test_hugepages_of_the_administrator_are_refused_then_kept(run_playbook, host: Host) -> None:
+    own = GRUB.replace('GRUB_CMDLINE_LINUX=""', 'GRUB_CMDLINE_LINUX="hugepagesz=1G hugepages=4"')
+    (host.root / 'etc/default/grub').write_text(own)
+    before = host.snapshot()
+    proc = run_playbook(PLAY, extra_vars=host.vars(vfio_host_hugepages=[{'size': '2M', 'count': 64}]), env=host.env())
+    assert proc.returncode != 0
+    failed = [t for t in playbook_json(proc)['tasks'] if t['status'] == 'failed']
+    assert failed[0]['task'].split(' : ')[-1] == 'Preflight - refuse to replace hugepage arguments the collection did not add'
+    assert 'already holds hugepagesz=1G hugepages=4, which this collection did not add' in failed[0]['result']['msg']
+    assert 'Traceback' not in proc.stdout + proc.stderr
+    assert host.snapshot() == before and host.commands() == []
+
+    # without a reservation of the role's own, the administrator's arguments are never touched
+    doc = _run(run_playbook, host)
+    assert _cmdline_task(doc)['cmdline_after'] == 'hugepagesz=1G hugepages=4 intel_iommu=on iommu=pt quiet'
+    assert _cmdline_task(doc, 'Give back the hugepage arguments')['changed'] is False
+    _run(run_playbook, host, (), vfio_host_state='absent')
+    assert (host.root / 'etc/default/grub').read_text() == own
+    assert [p for p in host.snapshot() if 'fleetgpu' in p] == []
+
+
+@pytest.mark.parametrize('extra, fragment', [
+    ({'vfio_host_hugepages': [{'size': '3M', 'count': 4}]},
+     "vfio_host_hugepages[0].size '3M': this host's kernel offers no 3M hugepages (it offers: 2M, 1G"),
+    ({'vfio_host_hugepages': [{'size': '2M', 'count': 0}]},
+     'vfio_host_hugepages[0].count 0 is not a positive number of pages'),
+    ({'vfio_host_hugepages': [{'size': '2M', 'count': 8, 'node': 3}]},
+     'vfio_host_hugepages[0].node 3 is not a NUMA node of this host (it has: 0)'),
+    ({'vfio_host_hugepages': [{'size': 'huge', 'count': 8}]},
+     "vfio_host_hugepages[0].size 'huge' is not a page size (give 2M, 1G or a number of KiB)"),
+    ({'vfio_host_hugepages': [{'size': '2M', 'count': 8, 'node': 0}, {'size': '1G', 'count': 1, 'node': 0}]},
+     'vfio_host_hugepages[1].size 1G differs from the 2M of the entries before it: one page size per host'),
+    ({'vfio_host_hugepages': [{'size': '2M', 'count': 8}, {'size': '2M', 'count': 8, 'node': 0}]},
+     'vfio_host_hugepages[1] names node 0, but an entry before it has no node'),
+    ({'vfio_host_hugepages': [{'size': '1G', 'count': 16}]},
+     'asks for 16 pages of 1G (16384 MiB) on the host, which has 16384 MiB of memory: more than 90%'),
+    ({'vfio_host_hugepages': [], 'vfio_host_default_hugepagesz': '4M'},
+     "vfio_host_default_hugepagesz '4M': this host's kernel offers no 4M hugepages"),
+])
+def test_bad_hugepages_fail_clearly_before_any_change(run_playbook, host: Host, extra: dict, fragment: str) -> None:
+    before = host.snapshot()
+    proc = run_playbook(PLAY, extra_vars=host.vars(**extra), env=host.env())
+    assert proc.returncode != 0
+    failed = [t for t in playbook_json(proc)['tasks'] if t['status'] == 'failed']
+    assert failed[0]['task'].split(' : ')[-1] == 'Preflight - refuse a hugepage reservation the host cannot hold'
+    assert fragment in failed[0]['result']['msg'], failed[0]['result']['msg']
+    assert 'Traceback' not in proc.stdout + proc.stderr
+    assert host.snapshot() == before and host.commands() == []
+
+
+def test_hugepage_count_that_is_not_a_number_fails_at_argument_validation(run_playbook, host: Host) -> None:
+    proc = run_playbook(PLAY, extra_vars=host.vars(vfio_host_hugepages=[{'size': '2M', 'count': 'many'}]), env=host.env())
+    assert proc.returncode != 0
+    failed = [t for t in playbook_json(proc)['tasks'] if t['status'] == 'failed']
+    assert 'vfio_host_hugepages' in failed[0]['result']['msg'] and 'count' in failed[0]['result']['msg']
+
+
+@pytest.mark.skipif(not os.path.exists('/dev/fuse'), reason='needs /dev/fuse for the behaving simulated kernel')
+def test_hugepage_shortfall_after_boot_warns_or_fails(run_playbook, tmp_path: Path) -> None:
+    """The arguments are live but the kernel holds 40 of the 64 pages: the verification warns and the
+    host passes (vfio_host_hugepages_shortfall: warn), or fails with the same sentence (fail)."""
+    from tests.sim import fusekernel
+
+    topo = simkernel.load_topology('identical_pair')
+    topo['kernel']['cmdline'] = ('BOOT_IMAGE=/boot/vmlinuz-%s root=/dev/vda1 ro quiet intel_iommu=on iommu=pt '
+                                 'hugepagesz=2M hugepages=64' % KERNEL)
+    topo['kernel']['loaded'] = ['vfio', 'vfio_iommu_type1', 'vfio_pci', 'bochs', 'snd_hda_intel', 'ahci',
+                                'virtio_pci', 'lpc_ich', 'i801_smbus']
+    topo['numa'] = [{'cpus': '0-3', 'memory_mib': 16384, 'hugepages': {2048: {'total': 40, 'free': 40}}}]
+    host = Host(tmp_path / 'h', 'identical_pair')
+    (host.bin / 'modprobe').write_text('#!/bin/sh\necho "modprobe $*" >> "$FLEETGPU_TEST_LOG"\nexit 0\n')
+    (host.bin / 'modprobe').chmod(0o755)
+    pages = [{'size': '2M', 'count': 64}]
+    with fusekernel.simulated(topo, tmp_path / 'k') as sysfs_root:
+        host.sysfs = sysfs_root
+        doc = _run(run_playbook, host, (), vfio_host_runtime_bind=True, vfio_host_hugepages=pages)
+        assert _facts(doc)['reboot_required'] is False
+        warned = [t for t in doc['tasks'] if 'Warn that the kernel reserved fewer hugepages' in t['task']]
+        assert warned and warned[0]['status'] == 'ok', warned
+        assert 'the host (all nodes) has 40 of the 64 2M hugepages asked for' in warned[0]['result']['msg']
+        assert 'hugepagesz=2M hugepages=64' in warned[0]['result']['msg']
+        assert [t for t in doc['tasks'] if t['task'].endswith('Fail with what is wrong')][0]['status'] == 'ok'
+
+        proc = run_playbook(PLAY, extra_vars=host.vars(vfio_host_runtime_bind=True, vfio_host_hugepages=pages,
+                                                       vfio_host_verify=True, vfio_host_hugepages_shortfall='fail'),
+                            env=host.env())
+        assert proc.returncode != 0
+        failed = [t for t in playbook_json(proc)['tasks'] if t['status'] == 'failed']
+        assert failed[0]['task'].endswith('Fail with what is wrong')
+        assert ('has 40 of the 64 2M hugepages asked for' in failed[0]['result']['msg']
+                and '(vfio_host_hugepages_shortfall is fail)' in failed[0]['result']['msg'])
+
+        # a new reservation is judged only once it is live: until the reboot there is nothing to compare
+        doc = _run(run_playbook, host, (), vfio_host_runtime_bind=True, vfio_host_verify=True,
+                   vfio_host_hugepages=[{'size': '2M', 'count': 40, 'node': 0}])
+        assert _facts(doc)['reboot_required'] is True
+        assert not [t for t in doc['tasks'] if 'Warn that the kernel reserved fewer' in t['task'] and t['status'] == 'ok']
+        _run(run_playbook, host, (), vfio_host_runtime_bind=True, vfio_host_state='absent')

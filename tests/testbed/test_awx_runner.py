@@ -101,6 +101,14 @@ def _boots(state: list) -> int:
     return count
 
 
+HUGEPAGES = 64
+
+
+def _hugepages(host: launch.TestHost, base: str = '/sys/kernel/mm/hugepages') -> int:
+    """The 2 MiB pages the running kernel holds (nr_hugepages)."""
+    return int(host.ssh(['cat', '%s/hugepages-2048kB/nr_hugepages' % base]).stdout.strip())
+
+
 def _changed_tasks(r: 'ansible_runner.Runner', host: str) -> list:
     """(play, role, task) of every task that reported changed on the host, in order."""
     out = []
@@ -121,7 +129,10 @@ def test_check_job_predicts_the_converge_job(pdd: Path, testhost: launch.TestHos
     group_vars.mkdir(parents=True)
     shutil.copy(REPO / 'inventories' / 'testbed' / 'group_vars' / 'gpu_hosts.yml', group_vars / 'gpu_hosts.yml')
     inventory = str(pdd / 'inventory')
+    # the job also reserves hugepages at boot, through the same kernel arguments and the same one reboot
+    (pdd / 'env' / 'extravars').write_text(yaml.safe_dump({'vfio_host_hugepages': [{'size': '2M', 'count': HUGEPAGES}]}))
     before = _host_state(testhost)
+    assert _hugepages(testhost) != HUGEPAGES, 'the test host already holds the pages the job is to reserve'
 
     check = ansible_runner.run(private_data_dir=str(pdd), playbook='playbooks/site.yml', inventory=inventory,
                                cmdline='--check --diff', quiet=True)
@@ -133,6 +144,13 @@ def test_check_job_predicts_the_converge_job(pdd: Path, testhost: launch.TestHos
     diffs = [e['event_data']['res']['diff'] for e in check.events
              if e.get('event') == 'runner_on_ok' and e['event_data'].get('res', {}).get('diff')]
     assert any('iommu' in str(d) for d in diffs), 'diff mode did not show the kernel command line'
+    assert any('hugepagesz=2M hugepages=%d' % HUGEPAGES in str(d) for d in diffs), \
+        'diff mode did not show the hugepage arguments'
+    cmdline = [e['event_data']['res'] for e in check.events if e.get('event') == 'runner_on_ok'
+               and e['event_data'].get('task', '').split(' : ')[-1].startswith('Persist the kernel arguments')]
+    assert cmdline and cmdline[0]['changed'], cmdline
+    after = cmdline[0]['cmdline_after'].split()
+    assert 'hugepagesz=2M' in after and after.index('hugepagesz=2M') + 1 == after.index('hugepages=%d' % HUGEPAGES), after
 
     # ansible-runner kept '--check --diff' in env/cmdline for the next run: drop it (AWX would
     # start the approved job from a fresh private data directory).
@@ -145,3 +163,12 @@ def test_check_job_predicts_the_converge_job(pdd: Path, testhost: launch.TestHos
     done = _changed_tasks(real, testhost.name)
     assert done == predicted, 'check mode predicted %s, the job changed %s' % (predicted, done)
     assert _boots(_host_state(testhost)) == _boots(before) + 1, 'the job did not reboot the host exactly once'
+    # the kernel reserved the pages at boot (the test host has one NUMA node: all of them on node 0)
+    running = testhost.ssh(['cat', '/proc/cmdline']).stdout.split()
+    assert 'hugepagesz=2M' in running and running.index('hugepagesz=2M') + 1 == running.index('hugepages=%d' % HUGEPAGES), \
+        running
+    assert _hugepages(testhost) == HUGEPAGES
+    assert _hugepages(testhost, '/sys/devices/system/node/node0/hugepages') == HUGEPAGES
+    warned = [e for e in real.events if e.get('event') == 'runner_on_ok'
+              and e['event_data'].get('task', '').split(' : ')[-1].startswith('Warn that the kernel reserved fewer hugepages')]
+    assert not warned, 'the verification found a shortfall: %s' % warned
