@@ -23,6 +23,7 @@ Run by tests/testbed/e2e.sh (runtime phase), after test_awx_runner.py on the sam
 """
 from __future__ import annotations
 
+import datetime
 import gzip
 import os
 import re
@@ -49,6 +50,7 @@ GPU_IDS, AUDIO_IDS = ('0x1234', '0x1111'), ('0x8086', '0x293e')
 DOMAIN = 'fleetgpu-guestboot'
 INITRD = '/var/lib/libvirt/images/%s-initrd.gz' % DOMAIN
 CONSOLE = '/var/log/libvirt/qemu/%s-console.log' % DOMAIN
+QEMU_LOG = '/var/log/libvirt/qemu/%s.log' % DOMAIN
 MEMORY_MIB = 256
 #: Seconds from the start of the domain to its power-off before the test gives up (a hang).
 BOOT_TIMEOUT = int(os.environ.get('FLEETGPU_GUEST_BOOT_TIMEOUT', '1500'))
@@ -86,6 +88,8 @@ for n in /sys/devices/system/node/node*; do
   while read a b c d e; do [ "$c" = MemTotal: ] && echo "node ${n##*/node} $cpus $d"; done < "$n/meminfo"
 done
 while read a b c; do [ "$a" = MemTotal: ] && echo "memtotal_kib $b"; done < /proc/meminfo
+read up idle < /proc/uptime
+echo "uptime_end $up"
 echo "%(end)s"
 busybox poweroff -f
 ''' % {'begin': BEGIN, 'end': END}
@@ -160,7 +164,8 @@ def static_busybox() -> Path:
 
 def parse_console(text: str) -> Dict[str, object]:
     """What /init reported: ``pci`` {address: (vendor, device, class)}, ``iomem`` [(start, end)],
-    ``cpus``, ``nodes`` {node: (cpulist, kib)}, ``memtotal_kib``, ``uptime`` (seconds at /init)."""
+    ``cpus``, ``nodes`` {node: (cpulist, kib)}, ``memtotal_kib``, ``uptime`` and ``uptime_end`` (the guest
+    kernel's seconds when /init started and when it was done)."""
     lines = [line.strip() for line in text.replace('\r', '').splitlines()]
     if BEGIN not in lines or END not in lines:
         raise AssertionError('the guest did not print its report (no %s ... %s on the console):\n%s'
@@ -182,9 +187,25 @@ def parse_console(text: str) -> Dict[str, object]:
             report[kind] = fields[0]
         elif kind == 'memtotal_kib':
             report[kind] = int(fields[0])
-        elif kind == 'uptime':
+        elif kind in ('uptime', 'uptime_end'):
             report[kind] = float(fields[0])
     return report
+
+
+LOG_STAMP = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\+0000: (starting up|shutting down)', re.M)
+
+
+def domain_lifetime(log: str) -> float | None:
+    """Seconds between the last "starting up" and the "shutting down" after it in a libvirt QEMU log."""
+    start = None
+    lifetime = None
+    for stamp, what in LOG_STAMP.findall(log):
+        when = datetime.datetime.strptime(stamp, '%Y-%m-%d %H:%M:%S.%f')
+        if what == 'starting up':
+            start, lifetime = when, None
+        elif start is not None:
+            lifetime = (when - start).total_seconds()
+    return lifetime
 
 
 def _copy(host: launch.TestHost, src: Path, dst: str) -> None:
@@ -214,7 +235,7 @@ def test_the_guest_kernel_sees_the_gpu_and_its_audio_function_on_one_slot(host, 
     _copy(host, initrd, INITRD)
     kernel = '/boot/vmlinuz-%s' % host.ssh(['uname', '-r']).stdout.strip()
     host.ssh(['test', '-r', kernel])
-    host.ssh(['rm', '-f', CONSOLE])
+    host.ssh(['rm', '-f', CONSOLE, QEMU_LOG])
     _virsh(host, 'destroy', DOMAIN, check=False)
     _virsh(host, 'undefine', DOMAIN, check=False)
     xml = DOMAIN_XML % {'name': DOMAIN, 'memory': MEMORY_MIB, 'kernel': kernel, 'initrd': INITRD,
@@ -224,6 +245,10 @@ def test_the_guest_kernel_sees_the_gpu_and_its_audio_function_on_one_slot(host, 
         # After site.yml (test_awx_runner.py) the GPU is also in gpu-vm's definition; gpu-vm is
         # not running, and two definitions that never run at once may share a device.
         'allow_shared': True,
+        # vCPU and emulator pinned on the GPU's NUMA node, memory bound to it, and a 64-bit MMIO
+        # window sized for the GPU's BARs: pcihole64 of the i440fx root bus, which SeaBIOS and the
+        # guest's ACPI tables follow.
+        'wiring': {'pin_cpus': True, 'numa_mode': 'strict', 'mmio64': True},
     }
     doc = _play(host, tmp_path, [
         {'name': 'bind', 'fleetgpu.passthrough.vfio_bind': {'devices': [GPU], 'include_group': True}},
@@ -244,6 +269,20 @@ def test_the_guest_kernel_sees_the_gpu_and_its_audio_function_on_one_slot(host, 
     assert set(slots) == {GPU, AUDIO}, done['result']['devices']
     guest_gpu = slots[GPU]
     assert guest_gpu.endswith('.0') and slots[AUDIO] == guest_gpu[:-1] + '1', slots
+    wiring = done['result']['wiring']
+    assert wiring['firmware'] == 'bios' and wiring['gpus'] == [GPU], wiring
+    assert check['result']['wiring'] == wiring and again['result']['wiring'] == wiring, (check, again)
+    # The running domain has what the module wrote (the guest needs minutes to boot: it still runs).
+    assert _virsh(host, 'domstate', DOMAIN).strip() == 'running'
+    vcpupin = dict(line.split(None, 1) for line in _virsh(host, 'vcpupin', DOMAIN).splitlines() if line.strip())
+    assert {v.rstrip(':'): c.strip() for v, c in vcpupin.items()} == {
+        v: str(c) for v, c in wiring['vcpu_pins'].items()}, (vcpupin, wiring)
+    emulatorpin = _virsh(host, 'emulatorpin', DOMAIN).split()
+    assert emulatorpin[-1] == wiring['emulator_cpus'], (emulatorpin, wiring)
+    numatune = dict(line.replace(' ', '').split(':', 1) for line in _virsh(host, 'numatune', DOMAIN).splitlines()
+                    if ':' in line)
+    assert numatune == {'numa_mode': wiring['numatune']['mode'], 'numa_nodeset': wiring['numatune']['nodeset']}, (
+        numatune, wiring)
 
     state = ''
     while time.monotonic() - started < BOOT_TIMEOUT:
@@ -258,8 +297,11 @@ def test_the_guest_kernel_sees_the_gpu_and_its_audio_function_on_one_slot(host, 
         pytest.fail('the guest did not power off within %d s (state %r); console:\n%s'
                     % (BOOT_TIMEOUT, state, console[-4000:]))
     report = parse_console(console)
-    print('guest boot under nested TCG: %.0f s from the start of the domain to its power-off, '
-          '%.0f s of guest kernel time to /init' % (elapsed, report.get('uptime', -1)))
+    lifetime = domain_lifetime(host.ssh(['cat', QEMU_LOG], check=False).stdout)
+    print('guest boot under nested TCG: the domain ran %s s (QEMU start to power-off, from libvirt\'s log; '
+          '%.0f s from the end of the play); the guest kernel reached /init after %.0f s of its uptime and '
+          'was done at %.0f s' % ('%.0f' % lifetime if lifetime is not None else '?', elapsed,
+                                  report.get('uptime', -1), report.get('uptime_end', -1)))
 
     pci = report['pci']
     assert pci.get(guest_gpu, ())[:2] == GPU_IDS, (guest_gpu, pci)       # type: ignore[union-attr]
@@ -268,9 +310,10 @@ def test_the_guest_kernel_sees_the_gpu_and_its_audio_function_on_one_slot(host, 
     assert pci[slots[AUDIO]][2].startswith('0x0403'), pci[slots[AUDIO]]  # type: ignore[index]
     # The guest's host bridge has a 64-bit MMIO window (above 4 GiB) from its ACPI tables.
     windows64 = [(lo, hi) for lo, hi in report['iomem'] if lo >= 1 << 32]  # type: ignore[attr-defined]
-    assert windows64, report['iomem']
-    print('guest 64-bit PCI window: %s' % ', '.join('%#x-%#x (%d MiB)' % (lo, hi, (hi - lo + 1) >> 20)
-                                                   for lo, hi in windows64))
+    print('guest 64-bit PCI window: %s; the wiring asked for %d MiB' % (
+        ', '.join('%#x-%#x (%d MiB)' % (lo, hi, (hi - lo + 1) >> 20) for lo, hi in windows64), wiring['mmio64_mib']))
+    # ... of the size the wiring wrote (pcihole64); i440fx's own default would be 2 GiB.
+    assert [(hi - lo + 1) >> 20 for lo, hi in windows64] == [wiring['mmio64_mib']], (windows64, wiring)
     # One vCPU, one NUMA node holding all of the guest's memory (no more than the domain has).
     assert report.get('cpus') == '0', report
     assert list(report['nodes']) == [0] and report['nodes'][0][0] == '0', report['nodes']  # type: ignore[index]
