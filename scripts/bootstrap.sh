@@ -11,6 +11,7 @@ APT_PACKAGES=(
   libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   qemu-system-x86 qemu-utils debootstrap e2fsprogs fdisk openssh-client
   fuse3 libfuse2 pciutils pci.ids shellcheck chromium pandoc
+  busybox-static
 )
 
 missing=()

@@ -325,8 +325,10 @@ class DomainDefinition:
             else:
                 self.devices.insert(0, ctl)
             return (0, index, 0)
-        used_slots = {a.slot for a in used if a.domain == 0 and a.bus == 0}
-        for slot in range(1, 0x20):
+        # Slot 0 is the host bridge and slot 1 the PIIX3 (ISA bridge, IDE, USB, power management),
+        # there on an i440fx machine whether or not the definition shows them.
+        used_slots = {a.slot for a in used if a.domain == 0 and a.bus == 0} | {0, 1}
+        for slot in range(2, 0x20):
             if slot not in used_slots:
                 return (0, 0, slot)
         raise PlacementError('no free guest PCI slot on bus 0 of domain %r: give guest_address' % self.name)
@@ -364,7 +366,10 @@ class DomainDefinition:
                 if dev is not None and dev.guest is not None:
                     target = dev.guest.slot_key
                     break
-            if target is None and missing and self._guest_addresses():
+            # A definition without any guest address yet (libvirt 9 gives a diskless i440fx domain
+            # none) still gets one slot for functions that must share it; a lone function is left
+            # to libvirt there.
+            if target is None and missing and (self._guest_addresses() or len(slot.functions) > 1):
                 target = self._allocate_slot()
 
         multi = len(slot.functions) > 1 or any(

@@ -13,6 +13,10 @@
 #                    test_awx_runner.py: AWX jobs (ansible-runner) over SSH on the intel host:
 #                    facts.yml, then site.yml in check + diff mode and for real (the check must
 #                    predict exactly the tasks the real job changes)
+#                    test_guest_boot.py: a guest in a libvirt domain on the intel host (the
+#                    host's kernel, a busybox initramfs, nested TCG) lists the PCI devices it
+#                    sees: the GPU and its audio function on one guest slot, the 64-bit PCI
+#                    window; then powers off (a few minutes)
 #   molecule-fleet   site.yml end to end on two hosts at once, an Intel-IOMMU and an AMD-IOMMU
 #                    one: VM requests placed across them (spread), one reboot each,
 #                    idempotence, each VM starts with its GPU, a request that cannot fit and
@@ -146,7 +150,7 @@ else
   if wants runtime; then
     # --durations: where the phase's time went, test by test (setup = the hosts' boot)
     phase runtime 1800 pytest -q -rs --durations=12 -p no:cacheprovider tests/testbed/test_real_kernel.py \
-      tests/testbed/test_noiommu.py tests/testbed/test_awx_runner.py \
+      tests/testbed/test_noiommu.py tests/testbed/test_awx_runner.py tests/testbed/test_guest_boot.py \
       tests/testbed/test_testbed_role.py
     if [ "${failed[*]}" != "${failed[*]/runtime/}" ]; then
       # pytest names the failed test and its play output; a time-out shows nothing more, so

@@ -107,6 +107,28 @@ def test_present_on_i440fx_takes_lowest_free_bus0_slot() -> None:
     assert summary(defn) == [('0000:41:00.0', '0000:00:03.0', True, True), ('0000:41:00.1', '0000:00:03.1', True, False)]
 
 
+# What libvirt 9 keeps of a diskless i440fx domain without video or USB: not one guest PCI address.
+BARE_I440FX = '''<domain type='qemu'>
+  <name>bare</name>
+  <devices>
+    <controller type='usb' index='0' model='none'/>
+    <controller type='pci' index='0' model='pci-root'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>'''
+
+
+def test_present_on_a_definition_without_addresses_still_shares_one_slot() -> None:
+    """GPU and audio on one multifunction slot, past the PIIX3's slot 1 that the XML does not show;
+    a lone function is left to libvirt."""
+    defn = DomainDefinition(BARE_I440FX)
+    defn.plan_present(SlotRequest([A('01:00.0'), A('01:00.1')], [A('01:00.0')]), managed=False)
+    assert summary(defn) == [('0000:01:00.0', '0000:00:02.0', False, True), ('0000:01:00.1', '0000:00:02.1', False, False)]
+    alone = DomainDefinition(BARE_I440FX)
+    alone.plan_present(SlotRequest([A('02:00.0')], [A('02:00.0')]), managed=False)
+    assert summary(alone) == [('0000:02:00.0', None, False, False)]
+
+
 @pytest.mark.parametrize('existing,functions,managed,expected_actions', [
     # Already there, same settings: nothing to do.
     ([hostdev('41:00.0', '02:00.0', multifunction=True), hostdev('41:00.1', '02:00.1')],
