@@ -228,13 +228,13 @@ EXAMPLES = r'''
       bar: true
     guest_address: "0000:06:00.0"
 
-- name: A training VM wired for its GPUs - vCPUs and memory on their NUMA node, 1 GiB pages, a 64-bit MMIO window for the BARs
+- name: Wire train01 for its GPU - vCPUs and memory on the GPU's NUMA node, a 64-bit MMIO window for its BARs
   fleetgpu.passthrough.libvirt_hostdev:
     domain: train01
-    devices: ["0000:41:00.0", "0000:42:00.0"]
+    devices: ["0000:41:00.0"]
     wiring:
       numa_mode: strict
-      hugepages: 1G
+      # hugepages: 1G   # with 1 GiB pages reserved on that node (role vfio_host, vfio_host_hugepages)
 
 - name: Take the GPU away again
   fleetgpu.passthrough.libvirt_hostdev:

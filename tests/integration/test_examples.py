@@ -220,8 +220,11 @@ def test_libvirt_hostdev_examples(installed_collection: Path, run_playbook, sims
     tasks = ran(playbook_json(proc), names)
     assert changed(tasks, 'Give the GPU at 41:00.0 (and its HDMI audio 41:00.1) to the domain train01')
     assert not changed(tasks, 'Hot-plug into the running domain and keep it in the definition')
+    wired = tasks["Wire train01 for its GPU - vCPUs and memory on the GPU's NUMA node, a 64-bit MMIO window for its BARs"]
+    assert wired[0]['result']['changed'] and wired[0]['result']['wiring']['numatune'] == {'mode': 'strict', 'nodeset': '0'}
     assert changed(tasks, 'Take the GPU away again')
     assert '<hostdev' not in daemon.domain_xml('train01')
+    assert "<memory mode='strict' nodeset='0'/>" in daemon.domain_xml('train01')   # the wiring stays with the VM
     desktop = daemon.domain_xml('desktop')
     assert "bus='0x81'" in desktop and str(rom) in desktop and "bus='0x06'" in desktop, desktop
 
