@@ -28,6 +28,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     DomainDefinition,
     DomainXmlError,
     HostdevError,
+    _int,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import is_gpu_class
@@ -293,16 +294,14 @@ def wire(defn: DomainDefinition, sysfs: Sysfs, given: dict | None, active: bool)
 
 
 def _pci_index(ctl: Any) -> int:
-    text = (ctl.get('index') or '0').strip()
-    return int(text, 16) if text.lower().startswith('0x') else int(text)
+    return _int(ctl.get('index'))
 
 
 def _parent_bus(ctl: Any) -> int | None:
     addr = ctl.find('address')
     if addr is None or addr.get('type') != 'pci':
         return None
-    text = (addr.get('bus') or '0').strip()
-    return int(text, 16) if text.lower().startswith('0x') else int(text)
+    return _int(addr.get('bus'))
 
 
 def guest_topology(defn: DomainDefinition, gpus: list[PciAddress], records: list[dict]) -> dict:
@@ -395,5 +394,4 @@ def _slot_of(ctl: Any) -> int | None:
     addr = ctl.find('address')
     if addr is None:
         return None
-    text = (addr.get('slot') or '0').strip()
-    return int(text, 16) if text.lower().startswith('0x') else int(text)
+    return _int(addr.get('slot'))
