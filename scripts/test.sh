@@ -59,7 +59,7 @@ phase ansible-lint lint
 phase ansible-doc docs
 phase changelog bash scripts/changelog.sh --check
 phase docsite bash scripts/docsite.sh --check
-phase unit pytest -q -p no:cacheprovider tests/unit
+phase unit pytest -q -n 2 -p no:cacheprovider tests/unit
 # The reboot tests (test_reboot_bounded.py) run a private sshd behind a proxy that plays a
 # rebooting host (tests/integration/sshhost.py); they mostly wait, beside the other tests.
 phase integration pytest -q -n 2 --dist loadfile -p no:cacheprovider tests/integration
