@@ -20,10 +20,10 @@ import time
 # the collection from this checkout on sys.path, before it is imported
 import _pyroot  # noqa: F401  # pylint: disable=unused-import
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _vfio_host_apply  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import vfio_host_config as _vfio_host_apply  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import backend as boot_backend  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change  # noqa: E402
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import gather  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import gather  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import Runner  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import backend as gen_backend  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs  # noqa: E402

@@ -15,7 +15,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._fleet import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.fleet_plan import (
     FleetError,
     HostInput,
     parse_models,

@@ -12,7 +12,7 @@ from ansible.errors import AnsibleUndefinedVariable
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._guest_check import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.guest_check import (
     GuestCheckError,
     HostView,
     compare,

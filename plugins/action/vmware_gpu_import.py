@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vmware_import import VmwareImportError, import_paths
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.vmware_gpu_import import VmwareImportError, import_paths
 
 _ARGS = {
     'paths': dict(type='list', elements='path', required=True),

@@ -162,7 +162,7 @@ import platform
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import FactsError, gather
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import FactsError, gather
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._platform import refusal
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciDeviceNotFound
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec

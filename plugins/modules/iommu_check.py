@@ -180,7 +180,7 @@ python_interpreter:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._checks import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.iommu_check import (
     FINDINGS,
     CheckError,
     check,

@@ -339,7 +339,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     HostdevError,
     RomSpec,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import (
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
     HostdevBackend,

@@ -218,7 +218,7 @@ journal_path:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._binding import Binder, BindingError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.vfio_bind import Binder, BindingError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec, is_live_root
 
 

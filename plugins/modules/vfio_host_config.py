@@ -196,7 +196,7 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _vfio_host_apply
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import vfio_host_config as _vfio_host_apply
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import FileError, rooted
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import read as read_file
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner

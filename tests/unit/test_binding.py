@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'sim'))
 import fusekernel  # noqa: E402  pylint: disable=wrong-import-position
 import simkernel  # noqa: E402  pylint: disable=wrong-import-position
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._binding import (  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.vfio_bind import (  # noqa: E402
     Binder,
     BindingApplyError,
     BindingInputError,

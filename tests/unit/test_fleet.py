@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _fleet as fleet
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import fleet_plan as fleet
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _fleet_report as report
 
 A100 = ('10de', '20b2', 'NVIDIA Corporation', 'GA100 [A100 SXM4 80GB]')

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _fleet as fleet
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import fleet_plan as fleet
 from test_fleet import gpu, host, run, vm
 
 

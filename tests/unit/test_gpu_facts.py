@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import FactsError, gather
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import FactsError, gather
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciIds
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 from tests.sim import simkernel

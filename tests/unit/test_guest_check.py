@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._guest_check import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.guest_check import (
     GuestCheckError,
     HostView,
     compare,

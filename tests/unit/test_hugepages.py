@@ -10,7 +10,7 @@ import pytest
 from ansible_collections.fleetgpu.passthrough.plugins.filter.hugepages_plan import hugepages_plan
 from ansible_collections.fleetgpu.passthrough.plugins.filter.hugepages_shortfall import hugepages_shortfall
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import gather
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import gather
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hugepages import (
     HugepagesError,
     plan,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _vfio_host_apply
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import vfio_host_config as _vfio_host_apply
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import BACKUP_SUFFIX, HEADER
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import (

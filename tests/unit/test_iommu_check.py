@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._checks import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.iommu_check import (
     FINDINGS,
     CheckError,
     check,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import driver_warnings
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import driver_warnings
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 from tests.sim import simkernel

@@ -13,7 +13,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     HostdevError,
     RomSpec,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import (  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import (  # noqa: E402
     DeviceNotFound,
     DeviceShared,
     DomainNotFound,

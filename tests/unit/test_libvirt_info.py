@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _libvirt_info
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import libvirt_gpu_info as _libvirt_info
 
 URI = 'qemu:///system'
 

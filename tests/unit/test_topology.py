@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import gather
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import gather
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciDevice
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._topology import (

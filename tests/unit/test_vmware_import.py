@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _fleet as fleet
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _vmware_import as vi
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import fleet_plan as fleet
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import vmware_gpu_import as vi
 
 FIXTURES = Path(__file__).parent / 'fixtures' / 'vmware'
 GOOD = FIXTURES / 'good'

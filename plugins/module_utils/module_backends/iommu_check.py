@@ -18,7 +18,7 @@ import importlib
 import os
 import sys
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import (
     FactsError,
     host_facts,
     module_is_builtin,

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, field
 from xml.etree import ElementTree
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._fleet import FleetInputError, parse_models
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.fleet_plan import FleetInputError, parse_models
 
 VMX_SUFFIXES = ('.vmx',)
 OVF_SUFFIXES = ('.ovf',)

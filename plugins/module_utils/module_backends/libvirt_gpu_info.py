@@ -26,7 +26,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     DomainDefinition,
     DomainXmlError,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import HAS_LIBVIRT, libvirt
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import HAS_LIBVIRT, libvirt
 
 _STATES = {
     0: 'no state', 1: 'running', 2: 'blocked', 3: 'paused', 4: 'shutting down', 5: 'shut off', 6: 'crashed',
