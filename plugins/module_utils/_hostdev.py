@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 from xml.etree import ElementTree
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._topology import parse_cpulist
 
@@ -32,7 +33,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the managed host
     LXML_IMPORT_ERROR = _exc
 
 
-class HostdevError(Exception):
+class HostdevError(FleetGpuError):
     """Base of the errors of the hostdev model."""
 
 

@@ -30,6 +30,8 @@ import select
 import signal
 import time
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+
 DEFAULT_TIMEOUT = 5.0
 # The range every module accepts for its ``timeout`` option (seconds).
 TIMEOUT_MAX = 3600.0
@@ -70,7 +72,7 @@ def is_live_root(path: str, live: str = '/') -> bool:
 _MISSING = object()
 
 
-class SysfsError(Exception):
+class SysfsError(FleetGpuError):
     """A kernel interface could not be read or written."""
 
     def __init__(self, msg: str, path: str | None = None, err: int | None = None) -> None:

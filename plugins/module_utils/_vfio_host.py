@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import re
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciAddress, PciAddressError, PciIdError, list_addresses, parse_id)
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
@@ -43,7 +44,7 @@ MAX_REPEATS = 4
 MAX_MATCH_TEXT = 512
 
 
-class SelectionError(ValueError):
+class SelectionError(FleetGpuError, ValueError):
     """The selectors do not match the host, or ask for something refused."""
 
 

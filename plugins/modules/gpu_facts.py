@@ -162,10 +162,10 @@ import platform
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import FactsError, gather
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._platform import refusal
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciDeviceNotFound
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, common_argspec
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import gather
 
 
 def main() -> None:
@@ -187,8 +187,8 @@ def main() -> None:
         sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
         facts = gather(sysfs, vendors=params['vendors'], addresses=params['addresses'],
                        include_accelerators=params['include_accelerators'], timeout=params['timeout'])
-    except (FactsError, PciDeviceNotFound, SysfsError) as exc:
-        module.fail_json(msg=str(exc))
+    except FleetGpuError as exc:
+        module.fail_json(**exc.result())
     module.exit_json(changed=False, ansible_facts={'gpu_passthrough': facts})
 
 

@@ -333,6 +333,7 @@ assignments:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._domain_wiring import options
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (
     HAS_LXML,
     LXML_IMPORT_ERROR,
@@ -345,8 +346,8 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backen
     HostdevBackend,
     Request,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, common_argspec
 
 
 def argument_spec() -> dict:
@@ -409,8 +410,8 @@ def main() -> None:
         backend = HostdevBackend(request, sysfs)
         backend.assume_vfio = {PciAddress.parse(text) for text in module.params['assume_vfio']}
         result = backend.run(module.check_mode)
-    except (PciAddressError, HostdevError, SysfsError) as exc:
-        module.fail_json(msg=str(exc), domain=module.params['domain'])
+    except FleetGpuError as exc:
+        module.fail_json(domain=module.params['domain'], **exc.result())
     if not module._diff:
         result.pop('diff')
     for warning in backend.warnings:

@@ -269,6 +269,9 @@ def test_bad_journal_fails_naming_it_and_keeps_it(sim: str, tmp_path: Path, data
                                     'journal_path': str(journal)})
     assert result.get('failed') is True, result
     assert fragment in result['msg'] and str(journal) in result['msg']
+    # the entry at fault is named as well (the malformed address key, the device whose entry is bad)
+    for entry in (data.get('devices') or {}) if isinstance(data, dict) else ():
+        assert entry in result['msg'], result['msg']
     assert journal.read_text() == kept
 
 

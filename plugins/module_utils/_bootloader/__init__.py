@@ -21,12 +21,13 @@ import json
 import os
 from typing import Callable
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, key_of, validate_token
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
 
 
-class BootloaderError(Exception):
+class BootloaderError(FleetGpuError):
     """The bootloader configuration cannot be read, planned or changed."""
 
 

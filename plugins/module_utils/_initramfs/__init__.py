@@ -20,13 +20,14 @@ import abc
 import os
 from typing import Callable
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import (
     ADDRESSES_CONF, MODPROBE_CONF, VFIO_MODULES)
 
 
-class InitramfsError(Exception):
+class InitramfsError(FleetGpuError):
     """The initramfs could not be rebuilt, or the rebuilt image lacks what it must hold."""
 
 

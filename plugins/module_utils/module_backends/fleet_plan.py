@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vm_wiring import WiringError, check_wiring_keys
 
 POLICIES = ('spread', 'pack')
@@ -39,7 +40,7 @@ _ADDR = re.compile(r'^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
 _SHORT_ADDR = re.compile(r'^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
 
 
-class FleetError(Exception):
+class FleetError(FleetGpuError):
     """Base of the fleet errors."""
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._iommu import (
     VFIO_DRIVERS,
     HostIommu,
@@ -43,7 +44,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._topology imp
 STATES = ('available', 'vfio-ready', 'boot-vga', 'in-use', 'unusable')
 
 
-class FactsError(Exception):
+class FactsError(FleetGpuError):
     """Bad input to gpu_facts (unknown device, malformed address or id)."""
 
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+
 #: Drivers that mean "no driver of its own" inside a guest.
 NO_DRIVER = (None, '', 'vfio-pci', 'pci-stub')
 
 
-class GuestCheckError(Exception):
+class GuestCheckError(FleetGpuError):
     """Input that cannot be verified (a VM on no host or on two, a host not in the inventory)."""
 
 

@@ -18,6 +18,7 @@ import importlib
 import os
 import sys
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import (
     FactsError,
     host_facts,
@@ -81,7 +82,7 @@ FINDINGS = {
 }
 
 
-class CheckError(Exception):
+class CheckError(FleetGpuError):
     """Bad input to iommu_check."""
 
 

@@ -33,6 +33,9 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciAddress,
     PciAddressError,
@@ -59,7 +62,7 @@ KERNEL_DEFAULT = None  # driver_after of a restore without journal: whatever the
 Runner = Callable[[List[str]], Tuple[int, str, str]]
 
 
-class BindingError(Exception):
+class BindingError(FleetGpuError):
     """Base of every error this backend raises; ``details`` go into the result."""
 
     def __init__(self, msg: str, **details: Any) -> None:
@@ -742,3 +745,46 @@ class Binder:
         elif self.rolled_back:
             cause.args = ('%s. Rolled back: %s are on their original drivers again.'
                           % (cause.args[0], ', '.join(self.rolled_back)),)
+
+
+def run(module: AnsibleModule) -> dict:
+    """Do what the vfio_bind module's parameters ask (or predict it in check mode); the module's result.
+
+    A failure raises the error with the result so far (devices, rolled_back, stuck...) in its ``details``.
+    """
+    params = module.params
+    result: Dict[str, Any] = dict(changed=False, devices=[], rolled_back=[], stuck=[], released_ids=[],
+                                  journal_path=params['journal_path'])
+
+    def runner(cmd: List[str]) -> Tuple[int, str, str]:
+        return module.run_command(cmd, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
+
+    binder = None
+    try:
+        sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
+        # modprobe acts on the running host's kernel: never run it for a simulated sysfs_root.
+        live = is_live_root(sysfs.sys_root, '/sys')
+        binder = Binder(
+            sysfs,
+            driver=params['driver'], state=params['state'], include_group=params['include_group'],
+            allow_boot_vga=params['allow_boot_vga'], allow_in_use=params['allow_in_use'],
+            journal_path=params['journal_path'], runner=runner,
+            modprobe=module.get_bin_path('modprobe') if live else None, release_ids=params['release_ids'])
+        plan = binder.plan(params['devices'], params['match'])
+        for warning in plan.warnings:
+            module.warn(warning)
+        if plan.changed and not module.check_mode:
+            binder.apply(plan)
+    except FleetGpuError as exc:
+        result.update(exc.details)
+        if binder is not None:
+            result['devices'] = binder.results()
+            result['released_ids'] = binder.released_ids
+        exc.details = result
+        raise
+    result['changed'] = plan.changed
+    result['devices'] = binder.results()
+    result['released_ids'] = binder.released_ids
+    if module._diff and plan.changed:
+        result['diff'] = plan.diff()
+    return result

@@ -2,7 +2,7 @@
 # Copyright: (c) 2026, fleetgpu.passthrough contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Plan and apply the persistent vfio host files and the initramfs rebuild.
+"""The engine of the vfio_host_config module: plan and apply the persistent vfio host files and the initramfs rebuild.
 
 PRIVATE to the fleetgpu.passthrough collection: not a public API, may change
 without notice.
@@ -10,12 +10,20 @@ without notice.
 
 from __future__ import annotations
 
+import os
+import re
+
+from ansible.module_utils.basic import AnsibleModule
+
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import Initramfs, InitramfsError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import rooted
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import read as read_file
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner, Runner
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import Initramfs, InitramfsError, backend
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import (
-    ADDRESSES_CONF, MANAGED_ARGS, MODPROBE_CONF, MODULES_LOAD_CONF, Decision, addresses_conf, modprobe_conf,
-    modules_load_conf)
+    ADDRESSES_CONF, MANAGED_ARGS, MODPROBE_CONF, MODULES_LOAD_CONF, Decision, SelectionError, addresses_conf, decide,
+    existing_softdeps, modprobe_conf, modules_load_conf, validate_facts)
 
 
 class HostPlan:
@@ -104,3 +112,70 @@ def apply(result: HostPlan, initramfs: Initramfs | None, runner: Runner, decisio
 
 def managed_args() -> list[str]:
     return list(MANAGED_ARGS)
+
+
+_RELEASE_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}\Z')
+
+
+def check_kernel_release(root: str, release: str) -> None:
+    """Refuse a kernel_release that is not a release name installed under ``root`` (before anything is written)."""
+    if not _RELEASE_RE.match(release):
+        raise SelectionError('kernel_release %r is not a kernel release name (like 6.1.0-27-amd64)' % (release,))
+    modules = rooted(root, '/lib/modules/%s' % release)
+    if not os.path.isdir(modules):
+        raise SelectionError('kernel_release %r is not installed: %s does not exist; nothing was written'
+                             % (release, modules))
+
+
+def run(module: AnsibleModule) -> dict:
+    """Do what the module's parameters ask (or predict it in check mode); the module's result."""
+    p = module.params
+    sysfs = Sysfs(p['sysfs_root'], timeout=p['timeout'])
+    runner = ModuleRunner(module, p['root'])
+    facts = validate_facts(p['facts'] or {})
+    host = facts.get('host') or {}
+    builtin = bool(host.get('vfio_pci_builtin'))
+    kernel = p['kernel_release'] or host.get('kernel_release') or sysfs.read(sysfs.proc('sys', 'kernel', 'osrelease'), default='')
+    if p['kernel_release'] is not None:
+        check_kernel_release(p['root'], p['kernel_release'])
+    decision = None
+    if p['state'] == 'present':
+        if not facts:
+            raise SelectionError('facts is required with state=present (pass ansible_facts.gpu_passthrough from gpu_facts)')
+        previous = existing_softdeps(read_file(rooted(p['root'], MODPROBE_CONF)))
+        decision = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], p['blacklist'], previous)
+        for warning in decision.warnings:
+            module.warn(warning)
+    selection = decision
+    if decision is None and facts and p['devices']:
+        try:
+            selection = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], [])
+        except SelectionError as exc:
+            module.warn('the devices to put back on their drivers could not be resolved: %s' % exc)
+    initramfs = None if p['initramfs'] == 'none' else backend(p['initramfs'], p['root'], runner)
+    host_plan = plan(p['root'], initramfs, decision, builtin, kernel, p['update'])
+    skipped = [argv for argv in host_plan.commands if runner.skips(argv[0])]
+    if host_plan.changed and not module.check_mode:
+        apply(host_plan, initramfs, runner, decision, builtin, kernel)
+    for argv in skipped:
+        module.warn('not run: %s (the root %s does not hold %s, and a prefix root never runs the running host\'s '
+                    'tools)' % (' '.join(argv), p['root'], argv[0]))
+    result = {
+        'changed': host_plan.changed,
+        'initramfs': initramfs.name if initramfs else 'none',
+        'rebuild': host_plan.rebuild_reason,
+        'files': [f.path for f in host_plan.files],
+        'commands': [argv for argv in host_plan.commands if argv not in skipped],
+        'skipped_commands': skipped,
+        'ids': decision.ids if decision else [],
+        'addresses': decision.addresses if decision else [],
+        'softdeps': decision.softdeps if decision else [],
+        'cmdline_add': decision.cmdline_add if decision else [],
+        'cmdline_remove': decision.cmdline_remove if decision else managed_args(),
+    }
+    if selection:
+        result['selected'] = selection.selected
+        result['bind'] = selection.bind
+    if module._diff:
+        result['diff'] = [f.diff() for f in host_plan.files]
+    return result

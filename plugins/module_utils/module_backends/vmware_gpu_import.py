@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass, field
 from xml.etree import ElementTree
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.fleet_plan import FleetInputError, parse_models
 
 VMX_SUFFIXES = ('.vmx',)
@@ -58,7 +59,7 @@ _BOOL_TRUE = ('true', 'yes', '1', 'on')
 _BOOL_FALSE = ('false', 'no', '0', 'off')
 
 
-class VmwareImportError(Exception):
+class VmwareImportError(FleetGpuError):
     """A file cannot be read or parsed (the message names the file and, where there is one, the line)."""
 
 
