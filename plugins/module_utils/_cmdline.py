@@ -93,7 +93,7 @@ def validate_token(token: object, what: str) -> str:
     return token
 
 
-class Change:
+class CmdlineChange:
     """A validated set of additions and removals."""
 
     def __init__(self, add: list[str] | None = None, remove: list[str] | None = None) -> None:

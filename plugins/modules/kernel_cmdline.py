@@ -183,6 +183,7 @@ recorded:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import names as bootloaders
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.kernel_cmdline import run
@@ -193,8 +194,7 @@ def main() -> None:
         argument_spec=dict(
             add=dict(type='list', elements='str', default=[]),
             remove=dict(type='list', elements='str', default=[]),
-            bootloader=dict(type='str', default='auto',
-                            choices=['auto', 'grub', 'grubby', 'systemd-boot', 'kernelstub', 'proxmox-boot-tool']),
+            bootloader=dict(type='str', default='auto', choices=bootloaders()),
             root=dict(type='path', default='/'),
             update=dict(type='bool', default=True),
             undo=dict(type='bool', default=False),

@@ -194,6 +194,7 @@ skipped_commands:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import names as generators
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.vfio_host_config import run
 
@@ -207,7 +208,7 @@ def main() -> None:
             allow_boot_vga=dict(type='bool', default=False),
             iommu_pt=dict(type='bool', default=True),
             blacklist=dict(type='list', elements='str', default=[]),
-            initramfs=dict(type='str', default='auto', choices=['auto', 'initramfs-tools', 'dracut', 'mkinitcpio', 'none']),
+            initramfs=dict(type='str', default='auto', choices=generators()),
             kernel_release=dict(type='str'),
             root=dict(type='path', default='/'),
             update=dict(type='bool', default=True),

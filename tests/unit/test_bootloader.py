@@ -12,7 +12,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader i
     BootloaderError, backend, detect)
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader.grub import (
     DROPIN, parse_value, source)
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, split
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import BACKUP_SUFFIX, HEADER
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
 
@@ -99,7 +99,7 @@ def test_grub_current_follows_dropins(root: Path) -> None:
 def test_grub_add_replaces_contradiction(root: Path) -> None:
     runner = FakeRunner()
     loader = backend('grub', str(root), runner)
-    plan = loader.plan(Change(['intel_iommu=on', 'iommu=pt']))
+    plan = loader.plan(CmdlineChange(['intel_iommu=on', 'iommu=pt']))
     assert plan.changed
     assert 'intel_iommu=off' not in plan.after
     assert plan.after == ['console=tty0', 'console=ttyS0,115200n8', 'intel_iommu=on', 'iommu=pt', 'quiet']
@@ -116,7 +116,7 @@ def test_grub_add_replaces_contradiction(root: Path) -> None:
     # the user's files are untouched
     assert 'intel_iommu=off' in (root / 'etc/default/grub').read_text()
     # second run plans nothing
-    again = backend('grub', str(root), runner).plan(Change(['intel_iommu=on', 'iommu=pt']))
+    again = backend('grub', str(root), runner).plan(CmdlineChange(['intel_iommu=on', 'iommu=pt']))
     assert not again.changed and again.files == [] and again.commands == []
 
 
@@ -130,7 +130,7 @@ def test_grub_empty_variables(tmp_path: Path) -> None:
     (tmp_path / 'etc/default').mkdir(parents=True)
     (tmp_path / 'etc/default/grub').write_text('GRUB_CMDLINE_LINUX_DEFAULT=""\nGRUB_CMDLINE_LINUX=\n')
     loader = backend('grub', str(tmp_path), FakeRunner())
-    plan = loader.plan(Change(['iommu=pt']))
+    plan = loader.plan(CmdlineChange(['iommu=pt']))
     loader.apply(plan)
     assert loader.current() == ['iommu=pt']
     assert plan.before == []
@@ -139,12 +139,12 @@ def test_grub_empty_variables(tmp_path: Path) -> None:
 def test_grub_cumulative_and_removal_deletes_dropin(root: Path) -> None:
     runner = FakeRunner()
     first = backend('grub', str(root), runner)
-    first.apply(first.plan(Change(['intel_iommu=on', 'iommu=pt'])))
+    first.apply(first.plan(CmdlineChange(['intel_iommu=on', 'iommu=pt'])))
     second = backend('grub', str(root), runner)
-    second.apply(second.plan(Change(['vfio-pci.ids=1234:1111'])))
+    second.apply(second.plan(CmdlineChange(['vfio-pci.ids=1234:1111'])))
     assert {'intel_iommu=on', 'iommu=pt', 'vfio-pci.ids=1234:1111'} <= set(second.current())
     third = backend('grub', str(root), runner)
-    plan = third.plan(Change([], ['intel_iommu=on', 'iommu=pt', 'vfio-pci.ids']))
+    plan = third.plan(CmdlineChange([], ['intel_iommu=on', 'iommu=pt', 'vfio-pci.ids']))
     third.apply(plan)
     # intel_iommu=off was removed by the first change and stays removed: the drop-in keeps that
     assert third.current() == ['console=tty0', 'console=ttyS0,115200n8', 'quiet']
@@ -156,10 +156,10 @@ def test_grub_dropin_removed_when_nothing_left(tmp_path: Path) -> None:
     (tmp_path / 'etc/default').mkdir(parents=True)
     (tmp_path / 'etc/default/grub').write_text('GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n')
     loader = backend('grub', str(tmp_path), FakeRunner())
-    loader.apply(loader.plan(Change(['iommu=pt'])))
+    loader.apply(loader.plan(CmdlineChange(['iommu=pt'])))
     dropin = tmp_path / DROPIN.lstrip('/')
     assert dropin.exists()
-    loader.apply(loader.plan(Change([], ['iommu=pt'])))
+    loader.apply(loader.plan(CmdlineChange([], ['iommu=pt'])))
     assert not dropin.exists()
     assert not (tmp_path / (DROPIN.lstrip('/') + BACKUP_SUFFIX)).exists()
 
@@ -169,39 +169,39 @@ def test_grub_failed_update_restores(root: Path) -> None:
     loader = backend('grub', str(root), runner)
     before = loader.current()
     with pytest.raises(BootloaderError, match='update-grub failed.*previous configuration was restored'):
-        loader.apply(loader.plan(Change(['intel_iommu=on'])))
+        loader.apply(loader.plan(CmdlineChange(['intel_iommu=on'])))
     assert not (root / DROPIN.lstrip('/')).exists()
     assert backend('grub', str(root), FakeRunner()).current() == before
 
 
 def test_grub_failed_update_restores_previous_dropin(root: Path) -> None:
     loader = backend('grub', str(root), FakeRunner())
-    loader.apply(loader.plan(Change(['iommu=pt'])))
+    loader.apply(loader.plan(CmdlineChange(['iommu=pt'])))
     old = (root / DROPIN.lstrip('/')).read_text()
     failing = backend('grub', str(root), FakeRunner(fail=('update-grub',)))
     with pytest.raises(BootloaderError):
-        failing.apply(failing.plan(Change(['intel_iommu=on'])))
+        failing.apply(failing.plan(CmdlineChange(['intel_iommu=on'])))
     assert (root / DROPIN.lstrip('/')).read_text() == old
 
 
 def test_grub_later_dropin_overrides(root: Path) -> None:
     (root / 'etc/default/grub.d/zz-local.cfg').write_text('GRUB_CMDLINE_LINUX_DEFAULT="quiet intel_iommu=off"\n')
     with pytest.raises(BootloaderError, match='zz-local.cfg sorts after'):
-        backend('grub', str(root), FakeRunner()).plan(Change(['intel_iommu=on']))
+        backend('grub', str(root), FakeRunner()).plan(CmdlineChange(['intel_iommu=on']))
 
 
 def test_grub_quoting_of_values(tmp_path: Path) -> None:
     (tmp_path / 'etc/default').mkdir(parents=True)
     (tmp_path / 'etc/default/grub').write_text('GRUB_CMDLINE_LINUX=""\n')
     loader = backend('grub', str(tmp_path), FakeRunner())
-    loader.apply(loader.plan(Change(['dyndbg="file vfio_pci.c +p"'])))
+    loader.apply(loader.plan(CmdlineChange(['dyndbg="file vfio_pci.c +p"'])))
     assert backend('grub', str(tmp_path), FakeRunner()).current() == ['dyndbg="file vfio_pci.c +p"']
 
 
 def test_grub_without_update_runs_nothing(root: Path) -> None:
     runner = FakeRunner()
     loader = backend('grub', str(root), runner, update=False)
-    loader.apply(loader.plan(Change(['iommu=pt'])))
+    loader.apply(loader.plan(CmdlineChange(['iommu=pt'])))
     assert runner.calls == []
     assert (root / DROPIN.lstrip('/')).exists()
 
@@ -211,7 +211,7 @@ def test_grub_without_update_runs_nothing(root: Path) -> None:
 def test_grubby_rhel9_with_update_bls(root: Path) -> None:
     runner = FakeRunner(help_text='Usage: grub2-mkconfig [OPTION]\n  --update-bls-cmdline  update ...\n')
     loader = backend('grubby', str(root), runner, running=split('BOOT_IMAGE=(hd0,gpt2)/vmlinuz-5.14.0-427.13.1.el9_4.x86_64 ro'))
-    plan = loader.plan(Change(['intel_iommu=on', 'iommu=pt']))
+    plan = loader.plan(CmdlineChange(['intel_iommu=on', 'iommu=pt']))
     assert 'intel_iommu=off' in plan.before and 'intel_iommu=off' not in plan.after
     assert plan.commands[0] == ['grubby', '--update-kernel=ALL', '--args=intel_iommu=on iommu=pt',
                                 '--remove-args=intel_iommu=off']
@@ -226,7 +226,7 @@ def test_grubby_rhel9_with_update_bls(root: Path) -> None:
 @pytest.mark.parametrize('root', ['rhel9'], indirect=True)
 def test_grubby_without_update_bls_option(root: Path) -> None:
     runner = FakeRunner(help_text='Usage: grub2-mkconfig [OPTION]\n')
-    plan = backend('grubby', str(root), runner).plan(Change(['iommu=pt']))
+    plan = backend('grubby', str(root), runner).plan(CmdlineChange(['iommu=pt']))
     assert [c[0] for c in plan.commands] == ['grubby']
 
 
@@ -236,7 +236,7 @@ def test_grubby_failure_undoes(root: Path) -> None:
     loader = backend('grubby', str(root), runner)
     grub_before = (root / 'etc/default/grub').read_text()
     with pytest.raises(BootloaderError, match='grub2-mkconfig failed'):
-        loader.apply(loader.plan(Change(['iommu=pt'])))
+        loader.apply(loader.plan(CmdlineChange(['iommu=pt'])))
     assert (root / 'etc/default/grub').read_text() == grub_before
     assert runner.calls[-1] == ['grubby', '--update-kernel=ALL', '--remove-args=iommu=pt']
 
@@ -245,7 +245,7 @@ def test_grubby_failure_undoes(root: Path) -> None:
 def test_grubby_rhel8_kernelopts(root: Path) -> None:
     loader = backend('grubby', str(root), FakeRunner(programs=()))
     assert loader.current() == ['root=/dev/mapper/rhel-root', 'ro', 'crashkernel=auto', 'rhgb', 'quiet', '$tuned_params']
-    plan = loader.plan(Change(['intel_iommu=on']))
+    plan = loader.plan(CmdlineChange(['intel_iommu=on']))
     assert plan.commands == [['grubby', '--update-kernel=ALL', '--args=intel_iommu=on']]
 
 
@@ -255,13 +255,13 @@ def test_systemd_boot(root: Path) -> None:
     runner = FakeRunner()
     loader = backend('auto', str(root), runner)
     assert loader.name == 'systemd-boot'
-    plan = loader.plan(Change(['amd_iommu=force_isolation'], ['splash']))
+    plan = loader.plan(CmdlineChange(['amd_iommu=force_isolation'], ['splash']))
     loader.apply(plan)
     assert (root / 'etc/kernel/cmdline').read_text() == \
         'root=UUID=2f0a6a9c-1b1e-4a57-9b43-5d3c9d8e7f10 rw quiet amd_iommu=force_isolation\n'
     assert runner.calls == [['kernel-install', 'add', '6.8.0-45-generic',
                              '/lib/modules/6.8.0-45-generic/vmlinuz']]
-    assert not backend('auto', str(root), runner).plan(Change(['amd_iommu=force_isolation'], ['splash'])).changed
+    assert not backend('auto', str(root), runner).plan(CmdlineChange(['amd_iommu=force_isolation'], ['splash'])).changed
 
 
 @pytest.mark.parametrize('root', ['systemd-boot'], indirect=True)
@@ -269,7 +269,7 @@ def test_systemd_boot_seeded_from_running(root: Path) -> None:
     (root / 'etc/kernel/cmdline').unlink()
     loader = backend('systemd-boot', str(root), FakeRunner(),
                      running=split('BOOT_IMAGE=/vmlinuz initrd=\\initrd root=/dev/nvme0n1p2 rw'))
-    plan = loader.plan(Change(['iommu=pt']))
+    plan = loader.plan(CmdlineChange(['iommu=pt']))
     assert plan.before == ['root=/dev/nvme0n1p2', 'rw']
     assert plan.after == ['root=/dev/nvme0n1p2', 'rw', 'iommu=pt']
 
@@ -279,7 +279,7 @@ def test_proxmox_refresh_failure_restores(root: Path) -> None:
     loader = backend('auto', str(root), FakeRunner(fail=('proxmox-boot-tool',)))
     assert loader.name == 'proxmox-boot-tool'
     with pytest.raises(BootloaderError, match='proxmox-boot-tool failed'):
-        loader.apply(loader.plan(Change(['intel_iommu=on', 'iommu=pt'])))
+        loader.apply(loader.plan(CmdlineChange(['intel_iommu=on', 'iommu=pt'])))
     assert (root / 'etc/kernel/cmdline').read_text() == 'root=ZFS=rpool/ROOT/pve-1 boot=zfs\n'
 
 
@@ -287,7 +287,7 @@ def test_proxmox_refresh_failure_restores(root: Path) -> None:
 def test_proxmox(root: Path) -> None:
     runner = FakeRunner()
     loader = backend('proxmox-boot-tool', str(root), runner)
-    loader.apply(loader.plan(Change(['intel_iommu=on', 'iommu=pt'])))
+    loader.apply(loader.plan(CmdlineChange(['intel_iommu=on', 'iommu=pt'])))
     assert (root / 'etc/kernel/cmdline').read_text() == 'root=ZFS=rpool/ROOT/pve-1 boot=zfs intel_iommu=on iommu=pt\n'
     assert runner.calls == [['proxmox-boot-tool', 'refresh']]
 
@@ -297,7 +297,7 @@ def test_proxmox(root: Path) -> None:
 def test_kernelstub(root: Path) -> None:
     runner = FakeRunner()
     loader = backend('auto', str(root), runner)
-    plan = loader.plan(Change(['intel_iommu=on', 'iommu=pt']))
+    plan = loader.plan(CmdlineChange(['intel_iommu=on', 'iommu=pt']))
     assert plan.commands == [['kernelstub', '--delete-options', 'intel_iommu=off'],
                              ['kernelstub', '--add-options', 'intel_iommu=on iommu=pt']]
     loader.apply(plan)

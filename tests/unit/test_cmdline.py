@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, CmdlineError, split
 
 
 @pytest.mark.parametrize('text, tokens', [
@@ -37,7 +37,7 @@ def test_split(text: str, tokens: list[str]) -> None:
     (['quiet', 'quiet'], [], [], ['quiet']),
 ])
 def test_apply(before: list[str], add: list[str], remove: list[str], after: list[str]) -> None:
-    change = Change(add, remove)
+    change = CmdlineChange(add, remove)
     assert change.apply(before) == after
     assert change.apply(after) == after  # idempotent
 
@@ -53,12 +53,12 @@ def test_apply(before: list[str], add: list[str], remove: list[str], after: list
 ])
 def test_invalid(add: list, remove: list, fragment: str) -> None:
     with pytest.raises(CmdlineError) as info:
-        Change(add, remove)
+        CmdlineChange(add, remove)
     assert fragment in str(info.value)
 
 
 def test_running_state() -> None:
-    change = Change(['intel_iommu=on', 'iommu=pt'], ['vfio-pci.ids'])
+    change = CmdlineChange(['intel_iommu=on', 'iommu=pt'], ['vfio-pci.ids'])
     running = split('BOOT_IMAGE=/vmlinuz root=/dev/vda1 intel_iommu=off vfio-pci.ids=1234:1111 iommu=pt')
     assert change.missing(running) == ['intel_iommu=on']
     assert change.lingering(running) == ['intel_iommu=off', 'vfio-pci.ids=1234:1111']

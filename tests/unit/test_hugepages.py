@@ -9,7 +9,7 @@ import pytest
 
 from ansible_collections.fleetgpu.passthrough.plugins.filter.hugepages_plan import hugepages_plan
 from ansible_collections.fleetgpu.passthrough.plugins.filter.hugepages_shortfall import hugepages_shortfall
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import gather
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hugepages import (
     HugepagesError,
@@ -60,7 +60,7 @@ def test_arguments_rendered_in_the_kernels_order(hgx8: dict, entries: list, defa
     result = plan(entries, hgx8, default)
     assert result['args'] == args
     # kernel_cmdline takes them as one change: no contradiction, appended in this order
-    assert Change(['intel_iommu=on'] + args).apply(['quiet']) == ['quiet', 'intel_iommu=on'] + args
+    assert CmdlineChange(['intel_iommu=on'] + args).apply(['quiet']) == ['quiet', 'intel_iommu=on'] + args
 
 
 def test_expected_pages_per_node_or_spread(hgx8: dict) -> None:

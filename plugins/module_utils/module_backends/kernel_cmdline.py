@@ -14,7 +14,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import RECORD, Record, backend
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, check_length, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, CmdlineError, check_length, split
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import ModuleRunner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 
@@ -34,7 +34,7 @@ def run(module: AnsibleModule) -> dict:
             raise CmdlineError('undo gives back what this collection changed and cannot be combined with add')
         change = record.undo_change(params['remove'])
     else:
-        change = Change(params['add'], params['remove'])
+        change = CmdlineChange(params['add'], params['remove'])
     plan = loader.plan(change)
     check_length(plan.after)
     # the record is written with the bootloader's files (and put back with them when a command fails)

@@ -20,7 +20,7 @@ import time
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._domain_wiring import DomainWiringError, wire
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (
-    Change,
+    HostdevChange,
     DomainDefinition,
     HostdevError,
     RomSpec,
@@ -290,7 +290,7 @@ class HostdevBackend:
         wanted = sorted({a for s in slots for a in s.functions})
         shared = assignments(conn, req.uri)
 
-        changes: list[Change] = []
+        changes: list[HostdevChange] = []
         if req.state == 'present':
             changes += self._plan_present(defn, slots, wanted, shared)
         else:
@@ -314,7 +314,7 @@ class HostdevBackend:
 
         if req.where == 'live':
             # The persistent definition is not touched: report what the live plan did.
-            changes = [Change(PciAddress.parse(str(c['address'])), str(c['action'])) for c in live]
+            changes = [HostdevChange(PciAddress.parse(str(c['address'])), str(c['action'])) for c in live]
             after_xml = canonical_xml(before_xml)
         result.update({
             'defined': defined,
@@ -356,7 +356,7 @@ class HostdevBackend:
         slots = slot_requests(req.devices, req.companions, self.sysfs if req.state == 'present' else None, [])
         wanted = sorted({a for s in slots for a in s.functions})
         shared = assignments(conn, req.uri)
-        changes: list[Change] = []
+        changes: list[HostdevChange] = []
         if req.state == 'present':
             # the same plan, and the same warnings, as the real run makes after defining the domain
             changes += self._plan_present(defn, slots, wanted, shared)
@@ -396,11 +396,11 @@ class HostdevBackend:
         return plan
 
     def _plan_present(self, defn: DomainDefinition, slots: list, wanted: list[PciAddress],
-                      shared: dict[str, list[str]]) -> list[Change]:
+                      shared: dict[str, list[str]]) -> list[HostdevChange]:
         """Changes that give ``slots`` to the domain, after the sharing check; adds the driver warnings."""
         req = self.req
         self._check_shared(wanted, shared, defn)
-        changes: list[Change] = []
+        changes: list[HostdevChange] = []
         for slot in slots:
             changes += defn.plan_present(slot, req.managed, req.rom, req.guest_address)
         self.warnings += driver_warnings(self.sysfs, wanted, req.managed, self.assume_vfio)

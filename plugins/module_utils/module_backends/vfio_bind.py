@@ -214,7 +214,7 @@ class Step:
         }
 
 
-class Plan:
+class BindPlan:
     def __init__(self, state: str, driver: str) -> None:
         self.state = state
         self.driver = driver
@@ -268,7 +268,7 @@ class Binder:
         self.libvirt_uri = libvirt_uri
         self.rolled_back: List[str] = []
         self.stuck: List[str] = []
-        self.last_plan: Optional[Plan] = None
+        self.last_plan: Optional[BindPlan] = None
         self._fds: Optional[List[Tuple[int, str]]] = None
         self._domains: Optional[Dict[PciAddress, List[str]]] = None
         self._devices: Dict[PciAddress, PciDevice] = {}
@@ -436,11 +436,11 @@ class Binder:
         return '; held open by: %s' % ', '.join(held) if held else ''
 
     # ---------------------------------------------------------------- plan
-    def plan(self, devices: Optional[List[Any]] = None, match: Optional[Dict[str, Any]] = None) -> Plan:
+    def plan(self, devices: Optional[List[Any]] = None, match: Optional[Dict[str, Any]] = None) -> BindPlan:
         self.journal.load()
         targets = self.resolve(devices, match)
         requested = set(d.address for d in targets)
-        plan = Plan(self.state, self.driver)
+        plan = BindPlan(self.state, self.driver)
         self.last_plan = plan
         groups: Dict[int, List[PciDevice]] = {}
         for dev in targets:
@@ -506,7 +506,7 @@ class Binder:
             return Step(dev, current, current, override, override, 'none')
         return Step(dev, current, before, override, override_after, 'restore')
 
-    def _check_safety(self, group: int, steps: List[Step], plan: Plan) -> None:
+    def _check_safety(self, group: int, steps: List[Step], plan: BindPlan) -> None:
         for step in steps:
             dev = step.device
             if self.state == 'present' and dev.boot_vga:
@@ -551,7 +551,7 @@ class Binder:
         return out
 
     # ---------------------------------------------------------------- apply
-    def apply(self, plan: Plan) -> Plan:
+    def apply(self, plan: BindPlan) -> BindPlan:
         changing = [s for s in plan.steps if s.changes]
         if not changing:
             return plan

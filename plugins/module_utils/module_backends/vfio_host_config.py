@@ -26,7 +26,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host im
     existing_softdeps, modprobe_conf, modules_load_conf, validate_facts)
 
 
-class HostPlan:
+class HostFilesPlan:
     """Files to change, whether the initramfs must be rebuilt, and the result of doing it."""
 
     def __init__(self) -> None:
@@ -66,8 +66,8 @@ def plan_files(root: str, initramfs: Initramfs | None, decision: Decision | None
 
 
 def plan(root: str, initramfs: Initramfs | None, decision: Decision | None, builtin: bool, kernel: str,
-         update: bool) -> HostPlan:
-    result = HostPlan()
+         update: bool) -> HostFilesPlan:
+    result = HostFilesPlan()
     result.files = [f for f in plan_files(root, initramfs, decision, builtin) if f.changed]
     per_address = bool(decision and decision.addresses)
     if initramfs is None or not update:
@@ -85,7 +85,7 @@ def plan(root: str, initramfs: Initramfs | None, decision: Decision | None, buil
     return result
 
 
-def apply(result: HostPlan, initramfs: Initramfs | None, runner: Runner, decision: Decision | None, builtin: bool,
+def apply(result: HostFilesPlan, initramfs: Initramfs | None, runner: Runner, decision: Decision | None, builtin: bool,
           kernel: str) -> None:
     """Write the files; rebuild and verify the initramfs. A failed rebuild restores the files."""
     done: list[_files.FileChange] = []
