@@ -27,7 +27,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backen
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import Runner  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import backend as gen_backend  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs  # noqa: E402
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import decide  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import decide  # noqa: E402
 from tests.sim import simkernel  # noqa: E402
 
 

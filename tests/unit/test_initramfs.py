@@ -14,7 +14,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd impo
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import (
     EARLY_BIND, InitramfsError, backend, detect)
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import decide
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import decide
 from tests.sim import simkernel
 
 from test_vfio_host_config import FACTS
