@@ -2,7 +2,7 @@
 # Copyright: (c) 2026, fleetgpu.passthrough contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
-"""Persistent vfio host configuration: selection, early binding, modprobe.d, initramfs.
+"""GPU selection and the early-binding decision of vfio_host_config (which functions, ids or addresses, softdeps).
 
 PRIVATE to the fleetgpu.passthrough collection: not a public API, may change
 without notice.
@@ -10,8 +10,8 @@ without notice.
 Input is the ``gpu_passthrough`` facts of gpu_facts plus the inventory's
 selectors; the kernel is read only through the Sysfs seam (every PCI function
 of the host, to decide between ``vfio-pci ids=`` and per-address binding, and
-the drivers' module names).  :func:`decide` is pure planning; the module
-writes the files it returns and drives the initramfs backend.
+the drivers' module names).  :func:`decide` is pure planning; the files it leads to
+are rendered by ``_vfio_files`` and written by the vfio_host_config engine.
 """
 
 from __future__ import annotations
@@ -23,16 +23,11 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors impor
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciAddress, PciAddressError, PciIdError, list_addresses, parse_id)
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import MODPROBE_CONF
 
-VFIO_MODULES = ['vfio', 'vfio_iommu_type1', 'vfio_pci']
-MODPROBE_CONF = '/etc/modprobe.d/fleetgpu-passthrough.conf'
-MODULES_LOAD_CONF = '/etc/modules-load.d/fleetgpu-passthrough.conf'
-ADDRESSES_CONF = '/etc/fleetgpu-passthrough/vfio-pci-addresses'
 # Host drivers that may claim a passed-through function before vfio-pci, by vendor / function kind.
 VENDOR_DRIVERS = {'10de': ['nouveau', 'nvidia'], '1002': ['amdgpu', 'radeon']}
 KIND_DRIVERS = {'audio': ['snd_hda_intel'], 'usb': ['xhci_pci']}
-# Arguments this collection may put on the command line; state=absent removes exactly these.
-MANAGED_ARGS = ['intel_iommu=on', 'iommu=pt', 'vfio-pci.ids']
 
 
 # A kernel module name as modprobe.d takes it: no space, no newline (a newline would start a new
@@ -315,16 +310,6 @@ def alias_modules(sysfs: Sysfs, release: str, address: str, cache: dict) -> list
     return found
 
 
-def existing_softdeps(text: str | None) -> list[str]:
-    """Modules of the ``softdep X pre: vfio-pci`` lines of a modprobe.d file written before."""
-    found = []
-    for line in (text or '').splitlines():
-        parts = line.split()
-        if len(parts) >= 4 and parts[0] == 'softdep' and parts[2] == 'pre:' and 'vfio-pci' in parts[3:]:
-            found.append(parts[1])
-    return found
-
-
 class Decision:
     """What the host needs for the selected devices."""
 
@@ -412,22 +397,3 @@ def decide(facts: dict, selectors: list, sysfs: Sysfs, allow_boot_vga: bool = Fa
     else:
         out.cmdline_remove.append('vfio-pci.ids')
     return out
-
-
-def modprobe_conf(decision: Decision, builtin: bool) -> str:
-    lines = []
-    if decision.ids and not builtin:
-        lines.append('options vfio-pci ids=%s' % ','.join(decision.ids))
-    for mod in decision.softdeps:
-        lines.append('softdep %s pre: vfio-pci' % mod)
-    for mod in decision.blacklist:
-        lines.append('blacklist %s' % mod)
-    return '\n'.join(lines) + '\n'
-
-
-def modules_load_conf() -> str:
-    return '\n'.join(VFIO_MODULES) + '\n'
-
-
-def addresses_conf(decision: Decision) -> str:
-    return ''.join('%s\n' % a for a in decision.addresses)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import (
-    SelectionError, decide, modprobe_conf, select)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import SelectionError, decide, select
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import modprobe_conf
 from tests.sim import simkernel
 
 
@@ -152,7 +152,7 @@ def test_softdeps_from_aliases_and_sticky(tmp_path: Path) -> None:
 
 
 def test_existing_softdeps_parser() -> None:
-    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import existing_softdeps
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import existing_softdeps
     text = '# managed\noptions vfio-pci ids=8086:293e\nsoftdep bochs pre: vfio-pci\nsoftdep x pre: other\n'
     assert existing_softdeps(text) == ['bochs']
     assert existing_softdeps(None) == []

@@ -22,7 +22,7 @@ import os
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import (
     ADDRESSES_CONF, MODPROBE_CONF, VFIO_MODULES)
 
 

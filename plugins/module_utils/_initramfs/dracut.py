@@ -15,7 +15,7 @@ import os
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import (
     ADDRESSES_IN_IMAGE, COMMON_IN_IMAGE, EARLY_BIND, Initramfs, ManagedFile, modules_line, there)
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import ADDRESSES_CONF, MODPROBE_CONF
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import ADDRESSES_CONF, MODPROBE_CONF
 
 CONF = '/etc/dracut.conf.d/fleetgpu-passthrough.conf'
 MODULE_DIR = '/usr/lib/dracut/modules.d/90fleetgpu-passthrough'

@@ -17,7 +17,7 @@ import os
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import (
     ADDRESSES_IN_IMAGE, COMMON_IN_IMAGE, EARLY_BIND, Initramfs, ManagedFile, there)
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import (
     ADDRESSES_CONF, MODPROBE_CONF, VFIO_MODULES)
 
 CONF = '/etc/mkinitcpio.conf.d/fleetgpu-passthrough.conf'

@@ -21,9 +21,10 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner, Runner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import Initramfs, InitramfsError, backend
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import (
-    ADDRESSES_CONF, MANAGED_ARGS, MODPROBE_CONF, MODULES_LOAD_CONF, Decision, SelectionError, addresses_conf, decide,
-    existing_softdeps, modprobe_conf, modules_load_conf, validate_facts)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import Decision, SelectionError, decide, validate_facts
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import (
+    ADDRESSES_CONF, MANAGED_ARGS, MODPROBE_CONF, MODULES_LOAD_CONF, addresses_conf, existing_softdeps, modprobe_conf,
+    modules_load_conf)
 
 
 class HostFilesPlan:
