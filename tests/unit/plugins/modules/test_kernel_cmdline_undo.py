@@ -15,7 +15,7 @@ import pytest
 
 from ansible_collections.fleetgpu.passthrough.plugins.modules import kernel_cmdline
 from tests.sim import simkernel
-from tests.unit.test_trust_inputs import run_module
+from tests.unit.plugins.modules.test_trust_inputs import run_module
 
 K1, K2 = '6.8.0-45-generic', '6.8.0-47-generic'
 RECORD = 'var/lib/fleetgpu-passthrough/kernel_cmdline.json'

@@ -1,4 +1,4 @@
-"""The binding backend (plugins/module_utils/_binding.py): plan rules, refusals, journal, modprobe."""
+"""The binding backend (plugins/module_utils/module_backends/vfio_bind.py): plan rules, refusals, journal, modprobe."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'sim'))
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / 'sim'))
 import fusekernel  # noqa: E402  pylint: disable=wrong-import-position
 import simkernel  # noqa: E402  pylint: disable=wrong-import-position
 

@@ -9,7 +9,7 @@ import pytest
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import fleet_plan as fleet
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import vmware_gpu_import as vi
 
-FIXTURES = Path(__file__).parent / 'fixtures' / 'vmware'
+FIXTURES = Path(__file__).resolve().parents[3] / 'fixtures' / 'vmware'
 GOOD = FIXTURES / 'good'
 BAD = FIXTURES / 'bad'
 MODELS = {

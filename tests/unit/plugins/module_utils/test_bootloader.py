@@ -16,7 +16,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline impo
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import BACKUP_SUFFIX, HEADER
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
 
-FIXTURES = Path(__file__).parent / 'fixtures' / 'boot'
+FIXTURES = Path(__file__).resolve().parents[2] / 'fixtures' / 'boot'
 
 
 class FakeRunner(Runner):

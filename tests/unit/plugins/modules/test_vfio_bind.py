@@ -20,7 +20,7 @@ import pytest
 from ansible.module_utils import _internal as ansible_internal
 from ansible.module_utils.testing import patch_module_args
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'sim'))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / 'sim'))
 import fusekernel  # noqa: E402  pylint: disable=wrong-import-position
 import simkernel  # noqa: E402  pylint: disable=wrong-import-position
 

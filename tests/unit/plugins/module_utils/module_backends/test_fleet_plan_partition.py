@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import fleet_plan as fleet
-from test_fleet import gpu, host, run, vm
+from tests.unit.plugins.module_utils.module_backends.test_fleet_plan import gpu, host, run, vm
 
 
 def test_partition_on_gpus_without_sriov_or_mdev_is_refused_naming_the_request() -> None:

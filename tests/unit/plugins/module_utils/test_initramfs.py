@@ -17,7 +17,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import decide
 from tests.sim import simkernel
 
-from test_vfio_host_config import FACTS
+from tests.unit.plugins.module_utils.test_gpu_selection import FACTS
 
 KERNEL = '6.1.0-27-amd64'
 IMAGES = {'initramfs-tools': '/boot/initrd.img-%s' % KERNEL, 'dracut': '/boot/initramfs-%s.img' % KERNEL,

@@ -76,7 +76,7 @@ def test_the_filter_is_the_function() -> None:
 
 def test_gpu_facts_refuses_macos_itself(tmp_path: Path) -> None:
     """On macOS the module stops at once with the same message (a sitecustomize makes this Python "Darwin")."""
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[4]
     (tmp_path / 'sitecustomize.py').write_text('import platform\nplatform.system = lambda: "Darwin"\n')
     argfile = tmp_path / 'args.json'
     argfile.write_text(json.dumps({'ANSIBLE_MODULE_ARGS': {}}))

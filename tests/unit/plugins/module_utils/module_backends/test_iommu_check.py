@@ -19,7 +19,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backen
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 from tests.sim import simkernel
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[5]
 
 
 @pytest.fixture(scope='module')

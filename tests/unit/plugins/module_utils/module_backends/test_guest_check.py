@@ -1,4 +1,4 @@
-"""verify_guests' comparison (plugins/module_utils/_guest_check.py): what a VM was given on its
+"""verify_guests' comparison (plugins/module_utils/module_backends/guest_check.py): what a VM was given on its
 host against what gpu_facts sees inside the guest."""
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import P
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 from tests.sim import simkernel
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[5]
 TOPOLOGIES = ['workstation', 'hgx8', 'amd_gpu', 'shared_group', 'sriov', 'iommu_off', 'amd_host', 'stuck',
               'in_use', 'identical_pair', 'generated16']
 
