@@ -57,7 +57,7 @@ def checked_timeout(value: object, name: str = 'timeout') -> float:
 
 
 def common_argspec() -> dict:
-    """The argument spec of the options of the ``sysfs`` doc fragment, shared by every module."""
+    """The argument spec of the options of the ``sysfs`` doc fragment, shared by every module (read by :func:`from_params`)."""
     return {
         'sysfs_root': {'type': 'path', 'default': '/sys'},
         'timeout': {'type': 'float', 'default': DEFAULT_TIMEOUT},
@@ -338,6 +338,15 @@ class Sysfs:
                 except ChildProcessError:
                     pass
         return nxt
+
+
+def from_params(params: dict) -> Sysfs:
+    """The :class:`Sysfs` of a module's ``sysfs`` doc-fragment options (see :func:`common_argspec`).
+
+    The one place every module turns ``sysfs_root`` and ``timeout`` into a Sysfs; the timeout is checked
+    there (:func:`checked_timeout`), the same way for every module.
+    """
+    return Sysfs(params['sysfs_root'], timeout=params['timeout'])
 
 
 def _do_op(op: dict) -> dict:

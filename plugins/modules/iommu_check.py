@@ -187,7 +187,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backen
     check,
     failure_message,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, common_argspec
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec, from_params
 
 
 def main() -> None:
@@ -204,7 +204,7 @@ def main() -> None:
     )
     params = module.params
     try:
-        sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
+        sysfs = from_params(params)
         if not sysfs.isdir(sysfs.sys('bus', 'pci')):
             raise CheckError('%s is not a sysfs tree (no bus/pci): check sysfs_root' % sysfs.sys_root)
         result = check(sysfs, params['devices'], allow_unsafe_interrupts=params['allow_unsafe_interrupts'],

@@ -347,7 +347,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backen
     Request,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, common_argspec
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec, from_params
 
 
 def argument_spec() -> dict:
@@ -406,7 +406,7 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib('lxml'), exception=str(LXML_IMPORT_ERROR))
     try:
         request = build_request(module.params)
-        sysfs = Sysfs(module.params['sysfs_root'], timeout=module.params['timeout'])
+        sysfs = from_params(module.params)
         backend = HostdevBackend(request, sysfs)
         backend.assume_vfio = {PciAddress.parse(text) for text in module.params['assume_vfio']}
         result = backend.run(module.check_mode)

@@ -16,13 +16,13 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import RECORD, Record, backend
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, CmdlineError, check_length, split
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import ModuleRunner
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import from_params
 
 
 def run(module: AnsibleModule) -> dict:
     """Do what the module's parameters ask (or predict it in check mode); the module's result."""
     params = module.params
-    sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
+    sysfs = from_params(params)
     running = split(sysfs.cmdline())
     root = params['root']
     runner = ModuleRunner(module, root)

@@ -50,6 +50,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import
     Sysfs,
     SysfsError,
     SysfsTimeout,
+    from_params,
     is_live_root,
 )
 
@@ -761,7 +762,7 @@ def run(module: AnsibleModule) -> dict:
 
     binder = None
     try:
-        sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
+        sysfs = from_params(params)
         # modprobe acts on the running host's kernel: never run it for a simulated sysfs_root.
         live = is_live_root(sysfs.sys_root, '/sys')
         binder = Binder(

@@ -20,7 +20,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import read as read_file
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner, Runner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import Initramfs, InitramfsError, backend
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import from_params
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import Decision, SelectionError, decide, validate_facts
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import (
     ADDRESSES_CONF, MANAGED_ARGS, MODPROBE_CONF, MODULES_LOAD_CONF, addresses_conf, existing_softdeps, modprobe_conf,
@@ -131,7 +131,7 @@ def check_kernel_release(root: str, release: str) -> None:
 def run(module: AnsibleModule) -> dict:
     """Do what the module's parameters ask (or predict it in check mode); the module's result."""
     p = module.params
-    sysfs = Sysfs(p['sysfs_root'], timeout=p['timeout'])
+    sysfs = from_params(p)
     runner = ModuleRunner(module, p['root'])
     facts = validate_facts(p['facts'] or {})
     host = facts.get('host') or {}
