@@ -27,7 +27,7 @@ ROOTS = [
 ]
 
 
-@pytest.mark.parametrize('cls, also', ROOTS, ids=[c.__name__ for c, _ in ROOTS])
+@pytest.mark.parametrize('cls, also', ROOTS, ids=[root[0].__name__ for root in ROOTS])
 def test_every_error_family_derives_from_the_root(cls: type, also: type | None) -> None:
     assert issubclass(cls, FleetGpuError)
     if also is not None:
