@@ -20,7 +20,7 @@ import time
 # the collection from this checkout on sys.path, before it is imported
 import _pyroot  # noqa: F401  # pylint: disable=unused-import
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import gather  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import gather  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciIds  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs  # noqa: E402
 from tests.sim import simkernel  # noqa: E402

@@ -17,7 +17,7 @@ import tracemalloc
 # the collection from this checkout on sys.path, before it is imported
 import _pyroot  # noqa: F401  # pylint: disable=unused-import
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _fleet as fleet  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import fleet_plan as fleet  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _fleet_report as report  # noqa: E402
 
 KINDS = [('10de', '20b2', 'GA100 [A100 SXM4 80GB]'), ('10de', '2330', 'GH100 [H100 SXM5 80GB]')]

@@ -25,7 +25,7 @@ import _pyroot  # noqa: F401  # pylint: disable=unused-import
 import fusekernel  # noqa: E402
 import simkernel  # noqa: E402
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._binding import Binder  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.vfio_bind import Binder  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (  # noqa: E402
     PciDevice,
     is_gpu_class,

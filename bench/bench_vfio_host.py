@@ -20,14 +20,14 @@ import time
 # the collection from this checkout on sys.path, before it is imported
 import _pyroot  # noqa: F401  # pylint: disable=unused-import
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _vfio_host_apply  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import vfio_host_config as _vfio_host_apply  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import backend as boot_backend  # noqa: E402
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change  # noqa: E402
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import gather  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import gather  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import Runner  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import backend as gen_backend  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs  # noqa: E402
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import decide  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._gpu_selection import decide  # noqa: E402
 from tests.sim import simkernel  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def main() -> int:
             decision = decide(facts, selectors, sysfs)
             generator = gen_backend('initramfs-tools', root, NoCommands())
             grub = boot_backend('grub', root, NoCommands())
-            change = Change(decision.cmdline_add, decision.cmdline_remove)
+            change = CmdlineChange(decision.cmdline_add, decision.cmdline_remove)
             t_decide = median_ms(lambda: decide(facts, selectors, sysfs), args.runs)
             t_files = median_ms(lambda: _vfio_host_apply.plan(root, generator, decision, False, '6.1.0', False), args.runs)
             t_grub = median_ms(lambda: grub.plan(change), args.runs)

@@ -15,14 +15,14 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._fleet import (
-    FleetError,
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.fleet_plan import (
     HostInput,
     parse_models,
     parse_vms,
     plan,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._fleet_report import ReportError, build, write
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._fleet_report import build, write
 
 _ARGS = {
     'models': dict(type='raw'),
@@ -96,8 +96,8 @@ class ActionModule(ActionBase):
         _validation, args = self.validate_argument_spec(argument_spec=_ARGS)
         try:
             return self._run(result, args, task_vars)
-        except (FleetError, ReportError) as exc:
-            result.update(failed=True, msg=str(exc))
+        except FleetGpuError as exc:
+            result.update(failed=True, **exc.result())
             return result
 
     def _run(self, result: dict, args: dict, task_vars: dict) -> dict:

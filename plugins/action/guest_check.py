@@ -12,7 +12,8 @@ from ansible.errors import AnsibleUndefinedVariable
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._guest_check import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.guest_check import (
     GuestCheckError,
     HostView,
     compare,
@@ -80,8 +81,8 @@ class ActionModule(ActionBase):
         _validation, args = self.validate_argument_spec(argument_spec=_ARGS)
         try:
             return self._run(result, args, task_vars)
-        except GuestCheckError as exc:
-            result.update(failed=True, msg=str(exc))
+        except FleetGpuError as exc:
+            result.update(failed=True, **exc.result())
             return result
 
     def _run(self, result: dict, args: dict, task_vars: dict) -> dict:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vmware_import import VmwareImportError, import_paths
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.vmware_gpu_import import import_paths
 
 _ARGS = {
     'paths': dict(type='list', elements='path', required=True),
@@ -29,8 +30,8 @@ class ActionModule(ActionBase):
         try:
             # read-only: the same in check mode
             imported = import_paths(list(args['paths']), args['models'])
-        except VmwareImportError as exc:
-            result.update(failed=True, msg=str(exc))
+        except FleetGpuError as exc:
+            result.update(failed=True, **exc.result())
             return result
         result.update(imported.as_dict())
         result['changed'] = False

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+
 _KEY_RE = re.compile(r'^[A-Za-z0-9_.\-]+$')
 # x86 COMMAND_LINE_SIZE: the kernel keeps this many bytes of its command line, terminating NUL
 # included, and silently drops the rest (the IOMMU arguments after it would be lost).
 MAX_CMDLINE = 2048
 
 
-class CmdlineError(ValueError):
+class CmdlineError(FleetGpuError, ValueError):
     """A requested change is not a valid or consistent set of kernel arguments."""
 
 
@@ -91,7 +93,7 @@ def validate_token(token: object, what: str) -> str:
     return token
 
 
-class Change:
+class CmdlineChange:
     """A validated set of additions and removals."""
 
     def __init__(self, add: list[str] | None = None, remove: list[str] | None = None) -> None:

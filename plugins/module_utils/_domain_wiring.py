@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import FactsError, gather
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import FactsError, gather
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (
     DomainDefinition,
     DomainXmlError,

@@ -20,11 +20,13 @@ from __future__ import annotations
 import os
 import tempfile
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+
 HEADER = 'managed by fleetgpu.passthrough: changes made here are overwritten'
 BACKUP_SUFFIX = '.fleetgpu.bak'
 
 
-class FileError(Exception):
+class FileError(FleetGpuError):
     """A managed file could not be read, written or restored."""
 
 

@@ -18,13 +18,14 @@ import json
 import os
 import tempfile
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._fleet import FleetPlan
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.fleet_plan import FleetPlan
 
 REPORT_JSON = 'fleet-report.json'
 REPORT_HTML = 'fleet-report.html'
 
 
-class ReportError(Exception):
+class ReportError(FleetGpuError):
     """The report could not be written."""
 
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 import abc
 import os
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 
-class CommandError(Exception):
+
+class CommandError(FleetGpuError):
     """A host tool is missing or returned a failure."""
 
     def __init__(self, msg: str, argv: list[str] | None = None, rc: int | None = None,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 from xml.etree import ElementTree
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._topology import parse_cpulist
 
@@ -32,7 +33,7 @@ except ImportError as _exc:  # pragma: no cover - depends on the managed host
     LXML_IMPORT_ERROR = _exc
 
 
-class HostdevError(Exception):
+class HostdevError(FleetGpuError):
     """Base of the errors of the hostdev model."""
 
 
@@ -130,7 +131,7 @@ class Hostdev:
         return etree.tostring(self.elem, encoding='unicode').strip()
 
 
-class Change:
+class HostdevChange:
     """One planned change of the domain definition."""
 
     def __init__(self, address: PciAddress, action: str, guest: PciAddress | None = None,
@@ -347,7 +348,7 @@ class DomainDefinition:
         return False
 
     def plan_present(self, slot: SlotRequest, managed: bool, rom: RomSpec | None = None,
-                     guest_address: PciAddress | None = None) -> list[Change]:
+                     guest_address: PciAddress | None = None) -> list[HostdevChange]:
         """Make every function of ``slot`` a hostdev of this domain; returns the changes."""
         existing = {a: self.find(a) for a in slot.functions}
         before = {a: (h.xml() if h is not None else None) for a, h in existing.items()}
@@ -375,7 +376,7 @@ class DomainDefinition:
         multi = len(slot.functions) > 1 or any(
             h.source is not None and h.source.slot_key == slot.functions[0].slot_key and h.source not in allowed
             for h in self.hostdevs())
-        changes: list[Change] = []
+        changes: list[HostdevChange] = []
         for addr in slot.functions:
             dev = existing[addr]
             if dev is None:
@@ -398,19 +399,19 @@ class DomainDefinition:
                 action = 'updated'
             else:
                 action = 'unchanged'
-            changes.append(Change(addr, action, dev.guest, slot.companion_of(addr)))
+            changes.append(HostdevChange(addr, action, dev.guest, slot.companion_of(addr)))
         return changes
 
-    def plan_absent(self, addresses: list[PciAddress]) -> list[Change]:
+    def plan_absent(self, addresses: list[PciAddress]) -> list[HostdevChange]:
         changes = []
         for addr in sorted(set(addresses)):
             dev = self.find(addr)
             if dev is None:
-                changes.append(Change(addr, 'unchanged', detail='not in the domain'))
+                changes.append(HostdevChange(addr, 'unchanged', detail='not in the domain'))
                 continue
             guest = dev.guest
             dev.elem.getparent().remove(dev.elem)  # type: ignore[attr-defined]
-            changes.append(Change(addr, 'removed', guest))
+            changes.append(HostdevChange(addr, 'removed', guest))
         return changes
 
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+
 #: The arguments a reservation is made of (what an undo of the reservation gives back).
 KEYS = ('default_hugepagesz', 'hugepagesz', 'hugepages')
 #: At most this share of a node's memory (or of the host's, without a node) may be reserved:
@@ -40,7 +42,7 @@ _SIZE_RE = re.compile(r'^([0-9]+)\s*([kmg]?)(?:i?b)?$', re.IGNORECASE)
 _UNIT_KIB = {'': 1, 'k': 1, 'm': 1024, 'g': 1024 * 1024}
 
 
-class HugepagesError(ValueError):
+class HugepagesError(FleetGpuError, ValueError):
     """A reservation that is malformed or that the host cannot hold."""
 
 

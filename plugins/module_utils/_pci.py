@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 
 _ADDRESS_RE = re.compile(r'^(?:([0-9a-fA-F]{4,5}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$')
@@ -90,14 +91,14 @@ CLASS_DISPLAY = 0x03
 CLASS_ACCELERATOR = 0x12
 
 
-class PciAddressError(ValueError):
+class PciAddressError(FleetGpuError, ValueError):
     """A PCI address that is not valid."""
 
 
 _PARSED: dict = {}
 
 
-class PciIdError(ValueError):
+class PciIdError(FleetGpuError, ValueError):
     """A vendor / device id that is not four hex digits."""
 
 
@@ -348,7 +349,7 @@ class PciDevice:
         return '%s:%s' % (self.vendor_id, self.device_id)
 
 
-class PciDeviceNotFound(LookupError):
+class PciDeviceNotFound(FleetGpuError, LookupError):
     """No such device in /sys/bus/pci/devices."""
 
 

@@ -30,6 +30,8 @@ import select
 import signal
 import time
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+
 DEFAULT_TIMEOUT = 5.0
 # The range every module accepts for its ``timeout`` option (seconds).
 TIMEOUT_MAX = 3600.0
@@ -55,7 +57,7 @@ def checked_timeout(value: object, name: str = 'timeout') -> float:
 
 
 def common_argspec() -> dict:
-    """The argument spec of the options of the ``sysfs`` doc fragment, shared by every module."""
+    """The argument spec of the options of the ``sysfs`` doc fragment, shared by every module (read by :func:`from_params`)."""
     return {
         'sysfs_root': {'type': 'path', 'default': '/sys'},
         'timeout': {'type': 'float', 'default': DEFAULT_TIMEOUT},
@@ -70,7 +72,7 @@ def is_live_root(path: str, live: str = '/') -> bool:
 _MISSING = object()
 
 
-class SysfsError(Exception):
+class SysfsError(FleetGpuError):
     """A kernel interface could not be read or written."""
 
     def __init__(self, msg: str, path: str | None = None, err: int | None = None) -> None:
@@ -336,6 +338,15 @@ class Sysfs:
                 except ChildProcessError:
                     pass
         return nxt
+
+
+def from_params(params: dict) -> Sysfs:
+    """The :class:`Sysfs` of a module's ``sysfs`` doc-fragment options (see :func:`common_argspec`).
+
+    The one place every module turns ``sysfs_root`` and ``timeout`` into a Sysfs; the timeout is checked
+    there (:func:`checked_timeout`), the same way for every module.
+    """
+    return Sysfs(params['sysfs_root'], timeout=params['timeout'])
 
 
 def _do_op(op: dict) -> dict:

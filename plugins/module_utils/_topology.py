@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError, PciDevice
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 
@@ -31,7 +32,7 @@ _NODE = re.compile(r'^node([0-9]+)$')
 _HUGEPAGES = re.compile(r'^hugepages-([0-9]+)kB$')
 
 
-class CpuListError(ValueError):
+class CpuListError(FleetGpuError, ValueError):
     """A CPU list that is not the kernel's ``0-3,8,10-11`` form."""
 
 

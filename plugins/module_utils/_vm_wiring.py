@@ -15,6 +15,7 @@ nothing itself, so it runs on the controller as well as on the host.
 """
 from __future__ import annotations
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._topology import format_cpulist
 
 MIB = 1 << 20
@@ -37,7 +38,7 @@ def check_wiring_keys(value: object, where: str) -> dict:
     return dict(value)
 
 
-class WiringError(ValueError):
+class WiringError(FleetGpuError, ValueError):
     """A VM's wiring cannot be satisfied on this host (what is short, and by how much)."""
 
 

@@ -162,10 +162,10 @@ import platform
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._facts import FactsError, gather
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._platform import refusal
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciDeviceNotFound
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec, from_params
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_facts import gather
 
 
 def main() -> None:
@@ -184,11 +184,11 @@ def main() -> None:
     if refused:
         module.fail_json(msg=refused)
     try:
-        sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
+        sysfs = from_params(params)
         facts = gather(sysfs, vendors=params['vendors'], addresses=params['addresses'],
-                       include_accelerators=params['include_accelerators'], timeout=params['timeout'])
-    except (FactsError, PciDeviceNotFound, SysfsError) as exc:
-        module.fail_json(msg=str(exc))
+                       include_accelerators=params['include_accelerators'], timeout=sysfs.timeout)
+    except FleetGpuError as exc:
+        module.fail_json(**exc.result())
     module.exit_json(changed=False, ansible_facts={'gpu_passthrough': facts})
 
 

@@ -180,14 +180,14 @@ python_interpreter:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._checks import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.iommu_check import (
     FINDINGS,
     CheckError,
     check,
     failure_message,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciDeviceNotFound
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec, from_params
 
 
 def main() -> None:
@@ -204,13 +204,13 @@ def main() -> None:
     )
     params = module.params
     try:
-        sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
+        sysfs = from_params(params)
         if not sysfs.isdir(sysfs.sys('bus', 'pci')):
             raise CheckError('%s is not a sysfs tree (no bus/pci): check sysfs_root' % sysfs.sys_root)
         result = check(sysfs, params['devices'], allow_unsafe_interrupts=params['allow_unsafe_interrupts'],
                        python_modules=params['python_modules'], commands=params['commands'])
-    except (CheckError, PciDeviceNotFound, SysfsError) as exc:
-        module.fail_json(msg=str(exc))
+    except FleetGpuError as exc:
+        module.fail_json(**exc.result())
     for finding in result['findings']:
         if finding['name'] == 'unsafe_interrupts_allowed':
             module.warn('%s. To do: %s.' % (finding['message'], finding['remedy']))

@@ -183,67 +183,10 @@ recorded:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import RECORD, BootloaderError, Record, backend
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, check_length, split
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import FileError
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
-
-
-def run(module: AnsibleModule) -> dict:
-    params = module.params
-    sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
-    running = split(sysfs.cmdline())
-    root = params['root']
-    runner = ModuleRunner(module, root)
-    loader = backend(params['bootloader'], root, runner, params['update'], running)
-    # a GRUB drop-in written before records were kept counts as recorded: it holds only what the collection set
-    record = Record.load(_files.rooted(root, RECORD), loader)
-    if params['undo']:
-        if params['add']:
-            raise CmdlineError('undo gives back what this collection changed and cannot be combined with add')
-        change = record.undo_change(params['remove'])
-    else:
-        change = Change(params['add'], params['remove'])
-    plan = loader.plan(change)
-    check_length(plan.after)
-    # the record is written with the bootloader's files (and put back with them when a command fails)
-    record_change = _files.plan(record.path, record.updated(plan.before, plan.after).render(), keep_backup=False)
-    if record_change.changed:
-        plan.files.append(record_change)
-    skipped = [argv for argv in plan.commands if runner.skips(argv[0])] if params['update'] else []
-    if plan.changed and not module.check_mode:
-        loader.apply(plan)
-        if params['undo']:
-            # nothing of the collection's stays behind: not even the copies kept of the files it changed
-            for change_made in plan.files:
-                _files.remove(change_made.path + _files.BACKUP_SUFFIX, keep_backup=False)
-    for argv in skipped:
-        module.warn('not run: %s (the root %s does not hold %s, and a prefix root never runs the running host\'s '
-                    'tools)' % (' '.join(argv), root, argv[0]))
-    missing = change.missing(running)
-    lingering = change.lingering(running)
-    result = {
-        'changed': plan.changed,
-        'bootloader': loader.name,
-        'cmdline_before': ' '.join(plan.before),
-        'cmdline_after': ' '.join(plan.after),
-        'reboot_required': bool(missing or lingering),
-        'missing': missing,
-        'lingering': lingering,
-        'files': [f.path for f in plan.files if f.changed],
-        'commands': [argv for argv in plan.commands if argv not in skipped] if params['update'] else [],
-        'skipped_commands': skipped,
-        'recorded': {'added': record.updated(plan.before, plan.after).added,
-                     'displaced': record.updated(plan.before, plan.after).displaced},
-    }
-    if module._diff:
-        diffs = [{'before_header': 'kernel arguments', 'after_header': 'kernel arguments',
-                  'before': ' '.join(plan.before) + '\n', 'after': ' '.join(plan.after) + '\n'}]
-        diffs += [f.diff() for f in plan.files if f.changed]
-        result['diff'] = diffs
-    return result
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import names as bootloaders
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.kernel_cmdline import run
 
 
 def main() -> None:
@@ -251,8 +194,7 @@ def main() -> None:
         argument_spec=dict(
             add=dict(type='list', elements='str', default=[]),
             remove=dict(type='list', elements='str', default=[]),
-            bootloader=dict(type='str', default='auto',
-                            choices=['auto', 'grub', 'grubby', 'systemd-boot', 'kernelstub', 'proxmox-boot-tool']),
+            bootloader=dict(type='str', default='auto', choices=bootloaders()),
             root=dict(type='path', default='/'),
             update=dict(type='bool', default=True),
             undo=dict(type='bool', default=False),
@@ -262,8 +204,8 @@ def main() -> None:
     )
     try:
         result = run(module)
-    except (BootloaderError, CmdlineError, CommandError, FileError, SysfsError) as exc:
-        module.fail_json(msg=str(exc))
+    except FleetGpuError as exc:
+        module.fail_json(**exc.result())
     module.exit_json(**result)
 
 

@@ -122,7 +122,7 @@ domains:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt_info import read
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_gpu_info import read
 
 
 def main() -> None:

@@ -333,20 +333,21 @@ assignments:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._domain_wiring import options
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (
     HAS_LXML,
     LXML_IMPORT_ERROR,
     HostdevError,
     RomSpec,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import (
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
     HostdevBackend,
     Request,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciAddressError
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec, from_params
 
 
 def argument_spec() -> dict:
@@ -405,12 +406,12 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib('lxml'), exception=str(LXML_IMPORT_ERROR))
     try:
         request = build_request(module.params)
-        sysfs = Sysfs(module.params['sysfs_root'], timeout=module.params['timeout'])
+        sysfs = from_params(module.params)
         backend = HostdevBackend(request, sysfs)
         backend.assume_vfio = {PciAddress.parse(text) for text in module.params['assume_vfio']}
         result = backend.run(module.check_mode)
-    except (PciAddressError, HostdevError, SysfsError) as exc:
-        module.fail_json(msg=str(exc), domain=module.params['domain'])
+    except FleetGpuError as exc:
+        module.fail_json(domain=module.params['domain'], **exc.result())
     if not module._diff:
         result.pop('diff')
     for warning in backend.warnings:

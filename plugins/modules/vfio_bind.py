@@ -218,8 +218,9 @@ journal_path:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._binding import Binder, BindingError
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec, is_live_root
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.vfio_bind import run
 
 
 def main() -> None:
@@ -245,44 +246,11 @@ def main() -> None:
         required_one_of=[('devices', 'match')],
         supports_check_mode=True,
     )
-    params = module.params
-    result = dict(changed=False, devices=[], rolled_back=[], stuck=[], released_ids=[], journal_path=params['journal_path'])
-
-    def runner(cmd: list[str]) -> tuple[int, str, str]:
-        return module.run_command(cmd, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
-
-    binder = None
     try:
-        sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
-    except SysfsError as exc:
-        module.fail_json(msg=str(exc), **result)
-    # modprobe acts on the running host's kernel: never run it for a simulated sysfs_root.
-    live = is_live_root(sysfs.sys_root, '/sys')
-    try:
-        binder = Binder(
-            sysfs,
-            driver=params['driver'], state=params['state'], include_group=params['include_group'],
-            allow_boot_vga=params['allow_boot_vga'], allow_in_use=params['allow_in_use'],
-            journal_path=params['journal_path'], runner=runner,
-            modprobe=module.get_bin_path('modprobe') if live else None, release_ids=params['release_ids'])
-        plan = binder.plan(params['devices'], params['match'])
-        for warning in plan.warnings:
-            module.warn(warning)
-        if plan.changed and not module.check_mode:
-            binder.apply(plan)
-    except BindingError as exc:
-        result.update(exc.details)
-        if binder is not None:
-            result['devices'] = binder.results()
-            result['released_ids'] = binder.released_ids
-        module.fail_json(msg=str(exc), **result)
-    else:
-        result['changed'] = plan.changed
-        result['devices'] = binder.results()
-        result['released_ids'] = binder.released_ids
-        if module._diff and plan.changed:
-            result['diff'] = plan.diff()
-        module.exit_json(**result)
+        result = run(module)
+    except FleetGpuError as exc:
+        module.fail_json(**exc.result())
+    module.exit_json(**result)
 
 
 if __name__ == '__main__':

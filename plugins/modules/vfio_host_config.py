@@ -191,85 +191,12 @@ skipped_commands:
   sample: [[update-initramfs, -u, -k, all]]
 '''
 
-import os
-import re
-
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _vfio_host_apply
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import FileError, rooted
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import read as read_file
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import InitramfsError, backend
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import (
-    MODPROBE_CONF, SelectionError, decide, existing_softdeps, validate_facts)
-
-
-_RELEASE_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}\Z')
-
-
-def check_kernel_release(root: str, release: str) -> None:
-    """Refuse a kernel_release that is not a release name installed under ``root`` (before anything is written)."""
-    if not _RELEASE_RE.match(release):
-        raise SelectionError('kernel_release %r is not a kernel release name (like 6.1.0-27-amd64)' % (release,))
-    modules = rooted(root, '/lib/modules/%s' % release)
-    if not os.path.isdir(modules):
-        raise SelectionError('kernel_release %r is not installed: %s does not exist; nothing was written'
-                             % (release, modules))
-
-
-def run(module: AnsibleModule) -> dict:
-    p = module.params
-    sysfs = Sysfs(p['sysfs_root'], timeout=p['timeout'])
-    runner = ModuleRunner(module, p['root'])
-    facts = validate_facts(p['facts'] or {})
-    host = facts.get('host') or {}
-    builtin = bool(host.get('vfio_pci_builtin'))
-    kernel = p['kernel_release'] or host.get('kernel_release') or sysfs.read(sysfs.proc('sys', 'kernel', 'osrelease'), default='')
-    if p['kernel_release'] is not None:
-        check_kernel_release(p['root'], p['kernel_release'])
-    decision = None
-    if p['state'] == 'present':
-        if not facts:
-            raise SelectionError('facts is required with state=present (pass ansible_facts.gpu_passthrough from gpu_facts)')
-        previous = existing_softdeps(read_file(rooted(p['root'], MODPROBE_CONF)))
-        decision = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], p['blacklist'], previous)
-        for warning in decision.warnings:
-            module.warn(warning)
-    selection = decision
-    if decision is None and facts and p['devices']:
-        try:
-            selection = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], [])
-        except SelectionError as exc:
-            module.warn('the devices to put back on their drivers could not be resolved: %s' % exc)
-    initramfs = None if p['initramfs'] == 'none' else backend(p['initramfs'], p['root'], runner)
-    plan = _vfio_host_apply.plan(p['root'], initramfs, decision, builtin, kernel, p['update'])
-    skipped = [argv for argv in plan.commands if runner.skips(argv[0])]
-    if plan.changed and not module.check_mode:
-        _vfio_host_apply.apply(plan, initramfs, runner, decision, builtin, kernel)
-    for argv in skipped:
-        module.warn('not run: %s (the root %s does not hold %s, and a prefix root never runs the running host\'s '
-                    'tools)' % (' '.join(argv), p['root'], argv[0]))
-    result = {
-        'changed': plan.changed,
-        'initramfs': initramfs.name if initramfs else 'none',
-        'rebuild': plan.rebuild_reason,
-        'files': [f.path for f in plan.files],
-        'commands': [argv for argv in plan.commands if argv not in skipped],
-        'skipped_commands': skipped,
-        'ids': decision.ids if decision else [],
-        'addresses': decision.addresses if decision else [],
-        'softdeps': decision.softdeps if decision else [],
-        'cmdline_add': decision.cmdline_add if decision else [],
-        'cmdline_remove': decision.cmdline_remove if decision else _vfio_host_apply.managed_args(),
-    }
-    if selection:
-        result['selected'] = selection.selected
-        result['bind'] = selection.bind
-    if module._diff:
-        result['diff'] = [f.diff() for f in plan.files]
-    return result
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import names as generators
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.vfio_host_config import run
 
 
 def main() -> None:
@@ -281,7 +208,7 @@ def main() -> None:
             allow_boot_vga=dict(type='bool', default=False),
             iommu_pt=dict(type='bool', default=True),
             blacklist=dict(type='list', elements='str', default=[]),
-            initramfs=dict(type='str', default='auto', choices=['auto', 'initramfs-tools', 'dracut', 'mkinitcpio', 'none']),
+            initramfs=dict(type='str', default='auto', choices=generators()),
             kernel_release=dict(type='str'),
             root=dict(type='path', default='/'),
             update=dict(type='bool', default=True),
@@ -291,8 +218,8 @@ def main() -> None:
     )
     try:
         result = run(module)
-    except (SelectionError, InitramfsError, CommandError, FileError, SysfsError) as exc:
-        module.fail_json(msg=str(exc))
+    except FleetGpuError as exc:
+        module.fail_json(**exc.result())
     module.exit_json(**result)
 
 

@@ -256,7 +256,7 @@ def test_missing_python_libraries_are_named(run_playbook) -> None:
 ])
 def test_placement_is_accepted_by_libvirt(daemon, workstation, machine: str, guest_address: str | None,
                                           expected: list[str] | None) -> None:
-    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import HostdevBackend, Request
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import HostdevBackend, Request
     from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
     from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
     name = 'placement-%s' % machine

@@ -19,18 +19,18 @@ from __future__ import annotations
 import abc
 import json
 import os
-from typing import Callable
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, key_of, validate_token
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, CmdlineError, key_of, validate_token
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
 
 
-class BootloaderError(Exception):
+class BootloaderError(FleetGpuError):
     """The bootloader configuration cannot be read, planned or changed."""
 
 
-class Plan:
+class CmdlinePlan:
     """What one backend would do: command line before/after, files, commands."""
 
     def __init__(self, before: list[str], after: list[str]) -> None:
@@ -53,6 +53,13 @@ class Bootloader(metaclass=abc.ABCMeta):
     """One way of making the kernel command line persistent."""
 
     name = ''
+    # what detection looks for, named in the error when no backend's marker is there
+    marker = ''
+
+    @classmethod
+    def detected(cls, root: str) -> bool:
+        """Whether the host under ``root`` carries this bootloader's marker."""
+        return False
 
     def __init__(self, root: str, runner: Runner, update: bool = True, running: list[str] | None = None) -> None:
         self.root = root or '/'
@@ -68,7 +75,7 @@ class Bootloader(metaclass=abc.ABCMeta):
         """The configured command line of the default boot entry."""
 
     @abc.abstractmethod
-    def plan(self, change: Change) -> Plan:
+    def plan(self, change: CmdlineChange) -> CmdlinePlan:
         """What applying ``change`` would do; reads only."""
 
     def managed_difference(self) -> tuple[list[str], list[str]] | None:
@@ -76,7 +83,7 @@ class Bootloader(metaclass=abc.ABCMeta):
         were kept; None when the backend has no such file (or it is absent)."""
         return None
 
-    def apply(self, plan: Plan) -> None:
+    def apply(self, plan: CmdlinePlan) -> None:
         """Write the plan's files, run its commands; on a failure put everything back or say what is left."""
         done: list[_files.FileChange] = []
         ran: list[list[str]] = []
@@ -100,7 +107,7 @@ class Bootloader(metaclass=abc.ABCMeta):
             raise BootloaderError('%s: %s; the previous configuration was restored%s'
                                   % (self.name, exc, again)) from None
 
-    def _rollback(self, plan: Plan, done: list[_files.FileChange], ran: list[list[str]], attempted: bool) -> list[str]:
+    def _rollback(self, plan: CmdlinePlan, done: list[_files.FileChange], ran: list[list[str]], attempted: bool) -> list[str]:
         """Undo what was done; returns what could not be undone (empty: all restored)."""
         left: list[str] = []
         for change in reversed(done):
@@ -225,7 +232,7 @@ class Record:
         return json.dumps({'comment': _files.HEADER, 'version': RECORD_VERSION, 'added': self.added,
                            'displaced': self.displaced}, indent=1, sort_keys=True) + '\n'
 
-    def undo_change(self, limit: list[str] | None = None) -> Change:
+    def undo_change(self, limit: list[str] | None = None) -> CmdlineChange:
         """The change that gives back what was recorded (only the keys of ``limit`` when given)."""
         keys = {key_of(validate_token(t, 'remove')) for t in (limit or [])}
 
@@ -237,7 +244,7 @@ class Record:
             if wanted(token) and key_of(token) not in {key_of(t) for t in add}:
                 add.append(token)
         remove = [t for t in self.added if wanted(t) and t not in add]
-        return Change(add, remove)
+        return CmdlineChange(add, remove)
 
 
 def from_running(running: list[str]) -> list[str]:
@@ -245,46 +252,45 @@ def from_running(running: list[str]) -> list[str]:
     return [t for t in running if not t.startswith(('BOOT_IMAGE=', 'initrd='))]
 
 
-# Detection order: the first backend whose marker exists on the target wins.
-DETECTION_ORDER = ('kernelstub', 'proxmox-boot-tool', 'systemd-boot', 'grubby', 'grub')
+def there(root: str, path: str) -> bool:
+    """Whether ``path`` exists under ``root``."""
+    return os.path.exists(_files.rooted(root, path))
+
+
+def registry() -> dict[str, type[Bootloader]]:
+    """Every bootloader backend by name, in detection order (the first whose marker exists wins).
+
+    The one list of bootloaders: the module's choices, detection and lookup all come from it, so adding a
+    bootloader means its file under _bootloader/ and a line here.
+    """
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import (
+        grub, grubby, kernelstub, proxmox_boot_tool, systemd_boot)
+
+    order: tuple[type[Bootloader], ...] = (kernelstub.Kernelstub, proxmox_boot_tool.ProxmoxBootTool,
+                                           systemd_boot.SystemdBoot, grubby.Grubby, grub.Grub)
+    return {cls.name: cls for cls in order}
+
+
+def names() -> list[str]:
+    """The values of the module's ``bootloader`` option: ``auto`` and every backend."""
+    return ['auto'] + sorted(registry())
 
 
 def detect(root: str) -> str:
     """Name of the bootloader backend for the host under ``root``."""
-    def there(path: str) -> bool:
-        return os.path.exists(_files.rooted(root, path))
-
-    if there('/etc/kernelstub/configuration'):
-        return 'kernelstub'
-    if there('/etc/kernel/proxmox-boot-uuids'):
-        return 'proxmox-boot-tool'
-    for esp in ('/boot/efi', '/efi', '/boot'):
-        if there(esp + '/loader/loader.conf'):
-            return 'systemd-boot'
-    entries = _files.rooted(root, '/boot/loader/entries')
-    if (there('/usr/sbin/grubby') or there('/usr/bin/grubby') or there('/sbin/grubby')) and os.path.isdir(entries):
-        return 'grubby'
-    if there('/etc/default/grub'):
-        return 'grub'
-    raise BootloaderError(
-        'cannot tell the bootloader of %s: none of /etc/kernelstub/configuration, /etc/kernel/proxmox-boot-uuids, '
-        'loader/loader.conf (systemd-boot), grubby with /boot/loader/entries, /etc/default/grub exists; '
-        'set the bootloader option' % (root or '/'))
+    backends = registry()
+    for name, cls in backends.items():
+        if cls.detected(root):
+            return name
+    raise BootloaderError('cannot tell the bootloader of %s: none of %s exists; set the bootloader option'
+                          % (root or '/', ', '.join(cls.marker for cls in backends.values())))
 
 
 def backend(name: str, root: str, runner: Runner, update: bool = True, running: list[str] | None = None) -> Bootloader:
     """The backend object for ``name`` (``auto`` detects it)."""
-    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import grub, grubby, kernelstub, systemd_boot
-
     if name == 'auto':
         name = detect(root)
-    classes: dict[str, Callable[..., Bootloader]] = {
-        'grub': grub.Grub,
-        'grubby': grubby.Grubby,
-        'systemd-boot': systemd_boot.SystemdBoot,
-        'proxmox-boot-tool': systemd_boot.ProxmoxBootTool,
-        'kernelstub': kernelstub.Kernelstub,
-    }
+    classes = registry()
     if name not in classes:
         raise BootloaderError('unknown bootloader %r (one of %s)' % (name, ', '.join(sorted(classes))))
     return classes[name](root, runner, update, running)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import os
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import Bootloader, BootloaderError, Plan
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import Bootloader, BootloaderError, CmdlinePlan, there
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, split
 
 DROPIN = '/etc/default/grub.d/zz-fleetgpu-passthrough.cfg'
 LINUX = 'GRUB_CMDLINE_LINUX'
@@ -116,6 +116,11 @@ class Grub(Bootloader):
     """Debian/Ubuntu GRUB through a drop-in and ``update-grub``."""
 
     name = 'grub'
+    marker = '/etc/default/grub'
+
+    @classmethod
+    def detected(cls, root: str) -> bool:
+        return there(root, cls.marker)
 
     def _files(self) -> list[str]:
         """The shell files grub-mkconfig sources, in order (target paths)."""
@@ -191,7 +196,7 @@ class Grub(Bootloader):
             return None
         return _files.header() + '# kernel arguments set by fleetgpu.passthrough.kernel_cmdline\n' + '\n'.join(lines) + '\n'
 
-    def plan(self, change: Change) -> Plan:
+    def plan(self, change: CmdlineChange) -> CmdlinePlan:
         dropin_path = self.path(DROPIN)
         base, env, _later = self._evaluate(_files.read(dropin_path))
         before = self._line(env)
@@ -202,7 +207,7 @@ class Grub(Bootloader):
         if not change.satisfied_by(after):
             raise BootloaderError('grub: %s sorts after %s and sets the command line again; the requested arguments '
                                   'would not take effect (rename or edit it)' % (', '.join(later) or 'a drop-in', DROPIN))
-        plan = Plan(before, after)
+        plan = CmdlinePlan(before, after)
         file_change = _files.plan(dropin_path, content)
         if file_change.changed:
             plan.files.append(file_change)

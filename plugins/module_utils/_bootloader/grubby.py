@@ -22,9 +22,9 @@ import os
 import re
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import Bootloader, BootloaderError, Plan
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import Bootloader, BootloaderError, CmdlinePlan, there
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader.grub import quote, source
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, split
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError
 
 ENTRIES = '/boot/loader/entries'
@@ -34,6 +34,12 @@ _LINUX_RE = re.compile(r'^(\s*(?:export\s+)?GRUB_CMDLINE_LINUX=).*$', re.M)
 
 class Grubby(Bootloader):
     name = 'grubby'
+    marker = 'grubby with /boot/loader/entries'
+
+    @classmethod
+    def detected(cls, root: str) -> bool:
+        return (any(there(root, path) for path in ('/usr/sbin/grubby', '/usr/bin/grubby', '/sbin/grubby'))
+                and os.path.isdir(_files.rooted(root, '/boot/loader/entries')))
 
     def _grubenv(self) -> dict[str, str]:
         for path in GRUBENV:
@@ -95,11 +101,11 @@ class Grubby(Bootloader):
             return False
         return '--update-bls-cmdline' in (out + err)
 
-    def plan(self, change: Change) -> Plan:
+    def plan(self, change: CmdlineChange) -> CmdlinePlan:
         entries = self.entries()
         before = entries[self._default_entry(entries)]
         after = change.apply(before)
-        plan = Plan(before, after)
+        plan = CmdlinePlan(before, after)
         add: list[str] = []
         remove: list[str] = []
         for tokens in entries.values():

@@ -13,14 +13,19 @@ from __future__ import annotations
 import json
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import Bootloader, BootloaderError, Plan
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import Bootloader, BootloaderError, CmdlinePlan, there
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, split
 
 CONFIG = '/etc/kernelstub/configuration'
 
 
 class Kernelstub(Bootloader):
     name = 'kernelstub'
+    marker = '/etc/kernelstub/configuration'
+
+    @classmethod
+    def detected(cls, root: str) -> bool:
+        return there(root, cls.marker)
 
     def current(self) -> list[str]:
         path = self.path(CONFIG)
@@ -37,10 +42,10 @@ class Kernelstub(Bootloader):
             return split(options)
         return [str(o) for o in options]
 
-    def plan(self, change: Change) -> Plan:
+    def plan(self, change: CmdlineChange) -> CmdlinePlan:
         before = self.current()
         after = change.apply(before)
-        plan = Plan(before, after)
+        plan = CmdlinePlan(before, after)
         add = [t for t in after if t not in before]
         remove = [t for t in before if t not in after]
         if remove:

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import abc
 import os
-from typing import Callable
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import (
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import (
     ADDRESSES_CONF, MODPROBE_CONF, VFIO_MODULES)
 
 
-class InitramfsError(Exception):
+class InitramfsError(FleetGpuError):
     """The initramfs could not be rebuilt, or the rebuilt image lacks what it must hold."""
 
 
@@ -69,6 +69,13 @@ class ManagedFile:
 class Initramfs(metaclass=abc.ABCMeta):
     name = ''
     list_tool = ''
+    # what detection looks for, named in the error when no generator is installed
+    marker = ''
+
+    @classmethod
+    def detected(cls, root: str) -> bool:
+        """Whether the host under ``root`` has this generator."""
+        return False
 
     def __init__(self, root: str, runner: Runner) -> None:
         self.root = root or '/'
@@ -161,28 +168,42 @@ COMMON_IN_IMAGE = [rel(MODPROBE_CONF)]
 ADDRESSES_IN_IMAGE = [rel(ADDRESSES_CONF)]
 
 
-def detect(root: str) -> str:
-    """Generator of the host under ``root`` (mkinitcpio, dracut, initramfs-tools, in this order)."""
-    def there(path: str) -> bool:
-        return os.path.exists(_files.rooted(root, path))
+def there(root: str, path: str) -> bool:
+    """Whether ``path`` exists under ``root``."""
+    return os.path.exists(_files.rooted(root, path))
 
-    if there('/etc/mkinitcpio.conf') or there('/usr/bin/mkinitcpio'):
-        return 'mkinitcpio'
-    if there('/usr/bin/dracut') or there('/usr/sbin/dracut'):
-        return 'dracut'
-    if there('/usr/sbin/update-initramfs') or there('/etc/initramfs-tools/initramfs.conf'):
-        return 'initramfs-tools'
-    raise InitramfsError('cannot tell the initramfs generator of %s: none of mkinitcpio, dracut, update-initramfs is '
-                         'installed; set the initramfs option' % (root or '/'))
+
+def registry() -> dict[str, type[Initramfs]]:
+    """Every initramfs generator by name, in detection order (mkinitcpio, dracut, initramfs-tools).
+
+    The one list of generators: the module's choices, detection and lookup all come from it, so adding a
+    generator means its file under _initramfs/ and a line here.
+    """
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import dracut, initramfs_tools, mkinitcpio
+
+    order: tuple[type[Initramfs], ...] = (mkinitcpio.Mkinitcpio, dracut.Dracut, initramfs_tools.InitramfsTools)
+    return {cls.name: cls for cls in order}
+
+
+def names() -> list[str]:
+    """The values of the module's ``initramfs`` option: ``auto``, every generator, and ``none``."""
+    return ['auto'] + sorted(registry()) + ['none']
+
+
+def detect(root: str) -> str:
+    """Generator of the host under ``root`` (the first of :func:`registry` that is installed)."""
+    generators = registry()
+    for name, cls in generators.items():
+        if cls.detected(root):
+            return name
+    raise InitramfsError('cannot tell the initramfs generator of %s: none of %s is installed; set the initramfs option'
+                         % (root or '/', ', '.join(cls.marker for cls in generators.values())))
 
 
 def backend(name: str, root: str, runner: Runner) -> Initramfs:
-    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import dracut, initramfs_tools, mkinitcpio
-
     if name == 'auto':
         name = detect(root)
-    classes: dict[str, Callable[..., Initramfs]] = {
-        'initramfs-tools': initramfs_tools.InitramfsTools, 'dracut': dracut.Dracut, 'mkinitcpio': mkinitcpio.Mkinitcpio}
+    classes = registry()
     if name not in classes:
         raise InitramfsError('unknown initramfs generator %r (one of %s)' % (name, ', '.join(sorted(classes))))
     return classes[name](root, runner)

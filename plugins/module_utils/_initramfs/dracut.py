@@ -14,8 +14,8 @@ import os
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import (
-    ADDRESSES_IN_IMAGE, COMMON_IN_IMAGE, EARLY_BIND, Initramfs, ManagedFile, modules_line)
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import ADDRESSES_CONF, MODPROBE_CONF
+    ADDRESSES_IN_IMAGE, COMMON_IN_IMAGE, EARLY_BIND, Initramfs, ManagedFile, modules_line, there)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import ADDRESSES_CONF, MODPROBE_CONF
 
 CONF = '/etc/dracut.conf.d/fleetgpu-passthrough.conf'
 MODULE_DIR = '/usr/lib/dracut/modules.d/90fleetgpu-passthrough'
@@ -26,6 +26,11 @@ HOOK = MODULE_DIR + '/fleetgpu-vfio.sh'
 class Dracut(Initramfs):
     name = 'dracut'
     list_tool = 'lsinitrd'
+    marker = 'dracut'
+
+    @classmethod
+    def detected(cls, root: str) -> bool:
+        return there(root, '/usr/bin/dracut') or there(root, '/usr/sbin/dracut')
 
     def files(self, per_address: bool) -> list[ManagedFile]:
         conf = (_files.header() +

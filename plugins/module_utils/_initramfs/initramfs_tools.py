@@ -21,8 +21,8 @@ import os
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import (
-    ADDRESSES_IN_IMAGE, COMMON_IN_IMAGE, EARLY_BIND, Initramfs, ManagedFile, modules_line)
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import ADDRESSES_CONF
+    ADDRESSES_IN_IMAGE, COMMON_IN_IMAGE, EARLY_BIND, Initramfs, ManagedFile, modules_line, there)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import ADDRESSES_CONF
 
 HOOK = '/etc/initramfs-tools/hooks/fleetgpu-passthrough'
 SCRIPT = '/etc/initramfs-tools/scripts/init-top/fleetgpu-passthrough'
@@ -38,6 +38,11 @@ esac
 class InitramfsTools(Initramfs):
     name = 'initramfs-tools'
     list_tool = 'lsinitramfs'
+    marker = 'update-initramfs'
+
+    @classmethod
+    def detected(cls, root: str) -> bool:
+        return there(root, '/usr/sbin/update-initramfs') or there(root, '/etc/initramfs-tools/initramfs.conf')
 
     def files(self, per_address: bool) -> list[ManagedFile]:
         hook = ('#!/bin/sh\n' + _files.header() + _PREREQS +

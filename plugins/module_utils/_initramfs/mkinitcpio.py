@@ -16,8 +16,8 @@ import os
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._initramfs import (
-    ADDRESSES_IN_IMAGE, COMMON_IN_IMAGE, EARLY_BIND, Initramfs, ManagedFile)
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_host import (
+    ADDRESSES_IN_IMAGE, COMMON_IN_IMAGE, EARLY_BIND, Initramfs, ManagedFile, there)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import (
     ADDRESSES_CONF, MODPROBE_CONF, VFIO_MODULES)
 
 CONF = '/etc/mkinitcpio.conf.d/fleetgpu-passthrough.conf'
@@ -28,6 +28,11 @@ RUNTIME = '/etc/initcpio/hooks/fleetgpu-passthrough'
 class Mkinitcpio(Initramfs):
     name = 'mkinitcpio'
     list_tool = 'lsinitcpio'
+    marker = 'mkinitcpio'
+
+    @classmethod
+    def detected(cls, root: str) -> bool:
+        return there(root, '/etc/mkinitcpio.conf') or there(root, '/usr/bin/mkinitcpio')
 
     def files(self, per_address: bool) -> list[ManagedFile]:
         conf = (_files.header() + 'MODULES+=(%s)\n' % ' '.join(VFIO_MODULES) + 'HOOKS+=(fleetgpu-passthrough)\n')

@@ -1,0 +1,768 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""Fleet-wide GPU pools: named models, drift, placement of VM requests, the fleet report data.
+
+PRIVATE to the fleetgpu.passthrough collection: not a public API, may change
+without notice.
+
+Pure functions over plain data (the gpu_facts facts and the libvirt_gpu_info
+result of every host), so the controller-side action plugin stays thin and the
+rules are unit-tested without Ansible:
+
+* :func:`parse_models` / :func:`parse_vms` validate the inventory variables and
+  raise :class:`FleetInputError` naming the offending path;
+* :func:`plan` matches every host's GPUs to the models, detects drift, keeps the
+  existing assignments and places the remaining requests (spread or pack, NUMA
+  required / preferred / any).  It never raises for a request that does not fit:
+  the caller decides whether that fails the run (site.yml) or is only reported
+  (facts.yml).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vm_wiring import WiringError, check_wiring_keys
+
+POLICIES = ('spread', 'pack')
+NUMA_POLICIES = ('required', 'preferred', 'any')
+USABLE_STATES = ('available', 'vfio-ready')
+MODEL_KEYS = ('vendor_id', 'device_id', 'subsystem_vendor_id', 'subsystem_device_id', 'name', 'name_regex',
+              'hosts', 'description')
+VM_KEYS = ('name', 'gpus', 'numa', 'host', 'domain_xml', 'start', 'mode', 'wiring')
+VM_MODES = ('whole', 'partition')
+_HEX4 = re.compile(r'^[0-9a-f]{4}$')
+_ADDR = re.compile(r'^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
+_SHORT_ADDR = re.compile(r'^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
+
+
+class FleetError(FleetGpuError):
+    """Base of the fleet errors."""
+
+
+class FleetInputError(FleetError):
+    """The inventory variables are malformed or contradict the fleet (names the input)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+def _hex4(value: object, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise FleetInputError('%s: %r is not four hex digits (e.g. 10de)' % (where, value))
+    text = str(value).strip().lower()
+    if text.startswith('0x'):
+        text = text[2:]
+    if not _HEX4.match(text):
+        raise FleetInputError('%s: %r is not four hex digits (e.g. 10de)' % (where, value))
+    return text
+
+
+def norm_address(value: object, where: str) -> str:
+    text = str(value).strip().lower() if isinstance(value, str) else ''
+    if _SHORT_ADDR.match(text):
+        text = '0000:' + text
+    if not _ADDR.match(text):
+        raise FleetInputError('%s: %r is not a PCI address (e.g. 0000:41:00.0)' % (where, value))
+    return text
+
+
+def slot_of(address: str) -> str:
+    return address.rsplit('.', 1)[0]
+
+
+@dataclass
+class Model:
+    """One named GPU model: how to recognise it and, optionally, where it is mapped."""
+
+    name: str
+    vendor_id: str | None = None
+    device_id: str | None = None
+    subsystem_vendor_id: str | None = None
+    subsystem_device_id: str | None = None
+    exact_name: str | None = None
+    name_regex: re.Pattern[str] | None = None
+    hosts: dict[str, list[str]] | None = None
+
+    def identity_matches(self, gpu: dict) -> bool:
+        if self.vendor_id is not None:
+            if gpu.get('vendor_id') != self.vendor_id or gpu.get('device_id') != self.device_id:
+                return False
+            if self.subsystem_vendor_id is not None and gpu.get('subsystem_vendor_id') != self.subsystem_vendor_id:
+                return False
+            if self.subsystem_device_id is not None and gpu.get('subsystem_device_id') != self.subsystem_device_id:
+                return False
+            return True
+        if self.exact_name is not None:
+            wanted = self.exact_name.casefold()
+            device = str(gpu.get('device_name') or '')
+            full = ' '.join(str(n) for n in (gpu.get('vendor_name'), gpu.get('device_name')) if n)
+            return bool(device) and wanted in (device.casefold(), full.casefold())
+        if self.name_regex is not None:
+            keys = ('vendor_name', 'device_name', 'subsystem_name', 'vendor_device')
+            text = ' '.join(str(gpu.get(k) or '') for k in keys)
+            return bool(self.name_regex.search(text))
+        return False  # pragma: no cover - parse_models guarantees one identity
+
+    def describe(self) -> str:
+        if self.vendor_id is not None:
+            text = '%s:%s' % (self.vendor_id, self.device_id)
+            if self.subsystem_vendor_id or self.subsystem_device_id:
+                text += ' subsystem %s:%s' % (self.subsystem_vendor_id or '*', self.subsystem_device_id or '*')
+            return text
+        if self.exact_name is not None:
+            return 'name %r' % self.exact_name
+        return 'name ~ /%s/' % (self.name_regex.pattern if self.name_regex else '')
+
+
+def parse_models(raw: object, inventory_hosts: set[str] | None = None) -> dict[str, Model]:
+    """Validate ``fleetgpu_models`` (name -> identity)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise FleetInputError('fleetgpu_models must be a mapping of model name to identity, got a %s'
+                              % type(raw).__name__)
+    out: dict[str, Model] = {}
+    for name in sorted(raw, key=str):
+        spec = raw[name]
+        where = 'fleetgpu_models.%s' % name
+        if not isinstance(spec, dict):
+            raise FleetInputError('%s must be a mapping (vendor_id + device_id, name or name_regex), got a %s'
+                                  % (where, type(spec).__name__))
+        unknown = sorted(str(k) for k in spec if k not in MODEL_KEYS)
+        if unknown:
+            raise FleetInputError('%s: unknown key(s) %s (known: %s)' % (where, ', '.join(unknown), ', '.join(MODEL_KEYS)))
+        forms = [k for k in ('vendor_id', 'name', 'name_regex') if spec.get(k) is not None]
+        if len(forms) != 1:
+            raise FleetInputError('%s needs exactly one identity: vendor_id + device_id, name (the exact PCI name) '
+                                  'or name_regex; got %s' % (where, ', '.join(forms) or 'none'))
+        model = Model(name=str(name))
+        if forms[0] == 'vendor_id':
+            if spec.get('device_id') is None:
+                raise FleetInputError('%s: vendor_id needs device_id too' % where)
+            model.vendor_id = _hex4(spec['vendor_id'], where + '.vendor_id')
+            model.device_id = _hex4(spec['device_id'], where + '.device_id')
+            for key in ('subsystem_vendor_id', 'subsystem_device_id'):
+                if spec.get(key) is not None:
+                    setattr(model, key, _hex4(spec[key], '%s.%s' % (where, key)))
+        else:
+            for key in ('device_id', 'subsystem_vendor_id', 'subsystem_device_id'):
+                if spec.get(key) is not None:
+                    raise FleetInputError('%s: %s only goes with vendor_id' % (where, key))
+            if forms[0] == 'name':
+                if not isinstance(spec['name'], str) or not spec['name'].strip():
+                    raise FleetInputError('%s.name must be a non-empty string' % where)
+                model.exact_name = spec['name'].strip()
+            else:
+                try:
+                    model.name_regex = re.compile(str(spec['name_regex']), re.IGNORECASE)
+                except re.error as exc:
+                    raise FleetInputError('%s.name_regex %r is not a regular expression: %s'
+                                          % (where, spec['name_regex'], exc)) from None
+        if spec.get('hosts') is not None:
+            mapping = spec['hosts']
+            if not isinstance(mapping, dict):
+                raise FleetInputError('%s.hosts must be a mapping of host name to a list of PCI addresses, got a %s'
+                                      % (where, type(mapping).__name__))
+            model.hosts = {}
+            for host in sorted(mapping, key=str):
+                addrs = mapping[host]
+                hwhere = '%s.hosts.%s' % (where, host)
+                if inventory_hosts is not None and str(host) not in inventory_hosts:
+                    raise FleetInputError('%s: %s is not a host in the inventory' % (hwhere, host))
+                if not isinstance(addrs, list) or not addrs:
+                    raise FleetInputError('%s must be a non-empty list of PCI addresses' % hwhere)
+                model.hosts[str(host)] = sorted({norm_address(a, '%s[%d]' % (hwhere, i)) for i, a in enumerate(addrs)})
+        out[model.name] = model
+    return out
+
+
+@dataclass
+class GpuAsk:
+    model: str
+    count: int
+
+
+@dataclass
+class VmRequest:
+    name: str
+    gpus: list[GpuAsk]
+    numa: str = 'preferred'
+    host: str | None = None
+    domain_xml: str | None = None
+    start: bool = False
+    index: int = 0
+    mode: str = 'whole'
+    wiring: dict | None = None
+
+    def describe(self) -> str:
+        text = ' + '.join('%d x %s' % (g.count, g.model) for g in self.gpus)
+        return text + (' (partitioned)' if self.mode == 'partition' else '')
+
+
+def _domain_name(xml: str, where: str) -> str:
+    """The <name> of a domain XML (well-formedness is checked here, the schema by libvirt)."""
+    from xml.etree import ElementTree  # the controller side needs no lxml
+
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError as exc:
+        raise FleetInputError('%s is not well-formed XML: %s' % (where, exc)) from None
+    if root.tag != 'domain':
+        raise FleetInputError('%s: the root element is <%s>, not <domain>' % (where, root.tag))
+    name = root.findtext('name')
+    if not name or not name.strip():
+        raise FleetInputError('%s has no <name>' % where)
+    return name.strip()
+
+
+def parse_vms(raw: object, models: dict[str, Model], inventory_hosts: set[str] | None = None) -> list[VmRequest]:
+    """Validate ``fleetgpu_vms``."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise FleetInputError('fleetgpu_vms must be a list of VM requests, got a %s' % type(raw).__name__)
+    out: list[VmRequest] = []
+    seen: dict[str, int] = {}
+    for index, entry in enumerate(raw):
+        where = 'fleetgpu_vms[%d]' % index
+        if not isinstance(entry, dict):
+            raise FleetInputError('%s must be a mapping with name and gpus, got a %s' % (where, type(entry).__name__))
+        name = entry.get('name')
+        if not isinstance(name, str) or not name.strip():
+            raise FleetInputError('%s needs a name' % where)
+        name = name.strip()
+        where = 'fleetgpu_vms[%d] (%s)' % (index, name)
+        if name in seen:
+            raise FleetInputError('fleetgpu_vms: VM name %r is used twice (entries %d and %d); VM names are '
+                                  'libvirt domain names and must be unique across the fleet' % (name, seen[name], index))
+        seen[name] = index
+        unknown = sorted(str(k) for k in entry if k not in VM_KEYS)
+        if unknown:
+            raise FleetInputError('%s: unknown key(s) %s (known: %s)' % (where, ', '.join(unknown), ', '.join(VM_KEYS)))
+        gpus = entry.get('gpus')
+        if not isinstance(gpus, list) or not gpus:
+            raise FleetInputError('%s.gpus must be a non-empty list of {model, count}' % where)
+        asks: list[GpuAsk] = []
+        for gi, ask in enumerate(gpus):
+            gwhere = '%s.gpus[%d]' % (where, gi)
+            if not isinstance(ask, dict):
+                raise FleetInputError('%s must be a mapping {model, count}, got a %s' % (gwhere, type(ask).__name__))
+            model = ask.get('model')
+            if model not in models:
+                raise FleetInputError('%s: unknown model %r (fleetgpu_models defines: %s)'
+                                      % (gwhere, model, ', '.join(sorted(models)) or 'none'))
+            if any(a.model == model for a in asks):
+                raise FleetInputError('%s: model %r is listed twice; give one count' % (gwhere, model))
+            count = ask.get('count', 1)
+            if isinstance(count, bool) or not isinstance(count, (int, str)):
+                raise FleetInputError('%s.count %r is not a number' % (gwhere, count))
+            try:
+                count = int(count)
+            except ValueError:
+                raise FleetInputError('%s.count %r is not a number' % (gwhere, count)) from None
+            if count < 1:
+                raise FleetInputError('%s.count must be 1 or more, got %d' % (gwhere, count))
+            asks.append(GpuAsk(str(model), count))
+        numa = entry.get('numa', 'preferred')
+        if numa not in NUMA_POLICIES:
+            raise FleetInputError('%s.numa must be one of %s, got %r' % (where, ', '.join(NUMA_POLICIES), numa))
+        host = entry.get('host')
+        if host is not None:
+            host = str(host)
+            if inventory_hosts is not None and host not in inventory_hosts:
+                raise FleetInputError('%s.host: %r is not a host in the inventory' % (where, host))
+        xml = entry.get('domain_xml')
+        if xml is not None:
+            if not isinstance(xml, str) or not xml.strip():
+                raise FleetInputError('%s.domain_xml must be the domain definition as a string' % where)
+            inner = _domain_name(xml, where + '.domain_xml')
+            if inner != name:
+                raise FleetInputError('%s.domain_xml names the domain %r, not %r' % (where, inner, name))
+        start = entry.get('start', False)
+        if not isinstance(start, bool):
+            raise FleetInputError('%s.start must be true or false, got %r' % (where, start))
+        mode = entry.get('mode', 'whole')
+        if mode not in VM_MODES:
+            raise FleetInputError('%s.mode must be whole (a whole GPU per count) or partition (SR-IOV / mdev), got %r'
+                                  % (where, mode))
+        wiring = entry.get('wiring')
+        if wiring is not None:
+            try:
+                wiring = check_wiring_keys(wiring, where + '.wiring')
+            except WiringError as exc:
+                raise FleetInputError(str(exc)) from None
+        out.append(VmRequest(name=name, gpus=asks, numa=str(numa), host=host, domain_xml=xml, start=start,
+                             index=index, mode=str(mode), wiring=wiring))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Hosts as read in play 1
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class HostInput:
+    """What play 1 learned of one host."""
+
+    name: str
+    status: str = 'ok'                    # ok | failed | unreachable
+    message: str = ''
+    facts: dict | None = None             # the gpu_passthrough facts
+    libvirt: dict | None = None           # the libvirt_gpu_info result
+    allow_boot_vga: bool = False
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Gpu:
+    """One GPU of one host (compared by identity: two hosts have GPUs at the same address)."""
+
+    host: str
+    address: str
+    raw: dict
+    model: str | None = None
+    holders: list[str] = field(default_factory=list)
+    usable: bool = False
+    reason: str = ''
+    vm: str | None = None                 # set by the plan
+
+    @property
+    def numa(self) -> int | None:
+        node = self.raw.get('numa_node')
+        return node if isinstance(node, int) and node >= 0 else None
+
+    @property
+    def vfio(self) -> bool:
+        return self.raw.get('driver') == 'vfio-pci'
+
+    def sort_key(self) -> tuple[bool, str]:
+        """vfio-pci first (nothing to rebind), then by address."""
+        return (not self.vfio, self.address)
+
+
+def _check_gpu_list(facts: object, host: str) -> list[dict]:
+    if not isinstance(facts, dict) or not isinstance(facts.get('gpus'), list):
+        raise FleetInputError('host %s: the gpu_passthrough facts have no gpus list' % host)
+    gpus = []
+    for i, gpu in enumerate(facts['gpus']):
+        if not isinstance(gpu, dict) or not isinstance(gpu.get('address'), str):
+            raise FleetInputError('host %s: gpu_passthrough.gpus[%d] has no address' % (host, i))
+        gpus.append(gpu)
+    return gpus
+
+
+def _libvirt_domains(info: dict | None) -> list[dict]:
+    if not isinstance(info, dict) or not info.get('available'):
+        return []
+    return [d for d in info.get('domains') or [] if isinstance(d, dict) and d.get('name')]
+
+
+def _boot_only(gpu: dict) -> bool:
+    """A boot GPU whose only obstacle is being the boot GPU (not in use, not unusable)."""
+    return gpu.get('state') == 'boot-vga' and len(gpu.get('state_reasons') or []) <= 1
+
+
+def _drift(model: Model, host: str, gpus: dict[str, dict]) -> list[str]:
+    out = []
+    for addr in (model.hosts or {}).get(host, []):
+        gpu = gpus.get(addr)
+        if gpu is None:
+            out.append('model %s: %s is mapped on %s but the host has no GPU there (GPUs: %s)'
+                       % (model.name, addr, host, ', '.join(sorted(gpus)) or 'none'))
+            continue
+        if not model.identity_matches(gpu):
+            out.append('model %s: %s on %s is now %s%s (%s), not %s'
+                       % (model.name, addr, host, gpu.get('vendor_device'),
+                          ' subsystem %s:%s' % (gpu.get('subsystem_vendor_id'), gpu.get('subsystem_device_id')),
+                          gpu.get('device_name') or 'no name', model.describe()))
+            continue
+        others = [m.get('address') for m in gpu.get('iommu_group_members') or []
+                  if isinstance(m, dict) and m.get('address') and slot_of(str(m['address'])) != slot_of(addr)]
+        if others:
+            out.append('model %s: the IOMMU group of %s on %s now also holds %s'
+                       % (model.name, addr, host, ', '.join(sorted(str(o) for o in others))))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Placement
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Rejection:
+    host: str
+    reason: str
+    free: dict[str, int]
+
+
+@dataclass
+class Placement:
+    vm: VmRequest
+    host: str
+    devices: dict[str, list[str]]         # model -> addresses
+    kept: list[str]
+    added: list[str]
+
+
+@dataclass
+class Unplaced:
+    vm: VmRequest
+    why: str
+    rejections: list[Rejection]
+
+
+@dataclass
+class FleetPlan:
+    hosts: dict[str, HostInput]
+    gpus: dict[str, list[Gpu]]
+    models: dict[str, Model]
+    vms: list[VmRequest]
+    policy: str
+    placements: list[Placement] = field(default_factory=list)
+    unplaced: list[Unplaced] = field(default_factory=list)
+    drift: dict[str, list[str]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    # -- what the converge play needs -------------------------------------------------------
+    def artifact(self) -> list[dict]:
+        out = []
+        for p in self.placements:
+            for model in sorted(p.devices):
+                out.append({'vm': p.vm.name, 'host': p.host, 'model': model, 'devices': p.devices[model]})
+        return out
+
+    def host_plan(self, host: str) -> dict:
+        """vfio_host_devices (the host's pool: placed and free usable pool GPUs) and libvirt_gpu_domains."""
+        domains = []
+        for p in self.placements:
+            if p.host != host:
+                continue
+            entry: dict[str, object] = {'name': p.vm.name,
+                                        'gpus': {'addresses': sorted(a for ads in p.devices.values() for a in ads)},
+                                        'start': p.vm.start}
+            if p.vm.domain_xml is not None:
+                entry['domain_xml'] = p.vm.domain_xml
+            if p.vm.wiring is not None:
+                entry['wiring'] = p.vm.wiring
+            domains.append(entry)
+        pool = sorted(g.address for g in self.gpus.get(host, []) if g.model is not None and (g.vm or (g.usable and not g.holders)))
+        return {'vfio_host_devices': [{'address': a} for a in pool], 'libvirt_gpu_domains': domains,
+                'vms': [d['name'] for d in domains]}
+
+    def failure_message(self) -> str:
+        lines = ['fleet placement failed, no host was changed: %d of %d VM request(s) cannot be placed (policy %s)'
+                 % (len(self.unplaced), len(self.vms), self.policy)]
+        for u in self.unplaced:
+            lines.append("VM %r asks for %s (numa %s%s): %s"
+                         % (u.vm.name, u.vm.describe(), u.vm.numa, ', pinned to %s' % u.vm.host if u.vm.host else '', u.why))
+            if u.rejections:
+                width = max(len('host'), *(len(r.host) for r in u.rejections))
+                lines.append('  %-*s  %-28s  %s' % (width, 'host', 'free GPUs per model', 'rejected because'))
+                for r in u.rejections:
+                    free = ', '.join('%s: %d' % (m, n) for m, n in sorted(r.free.items())) or '-'
+                    lines.append('  %-*s  %-28s  %s' % (width, r.host, free, r.reason))
+        return '\n'.join(lines)
+
+
+def _take(free: list[Gpu], need: int) -> list[Gpu]:
+    return sorted(free, key=lambda g: g.sort_key())[:need]
+
+
+def _choose_on_host(vm: VmRequest, host: str, free: dict[str, list[Gpu]], need: dict[str, int],
+                    kept_nodes: set[int | None], policy: str) -> tuple[dict[str, list[Gpu]] | None, str]:
+    """GPUs on one host for one VM, or (None, why not)."""
+    short = {m: n for m, n in need.items() if len(free.get(m, [])) < n}
+    if short:
+        return None, 'capacity: ' + ', '.join('needs %d x %s, %d free' % (n, m, len(free.get(m, [])))
+                                              for m, n in sorted(short.items()))
+    if vm.numa in ('required', 'preferred') and any(need.values()):
+        nodes = sorted({g.numa for m in need for g in free.get(m, [])} | kept_nodes, key=lambda n: (n is None, n or 0))
+        if len(kept_nodes) > 1:
+            nodes = []
+        elif kept_nodes:
+            nodes = list(kept_nodes)
+        fitting = []
+        for node in nodes:
+            on_node = {m: [g for g in free.get(m, []) if g.numa == node] for m in need}
+            if all(len(on_node[m]) >= n for m, n in need.items()):
+                fitting.append((sum(len(v) for v in on_node.values()), node, on_node))
+        if fitting:
+            fitting.sort(key=lambda t: ((-t[0] if policy == 'spread' else t[0]), t[1] is None, t[1] or 0))
+            on_node = fitting[0][2]
+            return {m: _take(on_node[m], n) for m, n in need.items()}, ''
+        if vm.numa == 'required':
+            per_node = '; '.join('node %s: %s' % ('none' if node is None else node,
+                                                  ', '.join('%d %s' % (len([g for g in free.get(m, []) if g.numa == node]), m)
+                                                            for m in sorted(need)))
+                                 for node in nodes)
+            return None, 'numa: enough free GPUs, but not on one NUMA node (%s)%s' % (
+                per_node, '; the GPUs the VM holds already span several nodes' if len(kept_nodes) > 1 else '')
+    return {m: _take(free.get(m, []), n) for m, n in need.items()}, ''
+
+
+def _has_libvirt(host: HostInput) -> bool:
+    return isinstance(host.libvirt, dict) and bool(host.libvirt.get('available'))
+
+
+def _rejection(vm: VmRequest, host: HostInput, candidates: list[str] | None, drifted: dict[str, set[str]],
+               drift: dict[str, list[str]], free: dict[str, list[Gpu]], free_count: dict[str, int],
+               policy: str) -> Rejection:
+    """Why ``host`` cannot take ``vm`` (only computed for a request that fits nowhere)."""
+    hname = host.name
+    if host.status != 'ok':
+        return Rejection(hname, '%s: %s' % (host.status, host.message or 'no facts'), {})
+    if vm.host is not None and hname != vm.host:
+        return Rejection(hname, 'pin: the VM is pinned to %s' % vm.host, free_count)
+    if candidates is not None and hname not in candidates:
+        return Rejection(hname, 'domain: %r is defined on %s only' % (vm.name, ', '.join(candidates)), free_count)
+    if not _has_libvirt(host):
+        why = host.libvirt.get('error') if isinstance(host.libvirt, dict) else None
+        return Rejection(hname, 'no libvirt%s' % (': %s' % why if why else ''), free_count)
+    bad = sorted(a.model for a in vm.gpus if a.model in drifted.get(hname, set()))
+    if bad:
+        mine = [d for d in drift.get(hname, []) if any(d.startswith('model %s:' % m) for m in bad)]
+        return Rejection(hname, 'drift: ' + '; '.join(mine), free_count)
+    _chosen, why = _choose_on_host(vm, hname, free, {a.model: a.count for a in vm.gpus}, set(), policy)
+    return Rejection(hname, why or 'fits now, but not when the requests before it were placed', free_count)
+
+
+def _partition_refusal(vm: VmRequest, gpus: dict[str, list[Gpu]]) -> str:
+    """Why a ``mode: partition`` request is not placed (never as whole GPUs)."""
+    capable = []
+    for hname in sorted(gpus):
+        for g in gpus[hname]:
+            if g.model not in {a.model for a in vm.gpus}:
+                continue
+            sriov_raw = g.raw.get('sriov')
+            sriov = sriov_raw if isinstance(sriov_raw, dict) else {}
+            kinds = (['SR-IOV'] if (sriov.get('totalvfs') or 0) > 0 else []) + (['mdev'] if g.raw.get('mdev_types') else [])
+            if kinds:
+                capable.append('%s %s (%s)' % (hname, g.address, '+'.join(kinds)))
+    if capable:
+        return ('it asks for partitioned GPUs (mode: partition); GPUs of its model(s) offer partitions (%s), but '
+                'partitioned placement is not implemented yet, and it is not placed as whole GPUs'
+                % ', '.join(capable))
+    return ('it asks for partitioned GPUs (mode: partition), and no GPU of model(s) %s offers SR-IOV virtual functions '
+            'or mediated device types on the hosts read; the fleet has no partition support yet, and the request is '
+            'not placed as whole GPUs' % ', '.join(sorted({a.model for a in vm.gpus})))
+
+
+def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequest], policy: str = 'spread',
+         strict: bool = True) -> FleetPlan:
+    """Match, check drift and place.
+
+    ``strict`` (site.yml) raises :class:`FleetInputError` for a model that matches nothing, two models
+    matching one device, more GPUs asked of a model than the fleet has; without it (facts.yml) these
+    are collected in ``errors`` and the report still gets written.
+    """
+    if policy not in POLICIES:
+        raise FleetInputError('fleetgpu_placement_policy must be spread or pack, got %r' % (policy,))
+    result = FleetPlan(hosts=hosts, gpus={}, models=models, vms=vms, policy=policy)
+    errors: list[str] = []
+
+    # 1. every GPU of every reachable host, its model, holders, usability; drift
+    drifted: dict[str, set[str]] = {}        # host -> models refused there
+    for hname in sorted(hosts):
+        host = hosts[hname]
+        if host.status != 'ok' or host.facts is None:
+            continue
+        raw = _check_gpu_list(host.facts, hname)
+        by_addr = {str(r['address']): r for r in raw}
+        holders: dict[str, list[str]] = {}
+        for dom in _libvirt_domains(host.libvirt):
+            for addr in dom.get('hostdevs') or []:
+                holders.setdefault(str(addr), []).append(str(dom['name']))
+        gpus: list[Gpu] = []
+        for addr in sorted(by_addr):
+            row = by_addr[addr]
+            gpu = Gpu(host=hname, address=addr, raw=row, holders=sorted(set(holders.get(addr, []))))
+            matched = []
+            for model in models.values():
+                if model.hosts is not None:
+                    if addr in model.hosts.get(hname, []) and model.identity_matches(row):
+                        matched.append(model.name)
+                elif model.identity_matches(row):
+                    matched.append(model.name)
+            if len(matched) > 1:
+                errors.append('host %s: %s (%s) matches more than one model: %s; a GPU belongs to one model'
+                              % (hname, addr, row.get('vendor_device'), ', '.join(matched)))
+            gpu.model = matched[0] if matched else None
+            state = row.get('state')
+            if state in USABLE_STATES:
+                gpu.usable, gpu.reason = True, ''
+            elif state == 'boot-vga' and host.allow_boot_vga and _boot_only(row):
+                gpu.usable, gpu.reason = True, 'boot GPU (forced with vfio_host_allow_boot_vga)'
+            elif state == 'boot-vga':
+                gpu.reason = 'boot GPU' + ('' if _boot_only(row) else ': ' + '; '.join(row.get('state_reasons') or []))
+            else:
+                gpu.reason = '%s: %s' % (state, '; '.join(row.get('state_reasons') or []) or 'no reason given')
+            gpus.append(gpu)
+        result.gpus[hname] = gpus
+        for model in models.values():
+            found = _drift(model, hname, by_addr)
+            if found:
+                result.drift.setdefault(hname, []).extend(found)
+                drifted.setdefault(hname, set()).add(model.name)
+        for gpu in gpus:
+            if gpu.model in drifted.get(hname, set()):
+                gpu.usable, gpu.reason = False, 'drift (model %s refused on this host)' % gpu.model
+
+    totals: dict[str, int] = {m: 0 for m in models}
+    for gpus in result.gpus.values():
+        for gpu in gpus:
+            if gpu.model is not None:
+                totals[gpu.model] += 1
+    reachable = bool(result.gpus)
+    for name in sorted(models):
+        if reachable and totals[name] == 0:
+            errors.append('model %s (%s) matches no GPU on any host%s' % (
+                name, models[name].describe(),
+                ' (it is mapped to %s only)' % ', '.join(sorted(models[name].hosts or {})) if models[name].hosts else ''))
+    for vm in vms:
+        for ask in vm.gpus if vm.mode == 'whole' else []:
+            if reachable and ask.count > totals[ask.model] and totals[ask.model] > 0:
+                errors.append('VM %r asks for %d x %s but the fleet has only %d GPU(s) of that model (free or not)'
+                              % (vm.name, ask.count, ask.model, totals[ask.model]))
+    if errors and strict:
+        raise FleetInputError('; '.join(errors))
+    result.errors = errors
+
+    # 2. where each VM's domain exists, what it holds already
+    exists: dict[str, list[str]] = {}
+    for hname in sorted(hosts):
+        for dom in _libvirt_domains(hosts[hname].libvirt):
+            exists.setdefault(str(dom['name']), []).append(hname)
+
+    # free pool GPUs per host and model, kept up to date as GPUs are given out
+    free_idx: dict[str, dict[str, list[Gpu]]] = {}
+    for hname, host_gpus in result.gpus.items():
+        for g in host_gpus:
+            if g.model is not None and g.usable and not g.holders:
+                free_idx.setdefault(hname, {}).setdefault(g.model, []).append(g)
+
+    def free_of(hname: str) -> dict[str, list[Gpu]]:
+        return free_idx.get(hname, {})
+
+    def counts(hname: str) -> dict[str, int]:
+        return {m: len(v) for m, v in free_of(hname).items() if v}
+
+    def give(vm: VmRequest, gpus: list[Gpu]) -> None:
+        for g in gpus:
+            g.vm = vm.name
+            pool = free_idx.get(g.host, {}).get(str(g.model), [])
+            if g in pool:
+                pool.remove(g)
+
+    by_holder: dict[str, list[Gpu]] = {}
+    for host_gpus in result.gpus.values():
+        for g in host_gpus:
+            for name in g.holders:
+                by_holder.setdefault(name, []).append(g)
+
+    anchored: list[tuple[VmRequest, str, dict[str, list[Gpu]]]] = []
+    floating: list[VmRequest] = []
+    for vm in vms:
+        if vm.mode == 'partition':
+            result.unplaced.append(Unplaced(vm, _partition_refusal(vm, result.gpus), []))
+            continue
+        wanted = {a.model for a in vm.gpus}
+        held: dict[str, dict[str, list[Gpu]]] = {}
+        for g in by_holder.get(vm.name, []):
+            if g.model in wanted:
+                held.setdefault(g.host, {}).setdefault(str(g.model), []).append(g)
+        if len(held) > 1:
+            result.unplaced.append(Unplaced(vm, 'it holds GPUs on several hosts (%s); a passthrough VM lives on one '
+                                                'host: remove the others by hand' % ', '.join(sorted(held)), []))
+            continue
+        if held:
+            hname = next(iter(held))
+            if vm.host is not None and vm.host != hname:
+                result.unplaced.append(Unplaced(vm, 'it is pinned to %s but already holds GPUs on %s; passthrough VMs '
+                                                    'do not migrate: move it by hand or change the pin' % (vm.host, hname), []))
+                continue
+            anchored.append((vm, hname, held[hname]))
+        else:
+            floating.append(vm)
+
+    # 3. anchored VMs keep their GPUs (up to their count) and top up on their host
+    for vm, hname, held_here in anchored:
+        kept = {a.model: sorted(held_here.get(a.model, []), key=lambda g: g.address)[:a.count] for a in vm.gpus}
+        need = {a.model: a.count - len(kept[a.model]) for a in vm.gpus}
+        bad = sorted(m for m in need if m in drifted.get(hname, set()))
+        if bad:
+            result.unplaced.append(Unplaced(vm, 'it holds GPUs on %s, where model(s) %s drifted' % (hname, ', '.join(bad)),
+                                            [Rejection(hname, 'drift: ' + '; '.join(result.drift.get(hname, [])),
+                                                       counts(hname))]))
+            continue
+        nodes = {g.numa for gs in kept.values() for g in gs} if vm.numa != 'any' else set()
+        chosen, why = _choose_on_host(vm, hname, free_of(hname), need, nodes, result.policy)
+        if chosen is None:
+            result.unplaced.append(Unplaced(vm, 'it already holds GPUs on %s and does not move; the rest does not fit '
+                                                'there' % hname, [Rejection(hname, why, counts(hname))]))
+            continue
+        give(vm, [g for gs in kept.values() for g in gs] + [g for gs in chosen.values() for g in gs])
+        result.placements.append(Placement(
+            vm=vm, host=hname,
+            devices={m: sorted(g.address for g in kept[m] + chosen.get(m, [])) for m in kept},
+            kept=sorted(g.address for gs in kept.values() for g in gs),
+            added=sorted(g.address for gs in chosen.values() for g in gs)))
+
+    # 4. the others, in request order: the hosts that pass the cheap checks, best first by policy
+    host_names = sorted(hosts)
+    eligible_list = [h for h in host_names if hosts[h].status == 'ok' and _has_libvirt(hosts[h])]
+    eligible = set(eligible_list)
+    for vm in floating:
+        candidates = exists.get(vm.name)
+        if candidates is None and vm.domain_xml is None:
+            result.unplaced.append(Unplaced(vm, 'its domain is not defined on any reachable host and it has no '
+                                                'domain_xml to define it from', []))
+            continue
+        need = {a.model: a.count for a in vm.gpus}
+        items = list(need.items())
+        spread = result.policy == 'spread'
+        if vm.host is not None:
+            pool = [vm.host] if vm.host in eligible else []
+        elif candidates is not None:
+            pool = [h for h in candidates if h in eligible]
+        else:
+            pool = eligible_list
+        if candidates is not None and vm.host is not None and vm.host not in candidates:
+            pool = []
+        ranked = []
+        for hname in pool:
+            free = free_idx.get(hname)
+            if not free:
+                continue
+            for m, n in items:
+                if len(free.get(m, ())) < n:
+                    break
+            else:
+                if drifted and any(m in drifted.get(hname, ()) for m in need):
+                    continue
+                total = sum(len(v) for v in free.values())
+                ranked.append(((-total if spread else total), hname))
+        ranked.sort()
+        placed = False
+        for _key, hname in ranked:
+            chosen, _why = _choose_on_host(vm, hname, free_of(hname), need, set(), result.policy)
+            if chosen is not None:
+                give(vm, [g for gs in chosen.values() for g in gs])
+                result.placements.append(Placement(
+                    vm=vm, host=hname, devices={m: sorted(g.address for g in gs) for m, gs in chosen.items()},
+                    kept=[], added=sorted(g.address for gs in chosen.values() for g in gs)))
+                placed = True
+                break
+        if not placed:
+            why = 'no host fits' if vm.host is None or vm.host in hosts else \
+                'it is pinned to %s, which is not a host of this play' % vm.host
+            result.unplaced.append(Unplaced(vm, why, [
+                _rejection(vm, hosts[h], candidates, drifted, result.drift, free_of(h), counts(h), result.policy)
+                for h in host_names]))
+    result.placements.sort(key=lambda p: p.vm.index)
+    return result

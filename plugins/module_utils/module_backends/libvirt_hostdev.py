@@ -1,0 +1,495 @@
+# -*- coding: utf-8 -*-
+# Copyright: (c) 2026, fleetgpu.passthrough contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+"""libvirt connection and the libvirt_hostdev backend: read, plan, define, attach.
+
+PRIVATE to the fleetgpu.passthrough collection: not a public API, may change
+without notice.
+
+Decide, then act: the backend reads the domain's persistent XML (with
+secrets, so that defining it back loses nothing), plans the change on the
+:mod:`_hostdev` model, and only then defines the new XML (``config``) and/or
+hot-plugs the devices (``live``).  Every failure is a typed exception whose
+message names the domain, the device and the connection.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._domain_wiring import DomainWiringError, wire
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (
+    HostdevChange,
+    DomainDefinition,
+    HostdevError,
+    RomSpec,
+    SlotRequest,
+    canonical_xml,
+    hostdev_xml,
+)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
+    PciAddress,
+    PciDevice,
+    PciDeviceNotFound,
+    list_addresses,
+)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
+
+try:
+    import libvirt
+    HAS_LIBVIRT = True
+    LIBVIRT_IMPORT_ERROR = None
+except ImportError as _exc:  # pragma: no cover - depends on the managed host
+    libvirt = None
+    HAS_LIBVIRT = False
+    LIBVIRT_IMPORT_ERROR = _exc
+
+_ALREADY_ATTACHED = 'already in the domain configuration'
+
+
+class LibvirtError(HostdevError):
+    """A libvirt call failed."""
+
+
+class LibvirtUnreachable(LibvirtError):
+    """The libvirt daemon at the URI does not answer."""
+
+
+class DomainNotFound(LibvirtError):
+    """No domain of that name at the URI."""
+
+
+class DeviceShared(HostdevError):
+    """A device is already in another domain's definition."""
+
+
+class DeviceNotFound(HostdevError):
+    """A device the plan needs does not exist in sysfs."""
+
+
+class DomainXmlRejected(LibvirtError):
+    """libvirt refused to define the domain_xml given."""
+
+
+class DomainXmlMismatch(HostdevError):
+    """define_xml names another domain."""
+
+
+class DomainNotPersistent(HostdevError):
+    """A definition change was asked of a transient domain."""
+
+
+class DomainNotRunning(HostdevError):
+    """A live change was asked of a domain that is not running."""
+
+
+def _silence_libvirt() -> None:
+    """libvirt prints every error on stderr by default; the module reports them itself."""
+    if HAS_LIBVIRT:
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def connect(uri: str) -> object:
+    _silence_libvirt()
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise LibvirtUnreachable('cannot connect to libvirt at %s: %s' % (uri, exc.get_error_message())) from None
+    if conn is None:  # pragma: no cover - old bindings returned None
+        raise LibvirtUnreachable('cannot connect to libvirt at %s' % uri)
+    return conn
+
+
+def lookup(conn: object, name: str, uri: str) -> object:
+    try:
+        return conn.lookupByName(name)  # type: ignore[attr-defined]
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            try:
+                names = sorted(d.name() for d in conn.listAllDomains())  # type: ignore[attr-defined]
+            except libvirt.libvirtError:
+                names = []
+            raise DomainNotFound('domain %r is not defined at %s (domains there: %s)'
+                                 % (name, uri, ', '.join(names) or 'none')) from None
+        raise LibvirtError('cannot look up domain %r at %s: %s' % (name, uri, exc.get_error_message())) from None
+
+
+def persistent_xml(dom: object) -> str:
+    """The persistent definition, with secrets so that defining it back keeps them."""
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+    return dom.XMLDesc(flags)  # type: ignore[attr-defined]
+
+
+def assignments(conn: object, uri: str) -> dict[str, list[str]]:
+    """PCI address -> names of the domains whose definition (or running state) holds it."""
+    out: dict[str, set[str]] = {}
+    try:
+        domains = conn.listAllDomains()  # type: ignore[attr-defined]
+    except libvirt.libvirtError as exc:
+        raise LibvirtError('cannot list the domains at %s: %s' % (uri, exc.get_error_message())) from None
+    for dom in domains:
+        xmls = []
+        try:
+            if dom.isPersistent():
+                xmls.append(persistent_xml(dom))
+            if dom.isActive():
+                xmls.append(dom.XMLDesc(0))
+        except libvirt.libvirtError:
+            continue  # the domain vanished while we listed
+        for xml in xmls:
+            for addr in DomainDefinition(xml).sources():
+                out.setdefault(str(addr), set()).add(dom.name())
+    return {addr: sorted(names) for addr, names in sorted(out.items())}
+
+
+class Request:
+    """What the module was asked to do (validated)."""
+
+    def __init__(self, domain: str, uri: str, devices: list[PciAddress], state: str = 'present',
+                 where: str = 'config', managed: bool = False, companions: bool = True,
+                 rom: RomSpec | None = None, guest_address: PciAddress | None = None,
+                 allow_shared: bool = False, start: bool = False, restart: bool = False,
+                 shutdown_timeout: float = 120.0, define_xml: str | None = None,
+                 wiring: dict | None = None) -> None:
+        self.domain = domain
+        self.uri = uri
+        self.devices = devices
+        self.state = state
+        self.where = where
+        self.managed = managed
+        self.companions = companions
+        self.rom = rom
+        self.guest_address = guest_address
+        self.allow_shared = allow_shared
+        self.start = start
+        self.restart = restart
+        self.shutdown_timeout = shutdown_timeout
+        self.define_xml = define_xml
+        self.wiring = wiring
+
+
+def slot_requests(devices: list[PciAddress], companions: bool, sysfs: Sysfs | None,
+                  domain_sources: list[PciAddress]) -> list[SlotRequest]:
+    """Group the listed devices by host slot and add their companion functions.
+
+    A companion is another function of the same slot that exists in sysfs and
+    is neither an SR-IOV virtual function nor a bridge.  Without sysfs (state
+    absent on a host that no longer shows the device) the companions are the
+    other functions of that slot already in the domain.
+    """
+    by_slot: dict[tuple[int, int, int], list[PciAddress]] = {}
+    for addr in devices:
+        by_slot.setdefault(addr.slot_key, []).append(addr)
+    out = []
+    present = list_addresses(sysfs) if (companions and sysfs is not None) else []
+    for key in sorted(by_slot):
+        listed = by_slot[key]
+        functions = list(listed)
+        if companions:
+            if sysfs is not None:
+                for addr in listed:
+                    if addr not in present:
+                        raise DeviceNotFound(
+                            'PCI device %s does not exist under %s: companions=true needs it to find the other '
+                            'functions of its slot (set companions=false to use the address as given)'
+                            % (addr, sysfs.sys('bus', 'pci', 'devices')))
+                is_vf = any(_is_vf(sysfs, a) for a in listed)
+                if not is_vf:
+                    for addr in present:
+                        if addr.slot_key == key and addr not in functions and _is_companion(sysfs, addr):
+                            functions.append(addr)
+            else:
+                functions += [a for a in domain_sources if a.slot_key == key and a not in functions]
+        out.append(SlotRequest(functions, listed))
+    return out
+
+
+def _is_vf(sysfs: Sysfs, addr: PciAddress) -> bool:
+    try:
+        return PciDevice.read(sysfs, addr).physfn is not None
+    except (PciDeviceNotFound, SysfsError):
+        return False
+
+
+def _is_companion(sysfs: Sysfs, addr: PciAddress) -> bool:
+    try:
+        dev = PciDevice.read(sysfs, addr)
+    except (PciDeviceNotFound, SysfsError):
+        return False
+    return dev.physfn is None and not dev.is_bridge
+
+
+def driver_warnings(sysfs: Sysfs | None, addresses: list[PciAddress], managed: bool,
+                    assume_vfio: set[PciAddress] | None = None) -> list[str]:
+    """Unmanaged hostdevs need vfio-pci before the domain starts: say so when they are not.
+
+    ``assume_vfio``: addresses an earlier task of the same run moves to vfio-pci (in check mode that
+    task only predicted the move); they are taken as on vfio-pci.
+    """
+    if managed or sysfs is None:
+        return []
+    out = []
+    for addr in addresses:
+        if assume_vfio and addr in assume_vfio:
+            continue
+        try:
+            dev = PciDevice.read(sysfs, addr)
+        except (PciDeviceNotFound, SysfsError):
+            continue
+        if dev.driver != 'vfio-pci':
+            out.append('%s is bound to %s, not vfio-pci: with managed=false the domain cannot start until '
+                       'the device is on vfio-pci (module vfio_bind or role vfio_host), or set managed=true'
+                       % (addr, dev.driver or 'no driver'))
+    return out
+
+
+class HostdevBackend:
+    """Plan and apply one libvirt_hostdev request."""
+
+    def __init__(self, request: Request, sysfs: Sysfs | None = None, conn: object = None) -> None:
+        self.req = request
+        self.sysfs = sysfs
+        self._conn = conn
+        self.warnings: list[str] = []
+        self.assume_vfio: set[PciAddress] = set()
+
+    def _connection(self) -> object:
+        if self._conn is None:
+            self._conn = connect(self.req.uri)
+        return self._conn
+
+    def _fail(self, what: str, exc: Exception) -> LibvirtError:
+        msg = exc.get_error_message() if hasattr(exc, 'get_error_message') else str(exc)
+        return LibvirtError('%s (domain %r at %s): %s' % (what, self.req.domain, self.req.uri, msg))
+
+    def run(self, check_mode: bool) -> dict[str, object]:
+        req = self.req
+        conn = self._connection()
+        defined = False
+        try:
+            dom = lookup(conn, req.domain, req.uri)
+        except DomainNotFound:
+            if req.define_xml is None:
+                raise
+            if check_mode:
+                return self._predict_new(conn)
+            dom = self._define(conn)
+            defined = True
+        try:
+            persistent = dom.isPersistent()  # type: ignore[attr-defined]
+        except libvirt.libvirtError as exc:
+            raise self._fail('cannot read the domain', exc) from None
+        if not persistent and req.where != 'live' and req.devices:
+            raise DomainNotPersistent('domain %r at %s is transient (it has no persistent definition): '
+                                      'use where=live, or define it first' % (req.domain, req.uri))
+        before_xml = persistent_xml(dom)
+        defn = DomainDefinition(before_xml)
+        slots = slot_requests(req.devices, req.companions, self.sysfs if req.state == 'present' else None,
+                              defn.sources())
+        wanted = sorted({a for s in slots for a in s.functions})
+        shared = assignments(conn, req.uri)
+
+        changes: list[HostdevChange] = []
+        if req.state == 'present':
+            changes += self._plan_present(defn, slots, wanted, shared)
+        else:
+            changes += defn.plan_absent(wanted)
+        wiring = self._wire(defn, dom)
+
+        config_changed = req.where in ('config', 'both') and (
+            any(c.action != 'unchanged' for c in changes)
+            or any(r['action'] != 'unchanged' for r in (wiring or {}).get('elements', [])))
+        result: dict[str, object] = {'domain': req.domain, 'uri': req.uri, 'wiring': wiring}
+        after_xml = defn.to_xml()
+        if config_changed and not check_mode:
+            try:
+                conn.defineXML(defn.to_xml())  # type: ignore[attr-defined]
+            except libvirt.libvirtError as exc:
+                raise self._fail('defining the new domain XML failed', exc) from None
+            after_xml = canonical_xml(persistent_xml(dom))
+
+        live = self._live(dom, wanted, check_mode) if req.where in ('live', 'both') else []
+        power = self._power(dom, config_changed, check_mode)
+
+        if req.where == 'live':
+            # The persistent definition is not touched: report what the live plan did.
+            changes = [HostdevChange(PciAddress.parse(str(c['address'])), str(c['action'])) for c in live]
+            after_xml = canonical_xml(before_xml)
+        result.update({
+            'defined': defined,
+            'changed': defined or config_changed or any(c['action'] != 'unchanged' for c in live) or bool(power),
+            'devices': [c.to_dict() for c in changes],
+            'live': live,
+            'power': power,
+            'hostdevs': [h.to_dict() for h in DomainDefinition(after_xml).hostdevs()],
+            'numa_nodes': DomainDefinition(after_xml).numa_nodes(),
+            'assignments': shared,
+            'diff': {
+                'before': canonical_xml(before_xml),
+                'after': after_xml,
+                'before_header': '%s (persistent definition)' % req.domain,
+                'after_header': '%s (persistent definition)' % req.domain,
+            },
+        })
+        return result
+
+    def _checked_define_xml(self) -> DomainDefinition:
+        defn = DomainDefinition(self.req.define_xml or '')
+        if defn.name != self.req.domain:
+            raise DomainXmlMismatch('define_xml of domain %r names the domain %r' % (self.req.domain, defn.name))
+        return defn
+
+    def _define(self, conn: object) -> object:
+        """Define the domain from define_xml (it does not exist); libvirt's refusal names the domain."""
+        self._checked_define_xml()
+        try:
+            return conn.defineXML(self.req.define_xml)  # type: ignore[attr-defined]
+        except libvirt.libvirtError as exc:
+            raise DomainXmlRejected('libvirt at %s rejected the domain_xml of %r: %s'
+                                    % (self.req.uri, self.req.domain, exc.get_error_message())) from None
+
+    def _predict_new(self, conn: object) -> dict[str, object]:
+        """Check mode for a domain that define_xml would create: plan on the given definition."""
+        req = self.req
+        defn = self._checked_define_xml()
+        slots = slot_requests(req.devices, req.companions, self.sysfs if req.state == 'present' else None, [])
+        wanted = sorted({a for s in slots for a in s.functions})
+        shared = assignments(conn, req.uri)
+        changes: list[HostdevChange] = []
+        if req.state == 'present':
+            # the same plan, and the same warnings, as the real run makes after defining the domain
+            changes += self._plan_present(defn, slots, wanted, shared)
+        wiring = self._wire(defn, None)
+        after = defn.to_xml()
+        self.warnings.append('domain %r does not exist at %s yet: it would be defined from define_xml' % (req.domain, req.uri))
+        return {
+            'domain': req.domain, 'uri': req.uri, 'defined': True, 'changed': True,
+            'devices': [c.to_dict() for c in changes], 'live': [],
+            'power': 'started' if req.start and req.state == 'present' else None,
+            'hostdevs': [h.to_dict() for h in DomainDefinition(after).hostdevs()],
+            'numa_nodes': DomainDefinition(after).numa_nodes(), 'assignments': shared, 'wiring': wiring,
+            'diff': {'before': '', 'after': canonical_xml(after), 'before_header': '%s (not defined)' % req.domain,
+                     'after_header': '%s (persistent definition)' % req.domain},
+        }
+
+    def _wire(self, defn: DomainDefinition, dom: object) -> dict | None:
+        """Write the requested wiring into ``defn`` (state=present only); the plan and its element records."""
+        req = self.req
+        if req.wiring is None or req.state != 'present':
+            return None
+        if req.where == 'live':
+            raise DomainWiringError('wiring of domain %r is written into its persistent definition: use where=config '
+                                    'or where=both, not live' % req.domain)
+        if self.sysfs is None:
+            raise DomainWiringError('wiring of domain %r needs the host\'s sysfs' % req.domain)
+        active = False
+        if dom is not None:
+            try:
+                active = bool(dom.isActive())  # type: ignore[attr-defined]
+            except libvirt.libvirtError as exc:
+                raise self._fail('cannot read the state of the domain', exc) from None
+        plan, records = wire(defn, self.sysfs, req.wiring, active)
+        if active and any(r['action'] != 'unchanged' for r in records) and not req.restart:
+            self.warnings.append('domain %r runs: its new wiring applies when it next starts (or set restart)' % req.domain)
+        plan['elements'] = records
+        return plan
+
+    def _plan_present(self, defn: DomainDefinition, slots: list, wanted: list[PciAddress],
+                      shared: dict[str, list[str]]) -> list[HostdevChange]:
+        """Changes that give ``slots`` to the domain, after the sharing check; adds the driver warnings."""
+        req = self.req
+        self._check_shared(wanted, shared, defn)
+        changes: list[HostdevChange] = []
+        for slot in slots:
+            changes += defn.plan_present(slot, req.managed, req.rom, req.guest_address)
+        self.warnings += driver_warnings(self.sysfs, wanted, req.managed, self.assume_vfio)
+        return changes
+
+    def _check_shared(self, wanted: list[PciAddress], shared: dict[str, list[str]], defn: DomainDefinition) -> None:
+        if self.req.allow_shared:
+            return
+        mine = set(defn.sources())
+        problems = []
+        for addr in wanted:
+            others = [d for d in shared.get(str(addr), []) if d != self.req.domain]
+            if others and addr not in mine:
+                problems.append('%s is already assigned to domain %s' % (addr, ', '.join(repr(o) for o in others)))
+        if problems:
+            raise DeviceShared('; '.join(problems) + ': a PCI device can only be given to one domain at a time; '
+                               'set allow_shared=true if these domains never run at the same time')
+
+    def _live(self, dom: object, wanted: list[PciAddress], check_mode: bool) -> list[dict[str, object]]:
+        req = self.req
+        try:
+            active = dom.isActive()  # type: ignore[attr-defined]
+        except libvirt.libvirtError as exc:
+            raise self._fail('cannot read the state of the domain', exc) from None
+        if not active:
+            if req.where == 'live':
+                raise DomainNotRunning('domain %r at %s is not running: a live change needs a running domain '
+                                       '(use where=config to change its definition)' % (req.domain, req.uri))
+            self.warnings.append('domain %r is not running: only its persistent definition was changed' % req.domain)
+            return []
+        live_defn = DomainDefinition(dom.XMLDesc(0))  # type: ignore[attr-defined]
+        out: list[dict[str, object]] = []
+        for addr in wanted:
+            present = live_defn.find(addr)
+            if req.state == 'present' and present is None:
+                out.append({'address': str(addr), 'action': 'added'})
+                if not check_mode:
+                    self._attach_live(dom, hostdev_xml(addr, req.managed, req.rom if addr in req.devices else None), addr)
+            elif req.state == 'absent' and present is not None:
+                out.append({'address': str(addr), 'action': 'removed'})
+                if not check_mode:
+                    try:
+                        dom.detachDeviceFlags(present.xml(), libvirt.VIR_DOMAIN_AFFECT_LIVE)  # type: ignore[attr-defined]
+                    except libvirt.libvirtError as exc:
+                        raise self._fail('live detach of %s failed' % addr, exc) from None
+            else:
+                out.append({'address': str(addr), 'action': 'unchanged'})
+        return out
+
+    def _attach_live(self, dom: object, xml: str, addr: PciAddress) -> None:
+        try:
+            dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)  # type: ignore[attr-defined]
+        except libvirt.libvirtError as exc:
+            if _ALREADY_ATTACHED in (exc.get_error_message() or ''):
+                return
+            raise self._fail('live attach of %s failed' % addr, exc) from None
+
+    def _power(self, dom: object, config_changed: bool, check_mode: bool) -> str | None:
+        """Start a stopped domain (start=true) or restart a running one whose definition changed."""
+        req = self.req
+        try:
+            active = dom.isActive()  # type: ignore[attr-defined]
+        except libvirt.libvirtError as exc:
+            raise self._fail('cannot read the state of the domain', exc) from None
+        if active and req.restart and config_changed:
+            if not check_mode:
+                self._shutdown(dom)
+                self._create(dom)
+            return 'restarted'
+        if not active and req.start:
+            if not check_mode:
+                self._create(dom)
+            return 'started'
+        return None
+
+    def _shutdown(self, dom: object) -> None:
+        try:
+            if self.req.shutdown_timeout > 0:
+                dom.shutdown()  # type: ignore[attr-defined]
+                deadline = time.monotonic() + self.req.shutdown_timeout
+                while time.monotonic() < deadline and dom.isActive():  # type: ignore[attr-defined]
+                    time.sleep(0.5)
+            if dom.isActive():  # type: ignore[attr-defined]
+                dom.destroy()  # type: ignore[attr-defined]
+        except libvirt.libvirtError as exc:
+            raise self._fail('stopping the domain for its restart failed', exc) from None
+
+    def _create(self, dom: object) -> None:
+        try:
+            dom.create()  # type: ignore[attr-defined]
+        except libvirt.libvirtError as exc:
+            raise self._fail('starting the domain failed', exc) from None
