@@ -332,19 +332,16 @@ assignments:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._domain_wiring import options
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (
     HAS_LXML,
     LXML_IMPORT_ERROR,
-    HostdevError,
-    RomSpec,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import (
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
     HostdevBackend,
-    Request,
+    build_request,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec, from_params
@@ -377,25 +374,6 @@ def argument_spec() -> dict:
         )),
         **common_argspec()
     )
-
-
-def build_request(params: dict) -> Request:
-    """Validate the parameters (raises PciAddressError / HostdevError with the input named)."""
-    devices = []
-    for text in params['devices']:
-        devices.append(PciAddress.parse(text))
-    guest = PciAddress.parse(params['guest_address']) if params['guest_address'] else None
-    if guest is not None and len({d.slot_key for d in devices}) > 1:
-        raise HostdevError('guest_address %s can only place devices of one host slot, got %s'
-                           % (params['guest_address'], ', '.join(str(d) for d in devices)))
-    rom_p = params['rom'] or {}
-    rom = RomSpec(rom_p.get('file'), rom_p.get('bar')) if rom_p else None
-    return Request(
-        domain=params['domain'], uri=params['uri'], devices=devices, state=params['state'],
-        where=params['where'], managed=params['managed'], companions=params['companions'], rom=rom,
-        guest_address=guest, allow_shared=params['allow_shared'], start=params['start'],
-        restart=params['restart'], shutdown_timeout=params['shutdown_timeout'], define_xml=params['define_xml'],
-        wiring=options(params['wiring']) if params['wiring'] is not None else None)
 
 
 def main() -> None:
