@@ -340,10 +340,8 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import (
     HAS_LIBVIRT,
     LIBVIRT_IMPORT_ERROR,
-    HostdevBackend,
-    build_request,
+    backend_for,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import common_argspec, from_params
 
 
@@ -383,10 +381,7 @@ def main() -> None:
     if not HAS_LXML:
         module.fail_json(msg=missing_required_lib('lxml'), exception=str(LXML_IMPORT_ERROR))
     try:
-        request = build_request(module.params)
-        sysfs = from_params(module.params)
-        backend = HostdevBackend(request, sysfs)
-        backend.assume_vfio = {PciAddress.parse(text) for text in module.params['assume_vfio']}
+        backend = backend_for(module.params, from_params(module.params))
         result = backend.run(module.check_mode)
     except FleetGpuError as exc:
         module.fail_json(domain=module.params['domain'], **exc.result())

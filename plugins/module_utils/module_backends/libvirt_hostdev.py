@@ -512,3 +512,10 @@ def build_request(params: dict) -> Request:
         guest_address=guest, allow_shared=params['allow_shared'], start=params['start'],
         restart=params['restart'], shutdown_timeout=params['shutdown_timeout'], define_xml=params['define_xml'],
         wiring=options(params['wiring']) if params['wiring'] is not None else None)
+
+
+def backend_for(params: dict, sysfs: Sysfs) -> HostdevBackend:
+    """The backend for the module's parameters (validated by build_request), with assume_vfio read."""
+    backend = HostdevBackend(build_request(params), sysfs)
+    backend.assume_vfio = {PciAddress.parse(text) for text in params['assume_vfio']}
+    return backend
