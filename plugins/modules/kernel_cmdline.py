@@ -142,6 +142,15 @@ reboot_required:
   description: The running kernel lacks an added argument or still has a removed one.
   returned: always
   type: bool
+reboot_reasons:
+  description:
+    - Why a reboot is needed, one sentence each (C(the running kernel lacks ...), C(the running kernel still
+      has ...)); empty when RV(reboot_required) is false.
+  returned: always
+  type: list
+  elements: str
+  sample: ["the running kernel lacks intel_iommu=on iommu=pt"]
+  version_added: 0.1.0
 missing:
   description: Added arguments the running kernel does not have.
   returned: always
@@ -185,7 +194,13 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import RECORD, BootloaderError, Record, backend
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import Change, CmdlineError, check_length, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import (
+    Change,
+    CmdlineError,
+    check_length,
+    reboot_reasons,
+    split,
+)
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import FileError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, ModuleRunner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec
@@ -230,6 +245,7 @@ def run(module: AnsibleModule) -> dict:
         'cmdline_before': ' '.join(plan.before),
         'cmdline_after': ' '.join(plan.after),
         'reboot_required': bool(missing or lingering),
+        'reboot_reasons': reboot_reasons(missing, lingering),
         'missing': missing,
         'lingering': lingering,
         'files': [f.path for f in plan.files if f.changed],
