@@ -30,7 +30,7 @@ import launch  # noqa: E402
 # Actions that start no Python module on the managed host (reboot sends shell commands only).
 CONTROLLER_ACTIONS = {
     'debug', 'set_fact', 'assert', 'fail', 'meta', 'include_tasks', 'import_tasks', 'include_role',
-    'import_role', 'include_vars', 'set_stats', 'fleet_plan', 'reboot',
+    'import_role', 'include_vars', 'set_stats', 'fleet_plan', 'reboot', 'validate_argument_spec',
 }
 
 

@@ -66,6 +66,16 @@ def check_length(tokens: list[str]) -> None:
                            'drops the rest, so nothing was written' % (size, MAX_CMDLINE))
 
 
+def reboot_reasons(missing: list[str], lingering: list[str]) -> list[str]:
+    """Why the running kernel needs a reboot to match the configured command line, one sentence each."""
+    out = []
+    if missing:
+        out.append('the running kernel lacks ' + join(missing))
+    if lingering:
+        out.append('the running kernel still has ' + join(lingering))
+    return out
+
+
 def key_of(token: str) -> str:
     return token.split('=', 1)[0]
 

@@ -142,6 +142,15 @@ reboot_required:
   description: The running kernel lacks an added argument or still has a removed one.
   returned: always
   type: bool
+reboot_reasons:
+  description:
+    - Why a reboot is needed, one sentence each (C(the running kernel lacks ...), C(the running kernel still
+      has ...)); empty when RV(reboot_required) is false.
+  returned: always
+  type: list
+  elements: str
+  sample: ["the running kernel lacks intel_iommu=on iommu=pt"]
+  version_added: 0.1.0
 missing:
   description: Added arguments the running kernel does not have.
   returned: always

@@ -112,12 +112,35 @@ domains:
       description: Host PCI addresses in its persistent or running definition.
       type: list
       elements: str
+    config_hostdevs:
+      description:
+        - The PCI hostdevs of its persistent definition (empty for a transient domain), each as
+          M(fleetgpu.passthrough.libvirt_hostdev) returns them - C(address), C(guest_address), C(managed),
+          C(multifunction), C(rom).
+        - Role P(fleetgpu.passthrough.libvirt_gpu#role) reads them to run M(fleetgpu.passthrough.libvirt_hostdev)
+          only for the domains it would change.
+      type: list
+      elements: dict
+      version_added: 0.1.0
     numa_nodes:
       description: Host NUMA nodes its memory is pinned to (C(<numatune>)), empty when not pinned.
       type: list
       elements: int
   sample:
-    - {name: train01, state: running, active: true, persistent: true, hostdevs: ["0000:41:00.0", "0000:41:00.1"], numa_nodes: [1]}
+    - {name: train01, state: running, active: true, persistent: true, hostdevs: ["0000:41:00.0", "0000:41:00.1"],
+       config_hostdevs: [{address: "0000:41:00.0", guest_address: "0000:07:00.0", managed: false, multifunction: true,
+                          rom: null}, {address: "0000:41:00.1", guest_address: "0000:07:00.1", managed: false,
+                                       multifunction: false, rom: null}],
+       numa_nodes: [1]}
+assignments:
+  description:
+    - Host PCI address -> names of the domains whose persistent or running definition holds it (the
+      RV(fleetgpu.passthrough.libvirt_hostdev#module:assignments) map of every domain, in one read).
+    - Empty when RV(available) is false.
+  returned: always
+  type: dict
+  sample: {"0000:41:00.0": ["train01"], "0000:41:00.1": ["train01"]}
+  version_added: 0.1.0
 '''
 
 from ansible.module_utils.basic import AnsibleModule

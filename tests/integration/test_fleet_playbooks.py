@@ -197,6 +197,17 @@ def test_site_places_defines_converges_and_is_stable(run_playbook, clean: Fleet)
     assert fleet.state() == after
     # a run that changed nothing reads nothing again: play 1's report is the end state
     assert [t['status'] for t in tasks(doc, 'Read the GPUs again')] == ['skipped'] * 3, tasks(doc, 'Read the GPUs again')
+    # and reads each host once: play 1's libvirt_gpu_info shows every VM with its GPUs, so
+    # libvirt_hostdev runs for no domain, and a run that changed nothing verifies nothing again
+    for host in ('nodeA', 'nodeB'):
+        ran = [t for t in doc['tasks'] if t['host'] == host and t['status'] != 'skipped']
+        assert not [t for t in ran if t['action'].endswith('libvirt_hostdev')], [t['task'] for t in ran]
+        assert not [t for t in ran if t['action'].endswith('libvirt_gpu_info')
+                    and not t['task'].startswith('Read the libvirt domains')], [t['task'] for t in ran]
+        verify = [t['task'] for t in ran if t['task'].startswith('Verify the host')
+                  or t['task'].endswith(('Check the IOMMU and the groups of the selected devices',
+                                         'Compare the running command line with the configured one'))]
+        assert verify == [], verify
     assert json.loads((fleet.report_dir / 'fleet-report.json').read_text())['placement'] == placement
 
     # a third request that cannot fit fails before any change, with the per-host table

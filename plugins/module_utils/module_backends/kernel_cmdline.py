@@ -14,7 +14,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import RECORD, Record, backend
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, CmdlineError, check_length, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, CmdlineError, check_length, reboot_reasons, split
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import ModuleRunner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import from_params
 
@@ -59,6 +59,7 @@ def run(module: AnsibleModule) -> dict:
         'cmdline_before': ' '.join(plan.before),
         'cmdline_after': ' '.join(plan.after),
         'reboot_required': bool(missing or lingering),
+        'reboot_reasons': reboot_reasons(missing, lingering),
         'missing': missing,
         'lingering': lingering,
         'files': [f.path for f in plan.files if f.changed],

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, CmdlineError, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, CmdlineError, reboot_reasons, split
 
 
 @pytest.mark.parametrize('text, tokens', [
@@ -64,3 +64,11 @@ def test_running_state() -> None:
     assert change.lingering(running) == ['intel_iommu=off', 'vfio-pci.ids=1234:1111']
     assert not change.satisfied_by(running)
     assert change.satisfied_by(split('root=/dev/vda1 intel_iommu=on iommu=pt'))
+
+
+def test_reboot_reasons_say_what_the_running_kernel_lacks_and_still_has() -> None:
+    change = CmdlineChange(['intel_iommu=on', 'iommu=pt'], ['nomodeset'])
+    running = split('quiet nomodeset iommu=pt')
+    assert reboot_reasons(change.missing(running), change.lingering(running)) == [
+        'the running kernel lacks intel_iommu=on', 'the running kernel still has nomodeset']
+    assert reboot_reasons([], []) == []

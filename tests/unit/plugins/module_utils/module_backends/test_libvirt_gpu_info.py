@@ -56,10 +56,14 @@ def test_a_domain_that_vanishes_while_listed_is_left_out_and_a_transient_one_is_
     assert out['available'] is True and out['error'] is None
     assert out['domains'] == [
         {'name': 'kept', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': ['0000:81:00.0'],
+         'config_hostdevs': [{'address': '0000:81:00.0', 'guest_address': None, 'managed': False,
+                              'multifunction': False, 'rom': None}],
          'numa_nodes': []},
-        # a transient running domain: only its live definition exists
+        # a transient running domain: only its live definition exists (no persistent hostdevs)
         {'name': 'live', 'state': 'running', 'active': True, 'persistent': False, 'hostdevs': ['0000:82:00.0'],
-         'numa_nodes': []}]
+         'config_hostdevs': [], 'numa_nodes': []}]
+    # which domain holds which device, in the same read
+    assert out['assignments'] == {'0000:81:00.0': ['kept'], '0000:82:00.0': ['live']}
     assert ['dumpxml', 'kept'] not in calls   # a domain that is not running has no live definition to read
     assert ['dumpxml', '--inactive', 'live'] not in calls
 
