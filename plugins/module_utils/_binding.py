@@ -33,6 +33,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._iommu import group_members as iommu_group_members
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciAddress,
     PciAddressError,
@@ -324,12 +325,12 @@ class Binder:
 
     def group_members(self, group: int) -> List[PciDevice]:
         members = []
-        for name in self.sysfs.listdir(self.sysfs.sys('kernel', 'iommu_groups', str(group), 'devices')):
+        for address in iommu_group_members(self.sysfs, group):
             try:
-                members.append(self.device(PciAddress.parse(name)))
-            except (PciAddressError, PciDeviceNotFound):
+                members.append(self.device(address))
+            except PciDeviceNotFound:
                 continue
-        return sorted(members, key=lambda d: d.address)
+        return members
 
     # ---------------------------------------------------------------- reading state
     def _overrides(self, devices: List[PciDevice]) -> Dict[PciAddress, Optional[str]]:
