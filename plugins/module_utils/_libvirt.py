@@ -32,6 +32,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciAddress,
     PciDevice,
     PciDeviceNotFound,
+    is_companion,
     list_addresses,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
@@ -214,10 +215,9 @@ def _is_vf(sysfs: Sysfs, addr: PciAddress) -> bool:
 
 def _is_companion(sysfs: Sysfs, addr: PciAddress) -> bool:
     try:
-        dev = PciDevice.read(sysfs, addr)
+        return is_companion(PciDevice.read(sysfs, addr))
     except (PciDeviceNotFound, SysfsError):
         return False
-    return dev.physfn is None and not dev.is_bridge
 
 
 def driver_warnings(sysfs: Sysfs | None, addresses: list[PciAddress], managed: bool,

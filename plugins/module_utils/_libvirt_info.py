@@ -27,6 +27,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     DomainXmlError,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import HAS_LIBVIRT, libvirt
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
 
 _STATES = {
     0: 'no state', 1: 'running', 2: 'blocked', 3: 'paused', 4: 'shutting down', 5: 'shut off', 6: 'crashed',
@@ -73,6 +74,39 @@ def read(uri: str, run: Optional[Runner] = None, virsh: Optional[str] = None) ->
         return out
     finally:
         conn.close()
+
+
+def running_hostdevs(uri: str) -> dict[PciAddress, list[str]]:
+    """PCI host device -> names of the running domains that hold it (their live XML).
+
+    Empty when the libvirt binding is missing or the daemon does not answer: callers use this to name
+    the users of a device, not to decide that it is free.
+    """
+    found: dict[PciAddress, list[str]] = {}
+    if not HAS_LIBVIRT:
+        return found
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        conn = libvirt.openReadOnly(uri)
+    except libvirt.libvirtError:
+        return found
+    try:
+        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            try:
+                sources = DomainDefinition(dom.XMLDesc(0), read_only=True).sources()
+            except DomainXmlError:
+                continue
+            for address in sources:
+                if dom.name() not in found.setdefault(address, []):
+                    found[address].append(dom.name())
+    except libvirt.libvirtError:
+        pass
+    finally:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+    return found
 
 
 def _domain(dom: object) -> dict[str, object] | None:

@@ -200,6 +200,10 @@ class Sysfs:
                 return set(line.split(':', 1)[1].split())
         return set()
 
+    def kernel_release(self) -> str | None:
+        """The running kernel's release (``6.1.0-27-amd64``), None when it cannot be read."""
+        return self.read(self.proc('sys', 'kernel', 'osrelease'), default=None) or None
+
     def cmdline(self) -> str:
         return self.read(self.proc('cmdline'), default='').replace('\x00', ' ').strip()
 
@@ -215,6 +219,21 @@ class Sysfs:
                 if target:
                     found.append((int(entry), target))
         return found
+
+    def open_devices(self) -> dict[str, list[tuple[int, str]]]:
+        """/dev path -> [(pid, process name)] of every process that has it open (one scan of /proc)."""
+        holders: dict[str, list[tuple[int, str]]] = {}
+        names: dict[int, str] = {}
+        for pid, target in self.fd_targets():
+            if not target.startswith('/dev/'):
+                continue
+            if pid not in names:
+                names[pid] = self.process_name(pid)
+            entry = (pid, names[pid])
+            lst = holders.setdefault(target, [])
+            if entry not in lst:
+                lst.append(entry)
+        return holders
 
     def process_name(self, pid: int) -> str:
         return self.read(self.proc(str(pid), 'comm'), default='?')

@@ -88,11 +88,7 @@ def apply(result: HostPlan, initramfs: Initramfs | None, runner: Runner, decisio
         for argv in result.commands:
             runner.run(argv)
     except (CommandError, _files.FileError) as exc:
-        for change in reversed(done):
-            try:
-                change.revert()
-            except _files.FileError:
-                pass
+        _files.revert_all(done)
         raise InitramfsError('%s; the previous configuration files were restored (the initramfs may need '
                              'rebuilding by hand before the next boot)' % exc) from None
     if initramfs is not None and result.commands:

@@ -226,7 +226,7 @@ def run(module: AnsibleModule) -> dict:
     facts = validate_facts(p['facts'] or {})
     host = facts.get('host') or {}
     builtin = bool(host.get('vfio_pci_builtin'))
-    kernel = p['kernel_release'] or host.get('kernel_release') or sysfs.read(sysfs.proc('sys', 'kernel', 'osrelease'), default='')
+    kernel = p['kernel_release'] or host.get('kernel_release') or sysfs.kernel_release() or ''
     if p['kernel_release'] is not None:
         check_kernel_release(p['root'], p['kernel_release'])
     decision = None
