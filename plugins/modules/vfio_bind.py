@@ -219,6 +219,7 @@ journal_path:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._binding import Binder, BindingError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import ModuleRunner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, common_argspec, is_live_root
 
 
@@ -248,9 +249,6 @@ def main() -> None:
     params = module.params
     result = dict(changed=False, devices=[], rolled_back=[], stuck=[], released_ids=[], journal_path=params['journal_path'])
 
-    def runner(cmd: list[str]) -> tuple[int, str, str]:
-        return module.run_command(cmd, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
-
     binder = None
     try:
         sysfs = Sysfs(params['sysfs_root'], timeout=params['timeout'])
@@ -263,8 +261,8 @@ def main() -> None:
             sysfs,
             driver=params['driver'], state=params['state'], include_group=params['include_group'],
             allow_boot_vga=params['allow_boot_vga'], allow_in_use=params['allow_in_use'],
-            journal_path=params['journal_path'], runner=runner,
-            modprobe=module.get_bin_path('modprobe') if live else None, release_ids=params['release_ids'])
+            journal_path=params['journal_path'], runner=ModuleRunner(module) if live else None,
+            release_ids=params['release_ids'])
         plan = binder.plan(params['devices'], params['match'])
         for warning in plan.warnings:
             module.warn(warning)
