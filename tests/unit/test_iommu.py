@@ -95,7 +95,7 @@ def test_offending_members(roots: dict) -> None:
 def test_hgx_switch_ports_are_not_offenders(roots: dict) -> None:
     s = Sysfs(roots['hgx8'])
     host = HostIommu(s)
-    for number, addrs in host.groups.items():
+    for addrs in host.groups.values():
         members = [PciDevice.read(s, a) for a in addrs]
         gpus = {m.address for m in members if m.class_code >> 8 == 0x0302}
         if gpus:
