@@ -26,7 +26,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     DomainDefinition,
     DomainXmlError,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import HAS_LIBVIRT, libvirt
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._libvirt import HAS_LIBVIRT, Domain, libvirt
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
 
 _STATES = {
@@ -109,17 +109,17 @@ def running_hostdevs(uri: str) -> dict[PciAddress, list[str]]:
     return found
 
 
-def _domain(dom: object) -> dict[str, object] | None:
+def _domain(dom: Domain) -> dict[str, object] | None:
     try:
-        name = dom.name()  # type: ignore[attr-defined]
-        state = dom.state()[0]  # type: ignore[attr-defined]
-        active = bool(dom.isActive())  # type: ignore[attr-defined]
-        persistent = bool(dom.isPersistent())  # type: ignore[attr-defined]
+        name = dom.name()
+        state = dom.state()[0]
+        active = bool(dom.isActive())
+        persistent = bool(dom.isPersistent())
         xmls = []
         if persistent:
-            xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))  # type: ignore[attr-defined]
+            xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         if active:
-            xmls.append(dom.XMLDesc(0))  # type: ignore[attr-defined]
+            xmls.append(dom.XMLDesc(0))
     except libvirt.libvirtError:
         return None  # the domain vanished while we listed
     hostdevs: set[str] = set()

@@ -178,9 +178,10 @@ def parse_id(text: object, what: str = 'id') -> str:
     """Normalise a 16-bit PCI id (``10DE``, ``0x10de``) to ``10de``."""
     if isinstance(text, int):
         text = '%04x' % text
-    if not isinstance(text, str) or not _ID_RE.match(text.strip()):
+    match = _ID_RE.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
         raise PciIdError('invalid PCI %s %r: expected four hex digits such as 10de' % (what, text))
-    return _ID_RE.match(text.strip()).group(1).lower()  # type: ignore[union-attr]
+    return match.group(1).lower()
 
 
 def class_name(class_code: int) -> str:

@@ -45,7 +45,7 @@ def checked_timeout(value: object, name: str = 'timeout') -> float:
         number = float('nan')
     else:
         try:
-            number = float(value)  # type: ignore[arg-type]
+            number = float(value) if isinstance(value, (str, int, float)) else float('nan')
         except (TypeError, ValueError):
             number = float('nan')
     if not (0 < number <= TIMEOUT_MAX):  # also false for nan
@@ -145,7 +145,7 @@ class Sysfs:
                 os.close(fd)
         except OSError as exc:
             if default is not _MISSING and exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENODEV, errno.EINVAL):
-                return default  # type: ignore[return-value]
+                return default  # type: ignore[return-value]  # the caller's default (None, ''), its own type
             raise SysfsError('cannot read %s: %s' % (path, os.strerror(exc.errno or 0)), path, exc.errno) from None
         return data.decode('utf-8', 'replace').strip()
 
@@ -154,13 +154,13 @@ class Sysfs:
         if text is None or text == '':
             if default is _MISSING:
                 raise SysfsError('cannot read %s: missing' % path, path, errno.ENOENT)
-            return default  # type: ignore[return-value]
+            return default  # type: ignore[return-value]  # the caller's default (None), its own type
         try:
             return int(text, base)
         except ValueError:
             if default is _MISSING:
                 raise SysfsError('unexpected content %r in %s' % (text, path), path) from None
-            return default  # type: ignore[return-value]
+            return default  # type: ignore[return-value]  # the caller's default (None), its own type
 
     def readlink(self, path: str) -> str | None:
         try:
