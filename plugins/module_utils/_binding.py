@@ -61,6 +61,7 @@ DRIVER_RE = re.compile(r'^[a-z0-9_-]+\Z')
 SETTLE_SECONDS = 2.0
 KERNEL_DEFAULT = None  # driver_after of a restore without journal: whatever the kernel probes
 
+
 class BindingError(Exception):
     """Base of every error this backend raises; ``details`` go into the result."""
 

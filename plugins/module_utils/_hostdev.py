@@ -440,6 +440,3 @@ def canonical(root: Element) -> str:
 def canonical_xml(xml: str) -> str:
     return canonical(DomainDefinition(xml).root)
 
-
-def hostdev_sources(xml: str) -> list[PciAddress]:
-    return DomainDefinition(xml).sources()

@@ -152,9 +152,6 @@ class PciAddress:
         """Functions of one physical device share this key."""
         return (self.domain, self.bus, self.slot)
 
-    def with_function(self, function: int) -> 'PciAddress':
-        return PciAddress(self.domain, self.bus, self.slot, function)
-
     def __str__(self) -> str:
         return '%04x:%02x:%02x.%x' % (self.domain, self.bus, self.slot, self.function)
 
@@ -226,11 +223,6 @@ def companion_kind(class_code: int) -> str:
     if sub == 0x0c80:
         return 'ucsi'
     return 'other'
-
-
-def is_companion_class(class_code: int) -> bool:
-    """Classes of the usual companions: HDMI/DP audio, USB-C, UCSI."""
-    return companion_kind(class_code) != 'other'
 
 
 # Stands for "some NVIDIA node" when the driver is nvidia but its minor number cannot be read.
