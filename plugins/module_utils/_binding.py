@@ -43,10 +43,9 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciDeviceNotFound,
     PciIdError,
     class_name,
-    device_nodes,
     list_addresses,
-    node_matches,
     parse_id,
+    processes_holding,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import (
     Sysfs,
@@ -348,20 +347,9 @@ class Binder:
 
     def holders(self, dev: PciDevice) -> List[str]:
         """Processes (and libvirt domains) that hold the device: ``"1234 (qemu) /dev/vfio/12"``."""
-        nodes = device_nodes(self.sysfs, dev)
-        if dev.iommu_group is not None:
-            nodes.append('/dev/vfio/%d' % dev.iommu_group)
         if self._open is None:
             self._open = self.sysfs.open_devices()
-        out = []
-        for target, procs in self._open.items():
-            if any(node_matches(node, target) for node in nodes):
-                for pid, name in procs:
-                    entry = '%d (%s) %s' % (pid, name, target)
-                    if entry not in out:
-                        out.append(entry)
-        out.extend(self._libvirt_users(dev))
-        return out
+        return processes_holding(self.sysfs, dev, self._open) + self._libvirt_users(dev)
 
     def _libvirt_users(self, dev: PciDevice) -> List[str]:
         if self._domains is None:

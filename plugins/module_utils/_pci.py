@@ -260,6 +260,24 @@ def node_matches(node: str, target: str) -> bool:
     return target == node or (node == NVIDIA_ANY and bool(_NVIDIA_NODE_RE.match(target)))
 
 
+def processes_holding(sysfs: Sysfs, dev: 'PciDevice', open_devices: dict[str, list[tuple[int, str]]]) -> list[str]:
+    """Processes that have a node of this function, or of its IOMMU group, open: ``"1234 (qemu) /dev/vfio/12"``.
+
+    ``open_devices`` is :meth:`Sysfs.open_devices` (read once per run by the caller).
+    """
+    nodes = device_nodes(sysfs, dev)
+    if dev.iommu_group is not None:
+        nodes.append('/dev/vfio/%d' % dev.iommu_group)
+    out: list[str] = []
+    for target, procs in open_devices.items():
+        if any(node_matches(node, target) for node in nodes):
+            for pid, name in procs:
+                entry = '%d (%s) %s' % (pid, name, target)
+                if entry not in out:
+                    out.append(entry)
+    return out
+
+
 class PciIds:
     """Vendor, device and subsystem names from the system's pci.ids.
 
