@@ -196,6 +196,7 @@ def test_journal_is_root_only_and_replaced_atomically(tmp_path: Path) -> None:
     ('[]', 'no "devices" mapping'),
     ('{"devices": {"0000:01:00.0": {"driver_before": "nv; reboot"}}}', "invalid driver 'nv; reboot'"),
     ('{"devices": {"0000:01:00.0": 5}}', 'malformed entry'),
+    ('{"devices": {"zz:bad": {"driver_before": "nvidia"}}}', "entry with an invalid address: invalid PCI address 'zz:bad'"),
 ])
 def test_damaged_journal_is_a_clear_error(tmp_path: Path, content: str, needle: str) -> None:
     path = tmp_path / 'j.json'
