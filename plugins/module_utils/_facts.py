@@ -43,6 +43,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._topology import numa_nodes, pci_path, read_bars
 
+
 class FactsError(Exception):
     """Bad input to gpu_facts (unknown device, malformed address or id)."""
 

@@ -439,4 +439,3 @@ def canonical(root: Element) -> str:
 
 def canonical_xml(xml: str) -> str:
     return canonical(DomainDefinition(xml).root)
-
