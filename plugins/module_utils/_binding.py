@@ -46,6 +46,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     list_addresses,
     parse_id,
     processes_holding,
+    read_locked_attributes,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import (
     Sysfs,
@@ -324,24 +325,25 @@ class Binder:
 
     # ---------------------------------------------------------------- reading state
     def _overrides(self, devices: List[PciDevice]) -> Dict[PciAddress, Optional[str]]:
-        paths = {d.attr('driver_override'): d for d in devices if self.sysfs.exists(d.attr('driver_override'))}
-        values, stuck = self.sysfs.read_bounded(list(paths))
+        values, stuck = read_locked_attributes(self.sysfs, devices, ('driver_override',))
         if stuck:
-            dev = paths[stuck[0]]
+            dev = next(d for d in devices if d.address in stuck)
             raise BindingApplyError(
                 '%s does not answer: reading its driver_override did not return within %gs. The device lock is '
                 'likely held by its driver (%s) stuck in probe or remove%s. Nothing was changed; unload or blacklist '
                 'that driver (or reboot) and run again.'
                 % (dev.address, self.sysfs.timeout, dev.driver or 'no driver', self._holders_text(dev)),
-                stuck=[str(paths[p].address) for p in stuck])
+                stuck=[str(d.address) for d in devices if d.address in stuck])
         out: Dict[PciAddress, Optional[str]] = {}
-        for path, dev in paths.items():
-            value = values.get(path)
+        for dev in devices:
+            if (dev.address, 'driver_override') not in values:
+                continue  # no driver_override attribute (an old kernel): nothing to keep
+            value = values[(dev.address, 'driver_override')]
             if value is None:
                 # Unreadable is not empty: taking it as empty would lose the override the device has.
                 raise BindingApplyError(
                     '%s: cannot read %s; nothing was changed (its current value could not be kept for the restore)'
-                    % (dev.address, path), device=str(dev.address))
+                    % (dev.address, dev.attr('driver_override')), device=str(dev.address))
             out[dev.address] = None if value in ('', '(null)') else value
         return out
 
