@@ -75,10 +75,10 @@ def test_cmdline_values() -> None:
 
 def test_cmdline_tokens_are_quote_aware(roots: dict) -> None:
     # A quoted value is one token (as the kernel reads it): its words are not arguments of their own.
-    assert cmdline_values('dyndbg="intel_iommu=off x" intel_iommu=on', 'intel_iommu') == ['on']
+    assert cmdline_values('dyndbg="x intel_iommu=off y" intel_iommu=on', 'intel_iommu') == ['on']
     s = Sysfs(roots['workstation'])
     units = HostIommu(s).units
-    assert interrupt_remapping(s, units, 'dyndbg="file x nointremap"') is True
+    assert interrupt_remapping(s, units, 'dyndbg="file x nointremap y"') is True
     assert interrupt_remapping(s, units, 'a nointremap') is False
 
 
