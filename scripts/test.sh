@@ -29,6 +29,11 @@ types() {
   (cd .cache/src && mypy --python-version 3.11 --explicit-package-bases --namespace-packages \
     --ignore-missing-imports --warn-unused-ignores --disallow-untyped-defs --no-incremental ansible_collections/fleetgpu/passthrough/plugins)
 }
+ruff_check() {
+  # ruff (settings in pyproject.toml): pycodestyle, pyflakes and bugbear over every Python file of
+  # the repository's plugins, tests, benchmarks and scripts, not only what ansible-test sanity sees.
+  ruff check --no-cache plugins tests bench scripts
+}
 lint() {
   # Molecule (the end-to-end phase) installs this collection under ~/.ansible/collections; a copy
   # left there by an earlier run would shadow the one just built for ansible-lint.
@@ -55,6 +60,7 @@ docs() {
 phase install-collection bash scripts/install-collection.sh
 phase sanity sanity
 phase types types
+phase ruff ruff_check
 phase ansible-lint lint
 phase ansible-doc docs
 phase changelog bash scripts/changelog.sh --check

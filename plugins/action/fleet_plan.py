@@ -9,6 +9,8 @@ documentation lives in plugins/modules/fleet_plan.py."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from ansible.errors import AnsibleUndefinedVariable
 from ansible.module_utils.common.text.converters import to_text
@@ -37,15 +39,15 @@ _ARGS = {
 }
 
 
-def _hostvar(hostvars: object, host: str, name: str) -> object:
+def _hostvar(hostvars: Mapping[str, Any], host: str, name: str) -> object:
     try:
-        value = hostvars[host][name]  # type: ignore[index]
+        value = hostvars[host][name]
     except (KeyError, TypeError, AnsibleUndefinedVariable):
         return None
     return value if isinstance(value, (dict, list, str, bool, int, float)) else None
 
 
-def read_host(hostvars: object, host: str, ok_hosts: set[str], names: dict[str, str]) -> HostInput:
+def read_host(hostvars: Mapping[str, Any], host: str, ok_hosts: set[str], names: dict[str, str]) -> HostInput:
     """One host's HostInput from what play 1 registered for it."""
     info = HostInput(name=host)
     facts_res = _hostvar(hostvars, host, names['facts_result'])

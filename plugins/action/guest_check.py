@@ -8,6 +8,9 @@ documentation lives in plugins/modules/guest_check.py."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from ansible.errors import AnsibleUndefinedVariable
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
@@ -33,15 +36,15 @@ _ARGS = {
 }
 
 
-def _hostvar(hostvars: object, host: str, name: str) -> object:
+def _hostvar(hostvars: Mapping[str, Any], host: str, name: str) -> object:
     try:
-        value = hostvars[host][name]  # type: ignore[index]
+        value = hostvars[host][name]
     except (KeyError, TypeError, AnsibleUndefinedVariable):
         return None
     return value
 
 
-def read_host(hostvars: object, host: str, facts_result: str, libvirt_result: str) -> HostView:
+def read_host(hostvars: Mapping[str, Any], host: str, facts_result: str, libvirt_result: str) -> HostView:
     """One KVM host's view from what the first play registered for it."""
     view = HostView(name=host)
     facts = _hostvar(hostvars, host, facts_result)

@@ -120,6 +120,20 @@ class FileChange:
         self.applied = False
 
 
+def revert_all(done: list[FileChange]) -> list[str]:
+    """Undo applied changes, newest first (the rollback of every apply that writes files).
+
+    Returns what could not be put back, one sentence per file (empty: everything was restored).
+    """
+    left: list[str] = []
+    for change in reversed(done):
+        try:
+            change.revert()
+        except FileError as exc:
+            left.append('%s keeps the new content (%s)' % (change.path, exc))
+    return left
+
+
 def _owned_dir(path: str) -> bool:
     """True when the file sits in a directory the collection created (its name says fleetgpu)."""
     return 'fleetgpu' in os.path.basename(os.path.dirname(path))
@@ -144,8 +158,8 @@ def write(path: str, content: str, mode: int = 0o644, keep_backup: bool = True) 
         if keep_backup and os.path.isfile(path):
             old = read(path)
             if old is not None:
-                _write_atomic(path + BACKUP_SUFFIX, old, 0o644)
-        _write_atomic(path, content, mode)
+                write_atomic(path + BACKUP_SUFFIX, old, 0o644)
+        write_atomic(path, content, mode)
     except OSError as exc:
         raise FileError('cannot write %s: %s' % (path, exc.strerror)) from None
 
@@ -155,14 +169,19 @@ def remove(path: str, keep_backup: bool = True) -> None:
         if keep_backup and os.path.isfile(path):
             old = read(path)
             if old is not None:
-                _write_atomic(path + BACKUP_SUFFIX, old, 0o644)
+                write_atomic(path + BACKUP_SUFFIX, old, 0o644)
         if os.path.lexists(path):
             os.unlink(path)
     except OSError as exc:
         raise FileError('cannot remove %s: %s' % (path, exc.strerror)) from None
 
 
-def _write_atomic(path: str, content: str, mode: int) -> None:
+def write_atomic(path: str, content: str, mode: int) -> None:
+    """Replace ``path`` with ``content`` in one step (temporary file, fsync, rename); raises OSError.
+
+    The one atomic writer of the collection: configuration files, the vfio_bind journal and the
+    fleet report all go through it.
+    """
     directory = os.path.dirname(path) or '.'
     fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(path), dir=directory)
     try:

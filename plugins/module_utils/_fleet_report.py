@@ -16,9 +16,9 @@ from __future__ import annotations
 import html
 import json
 import os
-import tempfile
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import write_atomic
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.fleet_plan import FleetPlan
 
 REPORT_JSON = 'fleet-report.json'
@@ -211,13 +211,8 @@ def _write_if_changed(path: str, text: str) -> bool:
         pass
     except OSError as exc:
         raise ReportError('cannot read %s: %s' % (path, exc)) from None
-    directory = os.path.dirname(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix='.fleet-report-', dir=directory)
-        with os.fdopen(fd, 'w', encoding='utf-8') as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        write_atomic(path, text, 0o644)
     except OSError as exc:
         raise ReportError('cannot write %s: %s' % (path, exc)) from None
     return True

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from typing import Any
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
@@ -51,9 +52,9 @@ def check_module_name(name: object, what: str) -> str:
     return name
 
 
-def _repeats(parsed: object, inside: bool, counts: list[int]) -> bool:
+def _repeats(parsed: Any, inside: bool, counts: list[int]) -> bool:
     """Walk a parsed pattern; True when a repeat holds another unbounded repeat (catastrophic backtracking)."""
-    for op, arg in parsed:  # type: ignore[attr-defined]
+    for op, arg in parsed:  # parsed: re's private SubPattern, (opcode, argument) pairs
         name = str(op)
         if name in ('MAX_REPEAT', 'MIN_REPEAT', 'POSSESSIVE_REPEAT'):
             _low, high, sub = arg
@@ -97,7 +98,7 @@ def check_regex(pattern: object, where: str) -> re.Pattern:
     except re.error as exc:
         raise SelectionError('%s: name_regex %r is not a valid regular expression: %s' % (where, pattern, exc)) from None
     try:
-        from re import _parser as sre_parse  # type: ignore[attr-defined]  # Python 3.11+
+        from re import _parser as sre_parse  # type: ignore[attr-defined]  # private (3.11+), not in the stubs
     except ImportError:
         import sre_parse  # pylint: disable=deprecated-module
     counts = [0]

@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import abc
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for the annotation: every module imports it anyway
+    from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 
@@ -65,7 +69,7 @@ class ModuleRunner(Runner):
     Command arguments are always paths as seen inside the root.
     """
 
-    def __init__(self, module: object, root: str = '/') -> None:
+    def __init__(self, module: AnsibleModule, root: str = '/') -> None:
         self.module = module
         self.root = os.path.abspath(root or '/')
         self.live = os.path.realpath(self.root) == '/'
@@ -85,7 +89,7 @@ class ModuleRunner(Runner):
 
     def have(self, program: str) -> bool:
         if self.live:
-            return bool(self.module.get_bin_path(program))  # type: ignore[attr-defined]
+            return bool(self.module.get_bin_path(program))
         return self._in_root(program) is not None
 
     def skips(self, program: str) -> bool:
@@ -93,7 +97,7 @@ class ModuleRunner(Runner):
 
     def run(self, argv: list[str], check: bool = True) -> tuple[int, str, str]:
         if self.live:
-            path = self.module.get_bin_path(argv[0])  # type: ignore[attr-defined]
+            path = self.module.get_bin_path(argv[0])
             if not path:
                 raise CommandError('%s is needed but was not found in PATH or the sbin directories' % argv[0], argv)
             full = [path] + list(argv[1:])
@@ -102,11 +106,11 @@ class ModuleRunner(Runner):
             if inner is None:
                 self.skipped.append(list(argv))
                 return 0, '', ''
-            chroot = self.module.get_bin_path('chroot')  # type: ignore[attr-defined]
+            chroot = self.module.get_bin_path('chroot')
             if not chroot:
                 raise CommandError('chroot is needed to run %s inside %s but was not found' % (argv[0], self.root), argv)
             full = [chroot, self.root, inner] + list(argv[1:])
-        rc, out, err = self.module.run_command(  # type: ignore[attr-defined]
+        rc, out, err = self.module.run_command(
             full, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
         if check and rc != 0:
             raise CommandError('%s failed with exit code %d: %s' % (' '.join(argv), rc, (err or out).strip()[-2000:]),

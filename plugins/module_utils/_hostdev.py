@@ -32,6 +32,10 @@ except ImportError as _exc:  # pragma: no cover - depends on the managed host
     HAS_LXML = False
     LXML_IMPORT_ERROR = _exc
 
+# An element of either parser (lxml, or ElementTree for read-only use): lxml ships no type
+# information and the code uses both through the same few calls, so elements are Any.
+Element = Any
+
 
 class HostdevError(FleetGpuError):
     """Base of the errors of the hostdev model."""
@@ -53,19 +57,19 @@ def _int(text: str | None) -> int:
     return int(text, 16) if text.lower().startswith('0x') else int(text, 10)
 
 
-def _addr_from(elem: object) -> PciAddress | None:
+def _addr_from(elem: Element) -> PciAddress | None:
     """A PciAddress from an ``<address domain= bus= slot= function=>`` element."""
     if elem is None:
         return None
     try:
-        return PciAddress(_int(elem.get('domain')), _int(elem.get('bus')),  # type: ignore[attr-defined]
-                          _int(elem.get('slot')), _int(elem.get('function')))  # type: ignore[attr-defined]
+        return PciAddress(_int(elem.get('domain')), _int(elem.get('bus')),
+                          _int(elem.get('slot')), _int(elem.get('function')))
     except (ValueError, PciAddressError):
         return None
 
 
-def _set_addr(elem: object, addr: PciAddress, guest: bool) -> None:
-    attrs = elem.attrib  # type: ignore[attr-defined]
+def _set_addr(elem: Element, addr: PciAddress, guest: bool) -> None:
+    attrs = elem.attrib
     if guest:
         attrs['type'] = 'pci'
     attrs['domain'] = '0x%04x' % addr.domain
@@ -89,32 +93,32 @@ class RomSpec:
 class Hostdev:
     """One PCI ``<hostdev>`` element of a domain."""
 
-    def __init__(self, elem: object) -> None:
+    def __init__(self, elem: Element) -> None:
         self.elem = elem
 
     @property
     def source(self) -> PciAddress | None:
-        return _addr_from(self.elem.find('source/address'))  # type: ignore[attr-defined]
+        return _addr_from(self.elem.find('source/address'))
 
     @property
     def guest(self) -> PciAddress | None:
-        addr = self.elem.find('address')  # type: ignore[attr-defined]
+        addr = self.elem.find('address')
         if addr is None or addr.get('type') != 'pci':
             return None
         return _addr_from(addr)
 
     @property
     def managed(self) -> bool:
-        return self.elem.get('managed') == 'yes'  # type: ignore[attr-defined]
+        return self.elem.get('managed') == 'yes'
 
     @property
     def multifunction(self) -> bool:
-        addr = self.elem.find('address')  # type: ignore[attr-defined]
+        addr = self.elem.find('address')
         return addr is not None and addr.get('multifunction') == 'on'
 
     @property
     def rom(self) -> dict[str, str] | None:
-        rom = self.elem.find('rom')  # type: ignore[attr-defined]
+        rom = self.elem.find('rom')
         return dict(rom.attrib) if rom is not None else None
 
     def to_dict(self) -> dict[str, object]:
@@ -282,13 +286,13 @@ class DomainDefinition:
 
     @staticmethod
     def _apply_settings(dev: Hostdev, managed: bool, rom: RomSpec | None) -> None:
-        dev.elem.set('managed', 'yes' if managed else 'no')  # type: ignore[attr-defined]
+        dev.elem.set('managed', 'yes' if managed else 'no')
         if rom is not None and not rom.empty:
-            elem = dev.elem.find('rom')  # type: ignore[attr-defined]
+            elem = dev.elem.find('rom')
             if elem is None:
                 elem = etree.Element('rom')
                 # <rom> goes after <source> (and after a boot element if any).
-                src = dev.elem.find('source')  # type: ignore[attr-defined]
+                src = dev.elem.find('source')
                 src.addnext(elem)
             if rom.bar_on is not None:
                 elem.set('bar', 'on' if rom.bar_on else 'off')
@@ -297,7 +301,7 @@ class DomainDefinition:
 
     @staticmethod
     def _set_guest(dev: Hostdev, guest: PciAddress, multifunction: bool) -> None:
-        addr = dev.elem.find('address')  # type: ignore[attr-defined]
+        addr = dev.elem.find('address')
         if addr is None:
             addr = etree.SubElement(dev.elem, 'address')
         for key in list(addr.attrib):
@@ -384,12 +388,10 @@ class DomainDefinition:
             self._apply_settings(dev, managed, rom if addr in slot.listed else None)
             if target is not None and (relocate or dev.guest is None):
                 guest = PciAddress(target[0], target[1], target[2], slot.guest_function(addr))
-                if self._guest_taken(guest, allowed):
-                    if relocate:
-                        raise PlacementError('guest address %s of domain %r is taken by another device' % (guest, self.name))
-                    guest = None  # type: ignore[assignment]
-                if guest is not None:
+                if not self._guest_taken(guest, allowed):
                     self._set_guest(dev, guest, multi and guest.function == 0)
+                elif relocate:
+                    raise PlacementError('guest address %s of domain %r is taken by another device' % (guest, self.name))
             elif multi and dev.guest is not None and dev.guest.function == 0 and not dev.multifunction:
                 self._set_guest(dev, dev.guest, True)
             after = dev.xml()
@@ -410,7 +412,7 @@ class DomainDefinition:
                 changes.append(HostdevChange(addr, 'unchanged', detail='not in the domain'))
                 continue
             guest = dev.guest
-            dev.elem.getparent().remove(dev.elem)  # type: ignore[attr-defined]
+            dev.elem.getparent().remove(dev.elem)
             changes.append(HostdevChange(addr, 'removed', guest))
         return changes
 
@@ -429,7 +431,7 @@ def hostdev_xml(source: PciAddress, managed: bool, rom: RomSpec | None = None) -
     return etree.tostring(elem, encoding='unicode')
 
 
-def canonical(root: object) -> str:
+def canonical(root: Element) -> str:
     """One formatting for every XML the module shows, so diffs show only real changes."""
     copy = etree.fromstring(etree.tostring(root), etree.XMLParser(remove_blank_text=True))
     etree.indent(copy, space='  ')
@@ -438,7 +440,3 @@ def canonical(root: object) -> str:
 
 def canonical_xml(xml: str) -> str:
     return canonical(DomainDefinition(xml).root)
-
-
-def hostdev_sources(xml: str) -> list[PciAddress]:
-    return DomainDefinition(xml).sources()

@@ -31,8 +31,6 @@ import re
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 
-#: The arguments a reservation is made of (what an undo of the reservation gives back).
-KEYS = ('default_hugepagesz', 'hugepagesz', 'hugepages')
 #: At most this share of a node's memory (or of the host's, without a node) may be reserved:
 #: the kernel reserves at boot before anything else runs, and a host left without memory does not come up.
 MAX_SHARE = 0.9

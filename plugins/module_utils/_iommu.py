@@ -13,8 +13,7 @@ link, the IOMMU units from ``/sys/class/iommu``).
 
 from __future__ import annotations
 
-import os
-
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import split as cmdline_split
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciAddress,
     PciAddressError,
@@ -36,14 +35,10 @@ ECAP_IR_BIT = 3
 _IR_OFF_TOKENS = ('intremap=off', 'nointremap', 'amd_iommu=nointremap', 'amd_iommu_intr=off')
 
 
-def cmdline_tokens(cmdline: str) -> list[str]:
-    return cmdline.split()
-
-
 def cmdline_values(cmdline: str, key: str) -> list[str]:
     """Every value given to ``key`` (``intel_iommu=on,sm_on`` -> ``['on', 'sm_on']``)."""
     out: list[str] = []
-    for token in cmdline.split():
+    for token in cmdline_split(cmdline):
         name, sep, value = token.partition('=')
         if name == key and sep:
             out.extend(v for v in value.split(',') if v)
@@ -55,19 +50,13 @@ def list_groups(sysfs: Sysfs) -> dict[int, list[PciAddress]]:
     groups: dict[int, list[PciAddress]] = {}
     base = sysfs.sys('kernel', 'iommu_groups')
     for name in sysfs.listdir(base):
-        if not name.isdigit():
-            continue
-        members: list[PciAddress] = []
-        for addr in sysfs.listdir(os.path.join(base, name, 'devices')):
-            try:
-                members.append(PciAddress.parse(addr))
-            except PciAddressError:
-                continue
-        groups[int(name)] = sorted(members)
+        if name.isdigit():
+            groups[int(name)] = group_members(sysfs, int(name))
     return groups
 
 
 def group_members(sysfs: Sysfs, group: int) -> list[PciAddress]:
+    """The member addresses (sorted) of one IOMMU group; the one reader of a group's ``devices``."""
     out: list[PciAddress] = []
     for addr in sysfs.listdir(sysfs.sys('kernel', 'iommu_groups', str(group), 'devices')):
         try:
@@ -128,7 +117,7 @@ def interrupt_remapping(sysfs: Sysfs, units: list[str], cmdline: str) -> bool | 
     kind = iommu_type(units)
     if kind is None:
         return None
-    tokens = cmdline.split()
+    tokens = cmdline_split(cmdline)
     if any(t in tokens for t in _IR_OFF_TOKENS):
         return False
     if interrupts_remapped(sysfs):

@@ -153,9 +153,6 @@ class PciAddress:
         """Functions of one physical device share this key."""
         return (self.domain, self.bus, self.slot)
 
-    def with_function(self, function: int) -> 'PciAddress':
-        return PciAddress(self.domain, self.bus, self.slot, function)
-
     def __str__(self) -> str:
         return '%04x:%02x:%02x.%x' % (self.domain, self.bus, self.slot, self.function)
 
@@ -179,9 +176,10 @@ def parse_id(text: object, what: str = 'id') -> str:
     """Normalise a 16-bit PCI id (``10DE``, ``0x10de``) to ``10de``."""
     if isinstance(text, int):
         text = '%04x' % text
-    if not isinstance(text, str) or not _ID_RE.match(text.strip()):
+    match = _ID_RE.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
         raise PciIdError('invalid PCI %s %r: expected four hex digits such as 10de' % (what, text))
-    return _ID_RE.match(text.strip()).group(1).lower()  # type: ignore[union-attr]
+    return match.group(1).lower()
 
 
 def class_name(class_code: int) -> str:
@@ -207,10 +205,78 @@ def is_gpu_class(class_code: int, accelerators: bool = False) -> bool:
     return base == CLASS_DISPLAY or (accelerators and base == CLASS_ACCELERATOR)
 
 
-def is_companion_class(class_code: int) -> bool:
-    """Functions that ride along with a GPU: HDMI/DP audio, USB-C, UCSI."""
+def is_companion(dev: 'PciDevice') -> bool:
+    """Whether a function rides along with the GPU of its slot (and is passed through with it).
+
+    The one definition of a companion: another function of the GPU's slot that is neither an
+    SR-IOV virtual function nor a bridge.  Its kind (audio, usb, ucsi or other) is only a label.
+    """
+    return dev.physfn is None and not dev.is_bridge
+
+
+def companion_kind(class_code: int) -> str:
+    """The label of a companion function by its class: HDMI/DP audio, USB-C, UCSI, or other."""
     sub = (class_code >> 8) & 0xffff
-    return sub in (0x0403, 0x0401, 0x0c03, 0x0c80)
+    if sub in (0x0403, 0x0401):
+        return 'audio'
+    if sub == 0x0c03:
+        return 'usb'
+    if sub == 0x0c80:
+        return 'ucsi'
+    return 'other'
+
+
+# Stands for "some NVIDIA node" when the driver is nvidia but its minor number cannot be read.
+NVIDIA_ANY = '/dev/nvidia*'
+_NVIDIA_NODE_RE = re.compile(r'^/dev/nvidia\d+\Z')
+
+
+def nvidia_minor(sysfs: Sysfs, address: 'PciAddress') -> int | None:
+    """The minor number of the nvidia driver's node for this GPU, from /proc/driver/nvidia."""
+    info = sysfs.read(sysfs.proc('driver', 'nvidia', 'gpus', str(address), 'information'), default='')
+    match = re.search(r'^Device Minor:\s*(\d+)\s*$', info, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def device_nodes(sysfs: Sysfs, dev: 'PciDevice') -> list[str]:
+    """The /dev paths through which a process uses this function: DRM, ALSA and NVIDIA nodes.
+
+    The VFIO group node is not included (it belongs to the group, not the function).  Who holds a
+    device is :meth:`Sysfs.open_devices` looked up with these paths and :func:`node_matches`.
+    """
+    nodes = ['/dev/dri/%s' % name for name in sysfs.listdir(dev.attr('drm'))
+             if name.startswith('card') or name.startswith('renderD')]
+    for card in sysfs.listdir(dev.attr('sound')):  # ALSA nodes of an HDMI/DP audio function
+        if card.startswith('card'):
+            nodes.extend('/dev/snd/%s' % name for name in sysfs.listdir(os.path.join(dev.attr('sound'), card))
+                         if name.startswith(('controlC', 'pcmC', 'hwC')))
+    if dev.driver == 'nvidia':
+        minor = nvidia_minor(sysfs, dev.address)
+        nodes.append(NVIDIA_ANY if minor is None else '/dev/nvidia%d' % minor)
+    return nodes
+
+
+def node_matches(node: str, target: str) -> bool:
+    """Whether an open file (``target``) is the device node ``node`` (or any NVIDIA node for NVIDIA_ANY)."""
+    return target == node or (node == NVIDIA_ANY and bool(_NVIDIA_NODE_RE.match(target)))
+
+
+def processes_holding(sysfs: Sysfs, dev: 'PciDevice', open_devices: dict[str, list[tuple[int, str]]]) -> list[str]:
+    """Processes that have a node of this function, or of its IOMMU group, open: ``"1234 (qemu) /dev/vfio/12"``.
+
+    ``open_devices`` is :meth:`Sysfs.open_devices` (read once per run by the caller).
+    """
+    nodes = device_nodes(sysfs, dev)
+    if dev.iommu_group is not None:
+        nodes.append('/dev/vfio/%d' % dev.iommu_group)
+    out: list[str] = []
+    for target, procs in open_devices.items():
+        if any(node_matches(node, target) for node in nodes):
+            for pid, name in procs:
+                entry = '%d (%s) %s' % (pid, name, target)
+                if entry not in out:
+                    out.append(entry)
+    return out
 
 
 class PciIds:

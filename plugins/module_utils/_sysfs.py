@@ -47,7 +47,7 @@ def checked_timeout(value: object, name: str = 'timeout') -> float:
         number = float('nan')
     else:
         try:
-            number = float(value)  # type: ignore[arg-type]
+            number = float(value) if isinstance(value, (str, int, float)) else float('nan')
         except (TypeError, ValueError):
             number = float('nan')
     if not (0 < number <= TIMEOUT_MAX):  # also false for nan
@@ -147,7 +147,7 @@ class Sysfs:
                 os.close(fd)
         except OSError as exc:
             if default is not _MISSING and exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENODEV, errno.EINVAL):
-                return default  # type: ignore[return-value]
+                return default  # type: ignore[return-value]  # the caller's default (None, ''), its own type
             raise SysfsError('cannot read %s: %s' % (path, os.strerror(exc.errno or 0)), path, exc.errno) from None
         return data.decode('utf-8', 'replace').strip()
 
@@ -156,13 +156,13 @@ class Sysfs:
         if text is None or text == '':
             if default is _MISSING:
                 raise SysfsError('cannot read %s: missing' % path, path, errno.ENOENT)
-            return default  # type: ignore[return-value]
+            return default  # type: ignore[return-value]  # the caller's default (None), its own type
         try:
             return int(text, base)
         except ValueError:
             if default is _MISSING:
                 raise SysfsError('unexpected content %r in %s' % (text, path), path) from None
-            return default  # type: ignore[return-value]
+            return default  # type: ignore[return-value]  # the caller's default (None), its own type
 
     def readlink(self, path: str) -> str | None:
         try:
@@ -202,6 +202,10 @@ class Sysfs:
                 return set(line.split(':', 1)[1].split())
         return set()
 
+    def kernel_release(self) -> str | None:
+        """The running kernel's release (``6.1.0-27-amd64``), None when it cannot be read."""
+        return self.read(self.proc('sys', 'kernel', 'osrelease'), default=None) or None
+
     def cmdline(self) -> str:
         return self.read(self.proc('cmdline'), default='').replace('\x00', ' ').strip()
 
@@ -217,6 +221,21 @@ class Sysfs:
                 if target:
                     found.append((int(entry), target))
         return found
+
+    def open_devices(self) -> dict[str, list[tuple[int, str]]]:
+        """/dev path -> [(pid, process name)] of every process that has it open (one scan of /proc)."""
+        holders: dict[str, list[tuple[int, str]]] = {}
+        names: dict[int, str] = {}
+        for pid, target in self.fd_targets():
+            if not target.startswith('/dev/'):
+                continue
+            if pid not in names:
+                names[pid] = self.process_name(pid)
+            entry = (pid, names[pid])
+            lst = holders.setdefault(target, [])
+            if entry not in lst:
+                lst.append(entry)
+        return holders
 
     def process_name(self, pid: int) -> str:
         return self.read(self.proc(str(pid), 'comm'), default='?')

@@ -142,7 +142,7 @@ class RebootingHost:
                 break
             except OSError:
                 if self._sshd.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError('private sshd did not start: %s' % (b / 'sshd.log').read_text())
+                    raise RuntimeError('private sshd did not start: %s' % (b / 'sshd.log').read_text()) from None
                 time.sleep(0.2)
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

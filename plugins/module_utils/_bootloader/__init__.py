@@ -109,12 +109,7 @@ class Bootloader(metaclass=abc.ABCMeta):
 
     def _rollback(self, plan: CmdlinePlan, done: list[_files.FileChange], ran: list[list[str]], attempted: bool) -> list[str]:
         """Undo what was done; returns what could not be undone (empty: all restored)."""
-        left: list[str] = []
-        for change in reversed(done):
-            try:
-                change.revert()
-            except _files.FileError as exc:
-                left.append('%s keeps the new content (%s)' % (change.path, exc))
+        left = _files.revert_all(done)
         if plan.rerun_on_rollback:
             # the commands that succeeded read the new file: run them again with the old one
             for argv in ran:

@@ -33,6 +33,9 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciIdError,
     PciIds,
     class_name,
+    companion_kind,
+    device_nodes,
+    is_companion,
     is_gpu_class,
     list_addresses,
     parse_id,
@@ -40,8 +43,6 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._topology import numa_nodes, pci_path, read_bars
-
-STATES = ('available', 'vfio-ready', 'boot-vga', 'in-use', 'unusable')
 
 
 class FactsError(FleetGpuError):
@@ -76,10 +77,6 @@ def cpu_vendor_kind(vendor_id: str | None) -> str:
     return 'other'
 
 
-def kernel_release(sysfs: Sysfs) -> str | None:
-    return sysfs.read(sysfs.proc('sys', 'kernel', 'osrelease'), default=None) or None
-
-
 def modules_builtin(sysfs: Sysfs, release: str | None) -> list[str]:
     if not release:
         return []
@@ -101,7 +98,7 @@ def module_is_builtin(builtin: list[str], name: str) -> bool:
 def host_facts(sysfs: Sysfs, iommu: HostIommu) -> dict:
     vendor = sysfs.cpu_vendor()
     flags = sysfs.cpu_flags()
-    release = kernel_release(sysfs)
+    release = sysfs.kernel_release()
     virt = 'vmx' if 'vmx' in flags else ('svm' if 'svm' in flags else None)
     return {
         'cpu_vendor': cpu_vendor_kind(vendor),
@@ -115,46 +112,6 @@ def host_facts(sysfs: Sysfs, iommu: HostIommu) -> dict:
         'vfio_pci_builtin': module_is_builtin(modules_builtin(sysfs, release), 'vfio_pci'),
         'numa_nodes': numa_nodes(sysfs),
     }
-
-
-def companion_kind(class_code: int) -> str:
-    sub = (class_code >> 8) & 0xffff
-    if sub in (0x0403, 0x0401):
-        return 'audio'
-    if sub == 0x0c03:
-        return 'usb'
-    if sub == 0x0c80:
-        return 'ucsi'
-    return 'other'
-
-
-def _device_nodes(sysfs: Sysfs, dev: PciDevice) -> list[str]:
-    """The /dev paths through which a process uses this GPU (DRM and NVIDIA nodes)."""
-    nodes = ['/dev/dri/%s' % name for name in sysfs.listdir(dev.attr('drm'))
-             if name.startswith('card') or name.startswith('renderD')]
-    if dev.driver == 'nvidia':
-        info = sysfs.read(sysfs.proc('driver', 'nvidia', 'gpus', str(dev.address), 'information'), default='')
-        for line in info.splitlines():
-            key, _sep, value = line.partition(':')
-            if key.strip() == 'Device Minor' and value.strip().isdigit():
-                nodes.append('/dev/nvidia%s' % value.strip())
-    return nodes
-
-
-def _holders(sysfs: Sysfs) -> dict[str, list[tuple[int, str]]]:
-    """/dev path -> [(pid, process name)] from every process's open descriptors."""
-    holders: dict[str, list[tuple[int, str]]] = {}
-    names: dict[int, str] = {}
-    for pid, target in sysfs.fd_targets():
-        if not target.startswith('/dev/'):
-            continue
-        if pid not in names:
-            names[pid] = sysfs.process_name(pid)
-        entry = (pid, names[pid])
-        lst = holders.setdefault(target, [])
-        if entry not in lst:
-            lst.append(entry)
-    return holders
 
 
 def _split_words(text: str | None) -> list[str] | None:
@@ -221,7 +178,7 @@ class GpuFacts:
         chosen = self.select()
         gpus = [self.device(a) for a in chosen]
         locked, stuck = read_locked_attributes(s, gpus, timeout=timeout)
-        holders = _holders(s) if gpus else {}
+        holders = s.open_devices() if gpus else {}
         slot_index: dict[tuple[int, int, int], list[PciAddress]] = {}
         if gpus:
             wanted = set(g.address.slot_key for g in gpus)
@@ -244,7 +201,8 @@ class GpuFacts:
             if other == addr:
                 continue
             odev = self.device(other)
-            if odev.physfn is not None or is_gpu_class(odev.class_code, self.accelerators):
+            # a GPU function of the same slot is reported as a GPU of its own
+            if not is_companion(odev) or is_gpu_class(odev.class_code, self.accelerators):
                 continue
             companions.append({
                 'address': str(other), 'vendor_id': odev.vendor_id, 'device_id': odev.device_id,
@@ -310,7 +268,7 @@ class GpuFacts:
             unusable.append('%s did not answer within the time bound (%s): the device lock is held, '
                             'probably by a driver stuck in its probe' % (dev.address, ', '.join(stuck)))
         in_use: list[str] = []
-        for node in _device_nodes(self.sysfs, dev):
+        for node in device_nodes(self.sysfs, dev):
             for pid, name in holders.get(node, []):
                 in_use.append('%s is open by process %d (%s)' % (node, pid, name))
         if group is not None and dev.driver in VFIO_DRIVERS:

@@ -26,7 +26,8 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     DomainDefinition,
     DomainXmlError,
 )
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import HAS_LIBVIRT, libvirt
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import HAS_LIBVIRT, Domain, libvirt
 
 _STATES = {
     0: 'no state', 1: 'running', 2: 'blocked', 3: 'paused', 4: 'shutting down', 5: 'shut off', 6: 'crashed',
@@ -77,17 +78,50 @@ def read(uri: str, run: Optional[Runner] = None, virsh: Optional[str] = None) ->
         conn.close()
 
 
-def _domain(dom: object) -> dict[str, object] | None:
+def running_hostdevs(uri: str) -> dict[PciAddress, list[str]]:
+    """PCI host device -> names of the running domains that hold it (their live XML).
+
+    Empty when the libvirt binding is missing or the daemon does not answer: callers use this to name
+    the users of a device, not to decide that it is free.
+    """
+    found: dict[PciAddress, list[str]] = {}
+    if not HAS_LIBVIRT:
+        return found
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
-        name = dom.name()  # type: ignore[attr-defined]
-        state = dom.state()[0]  # type: ignore[attr-defined]
-        active = bool(dom.isActive())  # type: ignore[attr-defined]
-        persistent = bool(dom.isPersistent())  # type: ignore[attr-defined]
+        conn = libvirt.openReadOnly(uri)
+    except libvirt.libvirtError:
+        return found
+    try:
+        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            try:
+                sources = DomainDefinition(dom.XMLDesc(0), read_only=True).sources()
+            except DomainXmlError:
+                continue
+            for address in sources:
+                if dom.name() not in found.setdefault(address, []):
+                    found[address].append(dom.name())
+    except libvirt.libvirtError:
+        pass
+    finally:
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+    return found
+
+
+def _domain(dom: Domain) -> dict[str, object] | None:
+    try:
+        name = dom.name()
+        state = dom.state()[0]
+        active = bool(dom.isActive())
+        persistent = bool(dom.isPersistent())
         xmls = []
         if persistent:
-            xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))  # type: ignore[attr-defined]
+            xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         if active:
-            xmls.append(dom.XMLDesc(0))  # type: ignore[attr-defined]
+            xmls.append(dom.XMLDesc(0))
     except libvirt.libvirtError:
         return None  # the domain vanished while we listed
     hostdevs: set[str] = set()

@@ -17,6 +17,7 @@ message names the domain, the device and the connection.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._domain_wiring import DomainWiringError, options, wire
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev import (
@@ -32,6 +33,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciAddress,
     PciDevice,
     PciDeviceNotFound,
+    is_companion,
     list_addresses,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
@@ -44,6 +46,11 @@ except ImportError as _exc:  # pragma: no cover - depends on the managed host
     libvirt = None
     HAS_LIBVIRT = False
     LIBVIRT_IMPORT_ERROR = _exc
+
+# libvirt-python ships no type information: a connection (virConnect) and a domain (virDomain)
+# are Any to mypy, named here so that signatures say which one they take.
+Connection = Any
+Domain = Any
 
 _ALREADY_ATTACHED = 'already in the domain configuration'
 
@@ -90,7 +97,7 @@ def _silence_libvirt() -> None:
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-def connect(uri: str) -> object:
+def connect(uri: str) -> Connection:
     _silence_libvirt()
     try:
         conn = libvirt.open(uri)
@@ -101,13 +108,13 @@ def connect(uri: str) -> object:
     return conn
 
 
-def lookup(conn: object, name: str, uri: str) -> object:
+def lookup(conn: Connection, name: str, uri: str) -> Domain:
     try:
-        return conn.lookupByName(name)  # type: ignore[attr-defined]
+        return conn.lookupByName(name)
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             try:
-                names = sorted(d.name() for d in conn.listAllDomains())  # type: ignore[attr-defined]
+                names = sorted(d.name() for d in conn.listAllDomains())
             except libvirt.libvirtError:
                 names = []
             raise DomainNotFound('domain %r is not defined at %s (domains there: %s)'
@@ -115,17 +122,17 @@ def lookup(conn: object, name: str, uri: str) -> object:
         raise LibvirtError('cannot look up domain %r at %s: %s' % (name, uri, exc.get_error_message())) from None
 
 
-def persistent_xml(dom: object) -> str:
+def persistent_xml(dom: Domain) -> str:
     """The persistent definition, with secrets so that defining it back keeps them."""
     flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
-    return dom.XMLDesc(flags)  # type: ignore[attr-defined]
+    return dom.XMLDesc(flags)
 
 
-def assignments(conn: object, uri: str) -> dict[str, list[str]]:
+def assignments(conn: Connection, uri: str) -> dict[str, list[str]]:
     """PCI address -> names of the domains whose definition (or running state) holds it."""
     out: dict[str, set[str]] = {}
     try:
-        domains = conn.listAllDomains()  # type: ignore[attr-defined]
+        domains = conn.listAllDomains()
     except libvirt.libvirtError as exc:
         raise LibvirtError('cannot list the domains at %s: %s' % (uri, exc.get_error_message())) from None
     for dom in domains:
@@ -214,10 +221,9 @@ def _is_vf(sysfs: Sysfs, addr: PciAddress) -> bool:
 
 def _is_companion(sysfs: Sysfs, addr: PciAddress) -> bool:
     try:
-        dev = PciDevice.read(sysfs, addr)
+        return is_companion(PciDevice.read(sysfs, addr))
     except (PciDeviceNotFound, SysfsError):
         return False
-    return dev.physfn is None and not dev.is_bridge
 
 
 def driver_warnings(sysfs: Sysfs | None, addresses: list[PciAddress], managed: bool,
@@ -247,14 +253,14 @@ def driver_warnings(sysfs: Sysfs | None, addresses: list[PciAddress], managed: b
 class HostdevBackend:
     """Plan and apply one libvirt_hostdev request."""
 
-    def __init__(self, request: Request, sysfs: Sysfs | None = None, conn: object = None) -> None:
+    def __init__(self, request: Request, sysfs: Sysfs | None = None, conn: Connection = None) -> None:
         self.req = request
         self.sysfs = sysfs
         self._conn = conn
         self.warnings: list[str] = []
         self.assume_vfio: set[PciAddress] = set()
 
-    def _connection(self) -> object:
+    def _connection(self) -> Connection:
         if self._conn is None:
             self._conn = connect(self.req.uri)
         return self._conn
@@ -277,7 +283,7 @@ class HostdevBackend:
             dom = self._define(conn)
             defined = True
         try:
-            persistent = dom.isPersistent()  # type: ignore[attr-defined]
+            persistent = dom.isPersistent()
         except libvirt.libvirtError as exc:
             raise self._fail('cannot read the domain', exc) from None
         if not persistent and req.where != 'live' and req.devices:
@@ -304,7 +310,7 @@ class HostdevBackend:
         after_xml = defn.to_xml()
         if config_changed and not check_mode:
             try:
-                conn.defineXML(defn.to_xml())  # type: ignore[attr-defined]
+                conn.defineXML(defn.to_xml())
             except libvirt.libvirtError as exc:
                 raise self._fail('defining the new domain XML failed', exc) from None
             after_xml = canonical_xml(persistent_xml(dom))
@@ -340,11 +346,11 @@ class HostdevBackend:
             raise DomainXmlMismatch('define_xml of domain %r names the domain %r' % (self.req.domain, defn.name))
         return defn
 
-    def _define(self, conn: object) -> object:
+    def _define(self, conn: Connection) -> Domain:
         """Define the domain from define_xml (it does not exist); libvirt's refusal names the domain."""
         self._checked_define_xml()
         try:
-            return conn.defineXML(self.req.define_xml)  # type: ignore[attr-defined]
+            return conn.defineXML(self.req.define_xml)
         except libvirt.libvirtError as exc:
             raise DomainXmlRejected('libvirt at %s rejected the domain_xml of %r: %s'
                                     % (self.req.uri, self.req.domain, exc.get_error_message())) from None
@@ -373,7 +379,7 @@ class HostdevBackend:
                      'after_header': '%s (persistent definition)' % req.domain},
         }
 
-    def _wire(self, defn: DomainDefinition, dom: object) -> dict | None:
+    def _wire(self, defn: DomainDefinition, dom: Domain) -> dict | None:
         """Write the requested wiring into ``defn`` (state=present only); the plan and its element records."""
         req = self.req
         if req.wiring is None or req.state != 'present':
@@ -386,7 +392,7 @@ class HostdevBackend:
         active = False
         if dom is not None:
             try:
-                active = bool(dom.isActive())  # type: ignore[attr-defined]
+                active = bool(dom.isActive())
             except libvirt.libvirtError as exc:
                 raise self._fail('cannot read the state of the domain', exc) from None
         plan, records = wire(defn, self.sysfs, req.wiring, active)
@@ -419,10 +425,10 @@ class HostdevBackend:
             raise DeviceShared('; '.join(problems) + ': a PCI device can only be given to one domain at a time; '
                                'set allow_shared=true if these domains never run at the same time')
 
-    def _live(self, dom: object, wanted: list[PciAddress], check_mode: bool) -> list[dict[str, object]]:
+    def _live(self, dom: Domain, wanted: list[PciAddress], check_mode: bool) -> list[dict[str, object]]:
         req = self.req
         try:
-            active = dom.isActive()  # type: ignore[attr-defined]
+            active = dom.isActive()
         except libvirt.libvirtError as exc:
             raise self._fail('cannot read the state of the domain', exc) from None
         if not active:
@@ -431,7 +437,7 @@ class HostdevBackend:
                                        '(use where=config to change its definition)' % (req.domain, req.uri))
             self.warnings.append('domain %r is not running: only its persistent definition was changed' % req.domain)
             return []
-        live_defn = DomainDefinition(dom.XMLDesc(0))  # type: ignore[attr-defined]
+        live_defn = DomainDefinition(dom.XMLDesc(0))
         out: list[dict[str, object]] = []
         for addr in wanted:
             present = live_defn.find(addr)
@@ -443,26 +449,26 @@ class HostdevBackend:
                 out.append({'address': str(addr), 'action': 'removed'})
                 if not check_mode:
                     try:
-                        dom.detachDeviceFlags(present.xml(), libvirt.VIR_DOMAIN_AFFECT_LIVE)  # type: ignore[attr-defined]
+                        dom.detachDeviceFlags(present.xml(), libvirt.VIR_DOMAIN_AFFECT_LIVE)
                     except libvirt.libvirtError as exc:
                         raise self._fail('live detach of %s failed' % addr, exc) from None
             else:
                 out.append({'address': str(addr), 'action': 'unchanged'})
         return out
 
-    def _attach_live(self, dom: object, xml: str, addr: PciAddress) -> None:
+    def _attach_live(self, dom: Domain, xml: str, addr: PciAddress) -> None:
         try:
-            dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)  # type: ignore[attr-defined]
+            dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as exc:
             if _ALREADY_ATTACHED in (exc.get_error_message() or ''):
                 return
             raise self._fail('live attach of %s failed' % addr, exc) from None
 
-    def _power(self, dom: object, config_changed: bool, check_mode: bool) -> str | None:
+    def _power(self, dom: Domain, config_changed: bool, check_mode: bool) -> str | None:
         """Start a stopped domain (start=true) or restart a running one whose definition changed."""
         req = self.req
         try:
-            active = dom.isActive()  # type: ignore[attr-defined]
+            active = dom.isActive()
         except libvirt.libvirtError as exc:
             raise self._fail('cannot read the state of the domain', exc) from None
         if active and req.restart and config_changed:
@@ -476,21 +482,21 @@ class HostdevBackend:
             return 'started'
         return None
 
-    def _shutdown(self, dom: object) -> None:
+    def _shutdown(self, dom: Domain) -> None:
         try:
             if self.req.shutdown_timeout > 0:
-                dom.shutdown()  # type: ignore[attr-defined]
+                dom.shutdown()
                 deadline = time.monotonic() + self.req.shutdown_timeout
-                while time.monotonic() < deadline and dom.isActive():  # type: ignore[attr-defined]
+                while time.monotonic() < deadline and dom.isActive():
                     time.sleep(0.5)
-            if dom.isActive():  # type: ignore[attr-defined]
-                dom.destroy()  # type: ignore[attr-defined]
+            if dom.isActive():
+                dom.destroy()
         except libvirt.libvirtError as exc:
             raise self._fail('stopping the domain for its restart failed', exc) from None
 
-    def _create(self, dom: object) -> None:
+    def _create(self, dom: Domain) -> None:
         try:
-            dom.create()  # type: ignore[attr-defined]
+            dom.create()
         except libvirt.libvirtError as exc:
             raise self._fail('starting the domain failed', exc) from None
 

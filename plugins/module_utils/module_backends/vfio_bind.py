@@ -29,13 +29,16 @@ import errno
 import json
 import os
 import re
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._files import write_atomic
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import ModuleRunner, Runner
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._iommu import group_members as iommu_group_members
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_gpu_info import running_hostdevs
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciAddress,
     PciAddressError,
@@ -45,6 +48,8 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     class_name,
     list_addresses,
     parse_id,
+    processes_holding,
+    read_locked_attributes,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import (
     Sysfs,
@@ -59,8 +64,6 @@ JOURNAL_VERSION = 1
 DRIVER_RE = re.compile(r'^[a-z0-9_-]+\Z')
 SETTLE_SECONDS = 2.0
 KERNEL_DEFAULT = None  # driver_after of a restore without journal: whatever the kernel probes
-
-Runner = Callable[[List[str]], Tuple[int, str, str]]
 
 
 class BindingError(FleetGpuError):
@@ -161,19 +164,8 @@ class Journal:
                     os.unlink(self.path)
                 return
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix='.vfio_bind.', suffix='.tmp', dir=directory)
-            try:
-                os.fchmod(fd, 0o600)
-                with os.fdopen(fd, 'w', encoding='utf-8') as handle:
-                    json.dump({'version': JOURNAL_VERSION, 'devices': self.entries}, handle, indent=1, sort_keys=True)
-                    handle.write('\n')
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            write_atomic(self.path, json.dumps({'version': JOURNAL_VERSION, 'devices': self.entries}, indent=1,
+                                               sort_keys=True) + '\n', 0o600)
         except OSError as exc:
             raise JournalError('cannot write the journal %s: %s' % (self.path, os.strerror(exc.errno or errno.EIO)),
                                journal_path=self.path) from None
@@ -248,7 +240,7 @@ class Binder:
 
     def __init__(self, sysfs: Sysfs, driver: str = 'vfio-pci', state: str = 'present', include_group: bool = False,
                  allow_boot_vga: bool = False, allow_in_use: bool = False, journal_path: str = DEFAULT_JOURNAL,
-                 runner: Optional[Runner] = None, modprobe: Optional[str] = None,
+                 runner: Optional[Runner] = None, modprobe: str = 'modprobe',
                  libvirt_check: Optional[bool] = None, libvirt_uri: str = 'qemu:///system',
                  release_ids: bool = False) -> None:
         self.sysfs = sysfs
@@ -270,7 +262,7 @@ class Binder:
         self.rolled_back: List[str] = []
         self.stuck: List[str] = []
         self.last_plan: Optional[BindPlan] = None
-        self._fds: Optional[List[Tuple[int, str]]] = None
+        self._open: Optional[Dict[str, List[Tuple[int, str]]]] = None
         self._domains: Optional[Dict[PciAddress, List[str]]] = None
         self._devices: Dict[PciAddress, PciDevice] = {}
         self.applying = False
@@ -328,109 +320,47 @@ class Binder:
 
     def group_members(self, group: int) -> List[PciDevice]:
         members = []
-        for name in self.sysfs.listdir(self.sysfs.sys('kernel', 'iommu_groups', str(group), 'devices')):
+        for address in iommu_group_members(self.sysfs, group):
             try:
-                members.append(self.device(PciAddress.parse(name)))
-            except (PciAddressError, PciDeviceNotFound):
+                members.append(self.device(address))
+            except PciDeviceNotFound:
                 continue
-        return sorted(members, key=lambda d: d.address)
+        return members
 
     # ---------------------------------------------------------------- reading state
     def _overrides(self, devices: List[PciDevice]) -> Dict[PciAddress, Optional[str]]:
-        paths = {d.attr('driver_override'): d for d in devices if self.sysfs.exists(d.attr('driver_override'))}
-        values, stuck = self.sysfs.read_bounded(list(paths))
+        values, stuck = read_locked_attributes(self.sysfs, devices, ('driver_override',))
         if stuck:
-            dev = paths[stuck[0]]
+            dev = next(d for d in devices if d.address in stuck)
             raise BindingApplyError(
                 '%s does not answer: reading its driver_override did not return within %gs. The device lock is '
                 'likely held by its driver (%s) stuck in probe or remove%s. Nothing was changed; unload or blacklist '
                 'that driver (or reboot) and run again.'
                 % (dev.address, self.sysfs.timeout, dev.driver or 'no driver', self._holders_text(dev)),
-                stuck=[str(paths[p].address) for p in stuck])
+                stuck=[str(d.address) for d in devices if d.address in stuck])
         out: Dict[PciAddress, Optional[str]] = {}
-        for path, dev in paths.items():
-            value = values.get(path)
+        for dev in devices:
+            if (dev.address, 'driver_override') not in values:
+                continue  # no driver_override attribute (an old kernel): nothing to keep
+            value = values[(dev.address, 'driver_override')]
             if value is None:
                 # Unreadable is not empty: taking it as empty would lose the override the device has.
                 raise BindingApplyError(
                     '%s: cannot read %s; nothing was changed (its current value could not be kept for the restore)'
-                    % (dev.address, path), device=str(dev.address))
+                    % (dev.address, dev.attr('driver_override')), device=str(dev.address))
             out[dev.address] = None if value in ('', '(null)') else value
         return out
 
     def holders(self, dev: PciDevice) -> List[str]:
         """Processes (and libvirt domains) that hold the device: ``"1234 (qemu) /dev/vfio/12"``."""
-        nodes = set()
-        for name in self.sysfs.listdir(dev.attr('drm')):
-            if name.startswith('card') or name.startswith('renderD'):
-                nodes.add('/dev/dri/%s' % name)
-        for card in self.sysfs.listdir(dev.attr('sound')):  # ALSA nodes of an HDMI/DP audio function
-            if card.startswith('card'):
-                for name in self.sysfs.listdir(os.path.join(dev.attr('sound'), card)):
-                    if name.startswith(('controlC', 'pcmC', 'hwC')):
-                        nodes.add('/dev/snd/%s' % name)
-        if dev.driver == 'nvidia':
-            minor = self._nvidia_minor(dev)
-            if minor is not None:
-                nodes.add('/dev/nvidia%d' % minor)
-            else:
-                nodes.add('/dev/nvidia*')
-        if dev.iommu_group is not None:
-            nodes.add('/dev/vfio/%d' % dev.iommu_group)
-        if self._fds is None:
-            self._fds = self.sysfs.fd_targets()
-        out = []
-        for pid, target in self._fds:
-            hit = target in nodes or ('/dev/nvidia*' in nodes and re.match(r'^/dev/nvidia\d+$', target))
-            if hit:
-                entry = '%d (%s) %s' % (pid, self.sysfs.process_name(pid), target)
-                if entry not in out:
-                    out.append(entry)
-        out.extend(self._libvirt_users(dev))
-        return out
-
-    def _nvidia_minor(self, dev: PciDevice) -> Optional[int]:
-        info = self.sysfs.read(self.sysfs.proc('driver', 'nvidia', 'gpus', str(dev.address), 'information'), default='')
-        match = re.search(r'Device Minor:\s*(\d+)', info)
-        return int(match.group(1)) if match else None
+        if self._open is None:
+            self._open = self.sysfs.open_devices()
+        return processes_holding(self.sysfs, dev, self._open) + self._libvirt_users(dev)
 
     def _libvirt_users(self, dev: PciDevice) -> List[str]:
         if self._domains is None:
-            self._domains = self._libvirt_hostdevs(self.libvirt_uri) if self.libvirt_check else {}
+            self._domains = running_hostdevs(self.libvirt_uri) if self.libvirt_check else {}
         return ['libvirt domain %s' % name for name in self._domains.get(dev.address, [])]
-
-    @staticmethod
-    def _libvirt_hostdevs(uri: str) -> Dict[PciAddress, List[str]]:
-        """PCI host devices of the running libvirt domains; empty when libvirt is absent or silent."""
-        try:
-            import libvirt  # pylint: disable=import-outside-toplevel
-        except ImportError:
-            return {}
-        import xml.etree.ElementTree as ET  # pylint: disable=import-outside-toplevel
-        found: Dict[PciAddress, List[str]] = {}
-        try:
-            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-            conn = libvirt.openReadOnly(uri)
-        except libvirt.libvirtError:
-            return {}
-        try:
-            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-                root = ET.fromstring(dom.XMLDesc(0))
-                for addr in root.findall("./devices/hostdev[@type='pci']/source/address"):
-                    try:
-                        used = PciAddress(int(addr.get('domain', '0'), 16), int(addr.get('bus', '0'), 16),
-                                          int(addr.get('slot', '0'), 16), int(addr.get('function', '0'), 16))
-                    except (ValueError, PciAddressError):
-                        continue
-                    found.setdefault(used, []).append(dom.name())
-        except (libvirt.libvirtError, ET.ParseError):
-            pass
-        finally:
-            try:
-                conn.close()
-            except libvirt.libvirtError:
-                pass
-        return found
 
     def _holders_text(self, dev: PciDevice) -> str:
         held = self.holders(dev)
@@ -599,11 +529,11 @@ class Binder:
     def _ensure_driver(self, name: str) -> None:
         if self.sysfs.isdir(self.sysfs.sys('bus', 'pci', 'drivers', name)):
             return
-        if self.runner is None or self.modprobe is None:
+        if self.runner is None or not self.runner.have(self.modprobe):
             raise BindingApplyError('driver %s is not loaded and modprobe is not available (modprobe is never run '
                                     'for a sysfs_root other than /sys: it would load the module into the running '
                                     'host\'s kernel)' % name)
-        rc, out, err = self.runner([self.modprobe, name])
+        rc, out, err = self.runner.run([self.modprobe, name], check=False)
         if rc != 0:
             raise BindingApplyError('modprobe %s failed (rc=%d): %s' % (name, rc, (err or out).strip()), rc=rc)
         if not self.sysfs.isdir(self.sysfs.sys('bus', 'pci', 'drivers', name)):
@@ -757,9 +687,6 @@ def run(module: AnsibleModule) -> dict:
     result: Dict[str, Any] = dict(changed=False, devices=[], rolled_back=[], stuck=[], released_ids=[],
                                   journal_path=params['journal_path'])
 
-    def runner(cmd: List[str]) -> Tuple[int, str, str]:
-        return module.run_command(cmd, environ_update={'LANG': 'C', 'LC_ALL': 'C'})
-
     binder = None
     try:
         sysfs = from_params(params)
@@ -769,8 +696,8 @@ def run(module: AnsibleModule) -> dict:
             sysfs,
             driver=params['driver'], state=params['state'], include_group=params['include_group'],
             allow_boot_vga=params['allow_boot_vga'], allow_in_use=params['allow_in_use'],
-            journal_path=params['journal_path'], runner=runner,
-            modprobe=module.get_bin_path('modprobe') if live else None, release_ids=params['release_ids'])
+            journal_path=params['journal_path'], runner=ModuleRunner(module) if live else None,
+            release_ids=params['release_ids'])
         plan = binder.plan(params['devices'], params['match'])
         for warning in plan.warnings:
             module.warn(warning)

@@ -97,11 +97,7 @@ def apply(result: HostFilesPlan, initramfs: Initramfs | None, runner: Runner, de
         for argv in result.commands:
             runner.run(argv)
     except (CommandError, _files.FileError) as exc:
-        for change in reversed(done):
-            try:
-                change.revert()
-            except _files.FileError:
-                pass
+        _files.revert_all(done)
         raise InitramfsError('%s; the previous configuration files were restored (the initramfs may need '
                              'rebuilding by hand before the next boot)' % exc) from None
     if initramfs is not None and result.commands:
@@ -136,7 +132,7 @@ def run(module: AnsibleModule) -> dict:
     facts = validate_facts(p['facts'] or {})
     host = facts.get('host') or {}
     builtin = bool(host.get('vfio_pci_builtin'))
-    kernel = p['kernel_release'] or host.get('kernel_release') or sysfs.read(sysfs.proc('sys', 'kernel', 'osrelease'), default='')
+    kernel = p['kernel_release'] or host.get('kernel_release') or sysfs.kernel_release() or ''
     if p['kernel_release'] is not None:
         check_kernel_release(p['root'], p['kernel_release'])
     decision = None

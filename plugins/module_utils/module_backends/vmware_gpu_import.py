@@ -33,8 +33,6 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backen
 VMX_SUFFIXES = ('.vmx',)
 OVF_SUFFIXES = ('.ovf',)
 MAX_FILE_BYTES = 4 * 1024 * 1024
-PASSTHRU_FIELDS = ('present', 'id', 'vendorid', 'deviceid', 'subvendorid', 'subdeviceid', 'systemid', 'vgpu',
-                   'allowed_devices', 'customlabel', 'pcislotnumber')
 # vendors whose passthrough devices are network / storage adapters, never GPUs
 NIC_VENDORS = {
     '15b3': 'Mellanox / NVIDIA networking',

@@ -11,7 +11,6 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     RomSpec,
     SlotRequest,
     canonical_xml,
-    hostdev_sources,
     hostdev_xml,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
@@ -222,7 +221,7 @@ def test_standalone_hostdev_xml_and_sources() -> None:
     assert elem.get('managed') == 'yes'
     assert elem.find('source/address').attrib == {'domain': '0x0000', 'bus': '0x41', 'slot': '0x00', 'function': '0x1'}
     assert elem.find('rom').get('bar') == 'off'
-    assert hostdev_sources(Q35.format(extra=hostdev('41:00.1'))) == [A('41:00.1')]
+    assert DomainDefinition(Q35.format(extra=hostdev('41:00.1'))).sources() == [A('41:00.1')]
 
 
 @pytest.mark.parametrize('nodeset,expected', [

@@ -73,6 +73,15 @@ def test_cmdline_values() -> None:
     assert cmdline_values('intel_iommu', 'intel_iommu') == []
 
 
+def test_cmdline_tokens_are_quote_aware(roots: dict) -> None:
+    # A quoted value is one token (as the kernel reads it): its words are not arguments of their own.
+    assert cmdline_values('dyndbg="x intel_iommu=off y" intel_iommu=on', 'intel_iommu') == ['on']
+    s = Sysfs(roots['workstation'])
+    units = HostIommu(s).units
+    assert interrupt_remapping(s, units, 'dyndbg="file x nointremap y"') is True
+    assert interrupt_remapping(s, units, 'a nointremap') is False
+
+
 def test_offending_members(roots: dict) -> None:
     s = Sysfs(roots['shared_group'])
     host = HostIommu(s)
@@ -86,7 +95,7 @@ def test_offending_members(roots: dict) -> None:
 def test_hgx_switch_ports_are_not_offenders(roots: dict) -> None:
     s = Sysfs(roots['hgx8'])
     host = HostIommu(s)
-    for number, addrs in host.groups.items():
+    for addrs in host.groups.values():
         members = [PciDevice.read(s, a) for a in addrs]
         gpus = {m.address for m in members if m.class_code >> 8 == 0x0302}
         if gpus:

@@ -6,7 +6,7 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -23,6 +23,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backen
     JournalError,
     validate_driver,
 )
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import Runner  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs  # noqa: E402
 
 
@@ -195,6 +196,7 @@ def test_journal_is_root_only_and_replaced_atomically(tmp_path: Path) -> None:
     ('[]', 'no "devices" mapping'),
     ('{"devices": {"0000:01:00.0": {"driver_before": "nv; reboot"}}}', "invalid driver 'nv; reboot'"),
     ('{"devices": {"0000:01:00.0": 5}}', 'malformed entry'),
+    ('{"devices": {"zz:bad": {"driver_before": "nvidia"}}}', "entry with an invalid address: invalid PCI address 'zz:bad'"),
 ])
 def test_damaged_journal_is_a_clear_error(tmp_path: Path, content: str, needle: str) -> None:
     path = tmp_path / 'j.json'
@@ -217,6 +219,19 @@ def test_unwritable_journal_fails_before_any_kernel_write(tmp_path: Path) -> Non
 
 
 # ----------------------------------------------------------------------------- driver loading
+class FakeRunner(Runner):
+    """A host-command runner that hands each argument list to ``call`` (every program is there)."""
+
+    def __init__(self, call: Callable[[list], tuple]) -> None:
+        self.call = call
+
+    def have(self, program: str) -> bool:
+        return True
+
+    def run(self, argv: list[str], check: bool = True) -> tuple[int, str, str]:
+        return self.call(argv)
+
+
 def test_modprobe_loads_a_missing_driver(tmp_path: Path) -> None:
     topo = simkernel.load_topology('workstation')  # vfio_pci not loaded: no drivers/vfio-pci
     calls: list = []
@@ -231,13 +246,13 @@ def test_modprobe_loads_a_missing_driver(tmp_path: Path) -> None:
                 open(os.path.join(drivers, 'vfio-pci', attr), 'w').close()
             return 0, '', ''
 
-        b = Binder(Sysfs(root, timeout=2.0), journal_path=str(tmp_path / 'j.json'), runner=runner,
+        b = Binder(Sysfs(root, timeout=2.0), journal_path=str(tmp_path / 'j.json'), runner=FakeRunner(runner),
                    modprobe='/sbin/modprobe')
         b.apply(b.plan(['0000:01:00.0', '0000:01:00.1']))
         assert calls == [['/sbin/modprobe', 'vfio-pci']]
         assert os.path.basename(os.readlink(os.path.join(root, 'bus/pci/devices/0000:01:00.0/driver'))) == 'vfio-pci'
         # loaded now: no second modprobe
-        b2 = Binder(Sysfs(root, timeout=2.0), journal_path=str(tmp_path / 'j.json'), runner=runner,
+        b2 = Binder(Sysfs(root, timeout=2.0), journal_path=str(tmp_path / 'j.json'), runner=FakeRunner(runner),
                     modprobe='/sbin/modprobe', state='absent')
         b2.apply(b2.plan(['0000:01:00.0', '0000:01:00.1']))
         assert len(calls) == 1
@@ -245,7 +260,7 @@ def test_modprobe_loads_a_missing_driver(tmp_path: Path) -> None:
 
 def test_failing_modprobe_is_reported_and_nothing_moves(tmp_path: Path) -> None:
     sysfs = static(tmp_path, 'workstation')
-    b = binder(sysfs, tmp_path, runner=lambda cmd: (1, '', 'modprobe: FATAL: Module vfio-pci not found.'),
+    b = binder(sysfs, tmp_path, runner=FakeRunner(lambda cmd: (1, '', 'modprobe: FATAL: Module vfio-pci not found.')),
                modprobe='/sbin/modprobe')
     plan = b.plan(['0000:01:00.0', '0000:01:00.1'])
     with pytest.raises(BindingApplyError) as info:
