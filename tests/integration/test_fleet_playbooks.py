@@ -426,8 +426,11 @@ def test_libvirt_gpu_info_reads_every_domain_and_survives_no_libvirt(run_playboo
     assert info['available'] is True and info['changed'] is False
     assert info['domains'] == [
         {'name': 'info1', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': ['0000:41:00.0'],
+         'config_hostdevs': [{'address': '0000:41:00.0', 'guest_address': '0000:02:00.0', 'managed': False,
+                              'multifunction': False, 'rom': None}],
          'numa_nodes': [1]},
-        {'name': 'info2', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': [], 'numa_nodes': []}]
+        {'name': 'info2', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': [], 'config_hostdevs': [],
+         'numa_nodes': []}]
     assert info['via'] == 'python' and info['python_modules_missing'] == []
     none = tasks(doc, 'none')[0]
     assert none['status'] == 'ok' and none['result']['available'] is False and none['result']['domains'] == []

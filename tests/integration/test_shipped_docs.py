@@ -1,7 +1,7 @@
 """The installed collection's documentation refers only to what the collection ships.
 
 The tests, the benchmarks, the Molecule scenarios, the scripts, the test inventories and the
-repository-only pages (docs/contributing.md, docs/testing.md, docs/testbed.md) are not in the
+repository-only pages (docs/contributing.md, docs/ARCHITECTURE.md, docs/testing.md, docs/testbed.md) are not in the
 tarball: a shipped page that points at them sends the user to nothing. Only README.md speaks of
 the source repository, in sections whose heading says so.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 REPO_ONLY = re.compile(r'(?<![\w./-])(?:tests|bench|molecule|inventories|scripts|\.ci)/'
                        r'|\bmake (?:demo|test|e2e|collection|bootstrap)\b|\.venv/'
-                       r'|\b(?:contributing|testing|testbed)\.md\b')
+                       r'|\b(?:contributing|testing|testbed|ARCHITECTURE)\.md\b')
 LINK = re.compile(r'\]\(([^)#\s]+)(?:#[^)]*)?\)')
 
 
@@ -53,5 +53,5 @@ def test_shipped_docs_name_only_what_ships(installed_collection: Path) -> None:
 def test_the_repository_only_pages_are_not_shipped(installed_collection: Path) -> None:
     docs = installed_collection / 'ansible_collections' / 'fleetgpu' / 'passthrough' / 'docs'
     assert (docs / 'fleet.md').is_file()
-    for name in ('contributing.md', 'testing.md', 'testbed.md'):
+    for name in ('contributing.md', 'ARCHITECTURE.md', 'testing.md', 'testbed.md'):
         assert not (docs / name).exists(), name
