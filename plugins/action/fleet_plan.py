@@ -12,11 +12,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ansible.errors import AnsibleUndefinedVariable
 from ansible.module_utils.common.text.converters import to_text
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.fleetgpu.passthrough.plugins.plugin_utils._hostvars import hostvar
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.fleet_plan import (
     HostInput,
@@ -39,19 +39,11 @@ _ARGS = {
 }
 
 
-def _hostvar(hostvars: Mapping[str, Any], host: str, name: str) -> object:
-    try:
-        value = hostvars[host][name]
-    except (KeyError, TypeError, AnsibleUndefinedVariable):
-        return None
-    return value if isinstance(value, (dict, list, str, bool, int, float)) else None
-
-
 def read_host(hostvars: Mapping[str, Any], host: str, ok_hosts: set[str], names: dict[str, str]) -> HostInput:
     """One host's HostInput from what play 1 registered for it."""
     info = HostInput(name=host)
-    facts_res = _hostvar(hostvars, host, names['facts_result'])
-    boot = _hostvar(hostvars, host, 'vfio_host_allow_boot_vga')
+    facts_res = hostvar(hostvars, host, names['facts_result'])
+    boot = hostvar(hostvars, host, 'vfio_host_allow_boot_vga')
     try:
         info.allow_boot_vga = boolean(boot, strict=False) if boot is not None else False
     except TypeError:
@@ -69,16 +61,16 @@ def read_host(hostvars: Mapping[str, Any], host: str, ok_hosts: set[str], names:
         return info
     facts = (res.get('ansible_facts') or {}).get('gpu_passthrough')
     if not isinstance(facts, dict):
-        ansible_facts = _hostvar(hostvars, host, 'ansible_facts')
+        ansible_facts = hostvar(hostvars, host, 'ansible_facts')
         facts = ansible_facts.get('gpu_passthrough') if isinstance(ansible_facts, dict) else None
     if not isinstance(facts, dict):
         info.status, info.message = 'failed', 'no gpu_passthrough facts: run gpu_facts before fleet_plan'
         return info
     info.facts = facts
-    lv = _hostvar(hostvars, host, names['libvirt_result'])
+    lv = hostvar(hostvars, host, names['libvirt_result'])
     info.libvirt = lv if isinstance(lv, dict) and 'available' in lv else {'available': False,
                                                                           'error': 'libvirt_gpu_info did not run'}
-    check = _hostvar(hostvars, host, names['check_result'])
+    check = hostvar(hostvars, host, names['check_result'])
     if isinstance(check, dict):
         for finding in check.get('findings') or []:
             if isinstance(finding, dict) and finding.get('severity') != 'info':

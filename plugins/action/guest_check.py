@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ansible.errors import AnsibleUndefinedVariable
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.fleetgpu.passthrough.plugins.plugin_utils._hostvars import hostvar
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.guest_check import (
     GuestCheckError,
@@ -36,18 +36,10 @@ _ARGS = {
 }
 
 
-def _hostvar(hostvars: Mapping[str, Any], host: str, name: str) -> object:
-    try:
-        value = hostvars[host][name]
-    except (KeyError, TypeError, AnsibleUndefinedVariable):
-        return None
-    return value
-
-
 def read_host(hostvars: Mapping[str, Any], host: str, facts_result: str, libvirt_result: str) -> HostView:
     """One KVM host's view from what the first play registered for it."""
     view = HostView(name=host)
-    facts = _hostvar(hostvars, host, facts_result)
+    facts = hostvar(hostvars, host, facts_result)
     if not isinstance(facts, dict) or not facts:
         view.error = 'no %s result (not in the play that reads the KVM hosts, or unreachable)' % facts_result
         return view
@@ -61,7 +53,7 @@ def read_host(hostvars: Mapping[str, Any], host: str, facts_result: str, libvirt
     if not isinstance(gpus, list):
         view.error = '%s holds no gpu_passthrough facts' % facts_result
         return view
-    libvirt = _hostvar(hostvars, host, libvirt_result)
+    libvirt = hostvar(hostvars, host, libvirt_result)
     if not isinstance(libvirt, dict) or 'available' not in libvirt:
         view.error = 'no %s result (libvirt_gpu_info did not run there)' % libvirt_result
         return view
