@@ -21,9 +21,7 @@
 #                    one: VM requests placed across them (spread), one reboot each,
 #                    idempotence, each VM starts with its GPU, a request that cannot fit and
 #                    drift refused before any change, a fourth request moves nothing, restore
-# The fleet scenario and the runtime tests run side by side (the scenario starts first, the
-# runtime hosts boot once its hosts are up): most of each one's time is spent on one test host at
-# a time, so the two cores are shared, not overloaded.
+# The Molecule scenarios run two at a time (FLEETGPU_E2E_JOBS, default 2).
 #
 # Every QEMU started here is stopped on exit, whatever happens (trap + launch.py sweep).
 # FLEETGPU_E2E_ONLY="intel amd ..." runs a subset of the phases above.
@@ -45,6 +43,7 @@ export ANSIBLE_SSH_RETRIES=${ANSIBLE_SSH_RETRIES:-3}
 logs="$here/.cache/e2e-logs"
 mkdir -p "$logs"
 only=" ${FLEETGPU_E2E_ONLY:-image collection runtime fleet} "
+jobs=${FLEETGPU_E2E_JOBS:-2}
 # The whole phase stays inside this budget (seconds): each step's limit is cut to what is left.
 budget=${FLEETGPU_E2E_BUDGET:-3300}
 deadline=$((SECONDS + budget))
@@ -152,31 +151,6 @@ if [ ! -f "$(bash roles/testbed/files/build_image.sh --path)/ready" ]; then
   record rest 0 FAILED
 else
   wants collection && phase collection 300 bash scripts/install-collection.sh
-  # The fleet scenario and the runtime tests run side by side: each spends most of its time on
-  # one test host at a time (a reboot, an initramfs rebuild, a nested guest), so together they
-  # take little more than the longer one alone. The scenario starts first; the runtime hosts boot
-  # once its two hosts are up, so that five boots do not share the two cores at once.
-  scenarios=()
-  wants fleet && scenarios+=(fleet)
-  rm -f "$logs"/molecule-*.result "$logs"/molecule-*.log "$logs"/diagnosis-*.txt
-  scenario_pids=()
-  # FLEETGPU_E2E_SERIAL=1 runs them one after the other instead (runtime first).
-  serial=${FLEETGPU_E2E_SERIAL:-0}
-  if [ "$serial" != 1 ]; then
-    for s in "${scenarios[@]}"; do
-      molecule_scenario "$s" 2700 &
-      scenario_pids+=($!)
-    done
-  fi
-  if [ "$serial" != 1 ] && [ "${#scenarios[@]}" -gt 0 ] && wants runtime; then
-    t_wait=$SECONDS
-    # the scenario's hosts are up when molecule moves past its create step (at most 5 minutes)
-    while [ $((SECONDS - t_wait)) -lt 300 ] && ! grep -q '\[fleet > prepare\]' "$logs/molecule-fleet.log" 2>/dev/null &&
-        [ ! -f "$logs/molecule-fleet.result" ]; do
-      sleep 5
-    done
-    echo "--- e2e: the runtime tests start beside the fleet scenario ($((SECONDS - t_wait)) s after it)"
-  fi
   if wants runtime; then
     # --durations: where the phase's time went, test by test (setup = the hosts' boot)
     phase runtime 1800 pytest -q -rs --durations=12 -p no:cacheprovider tests/testbed/test_real_kernel.py \
@@ -193,16 +167,21 @@ else
       done
     fi
   fi
-  if [ "$serial" = 1 ]; then
-    for s in "${scenarios[@]}"; do
-      molecule_scenario "$s" 2700 &
-      scenario_pids+=($!)
-    done
-  fi
+
+  scenarios=()
+  wants fleet && scenarios+=(fleet)
   if [ "${#scenarios[@]}" -gt 0 ]; then
-    t_wait=$SECONDS
-    wait "${scenario_pids[@]}"
-    [ "$t_wait" != "$SECONDS" ] && echo "--- e2e: waited $((SECONDS - t_wait)) s for the Molecule scenarios"
+    rm -f "$logs"/molecule-*.result "$logs"/diagnosis-*.txt
+    running=0
+    for s in "${scenarios[@]}"; do
+      limit=2700
+      molecule_scenario "$s" "$limit" &
+      # Molecule installs the collection under ~/.ansible when it starts: do not race it.
+      sleep 30
+      running=$((running + 1))
+      if [ "$running" -ge "$jobs" ]; then wait -n; running=$((running - 1)); fi
+    done
+    wait
     for s in "${scenarios[@]}"; do
       read -r st secs < "$logs/molecule-$s.result" 2>/dev/null || { st=FAILED; secs=0; }
       record "molecule-$s" "$secs" "$st"
