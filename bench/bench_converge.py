@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'roles' / 'testbed' / 'files'))
@@ -43,7 +43,7 @@ def boots(host: launch.TestHost) -> int:
     return len(host.ssh(['cat', '/var/lib/fleetgpu-testbed/boots']).stdout.splitlines())
 
 
-def converge(host: launch.TestHost, inventory: Path) -> Dict[str, float]:
+def converge(host: launch.TestHost, inventory: Path, pipelining: str = 'inventory') -> Dict[str, Any]:
     env = dict(os.environ)
     env.update({
         'ANSIBLE_COLLECTIONS_PATH': str(REPO / '.cache' / 'collections'),
@@ -56,6 +56,8 @@ def converge(host: launch.TestHost, inventory: Path) -> Dict[str, float]:
     cmd = [str(bin_dir / 'ansible-playbook') if bin_dir.exists() else 'ansible-playbook',
            '-i', str(REPO / 'inventories' / 'testbed'), '-i', str(inventory), '-l', host.name,
            str(REPO / 'playbooks' / 'site.yml')]
+    if pipelining != 'inventory':
+        cmd += ['-e', 'ansible_pipelining=%s' % ('true' if pipelining == 'on' else 'false')]
     b0 = boots(host)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=2400, check=False)
@@ -70,12 +72,16 @@ def converge(host: launch.TestHost, inventory: Path) -> Dict[str, float]:
     modules = [t for t in tasks if _is_module_run(t)]
     return {'modules': len(modules), 'tasks': len(tasks), 'changed': stats['changed'],
             'reboots': boots(host) - b0, 'wall_s': wall,
-            'module_list': ['%s (%s)' % (t['task'], t['action']) for t in modules]}
+            'module_list': ['%s (%s)' % (t['task'], t['action']) for t in modules],
+            'slowest': sorted(((t.get('seconds', 0.0), t['task']) for t in tasks), reverse=True)[:8]}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--topology', default='intel', choices=['intel', 'amd'])
+    ap.add_argument('--pipelining', default='inventory', choices=['inventory', 'on', 'off', 'both'],
+                    help='SSH pipelining for the runs: as the inventory says (the test-bed inventory turns it '
+                         'on), forced on or off, or "both": the no-op converge once with and once without')
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix='fleetgpu-bench-') as tmp:
         host = launch.TestHost('testbed-%s' % args.topology, topology=args.topology, run_dir=Path(tmp) / 'run')
@@ -88,18 +94,26 @@ def main() -> int:
                            input=xml, text=True, check=True, capture_output=True, timeout=120)
             inventory = Path(tmp) / 'inventory.yml'
             host.write_inventory(inventory, group='gpu_hosts')
-            first = converge(host, inventory)
-            second = converge(host, inventory)
+            modes = ['on', 'off'] if args.pipelining == 'both' else [args.pipelining]
+            first = converge(host, inventory, modes[0])
+            noops = [(mode, converge(host, inventory, mode)) for mode in modes]
         finally:
             host.stop()
     print('test host %s: boot to SSH %.0f s' % (args.topology, boot_s))
-    print('%-18s %8s %6s %8s %8s %9s' % ('converge', 'modules', 'tasks', 'changed', 'reboots', 'wall'))
-    for name, fig in (('first', first), ('second (no-op)', second)):
-        print('%-18s %8d %6d %8d %8d %8.0fs' % (name, fig['modules'], fig['tasks'], fig['changed'], fig['reboots'],
+    print('%-26s %8s %6s %8s %8s %9s' % ('converge', 'modules', 'tasks', 'changed', 'reboots', 'wall'))
+    label = {'inventory': '', 'on': ', pipelining', 'off': ', no pipelining'}
+    rows = [('first' + label[modes[0]], first)] + [('no-op' + label[mode], fig) for mode, fig in noops]
+    for name, fig in rows:
+        print('%-26s %8d %6d %8d %8d %8.0fs' % (name, fig['modules'], fig['tasks'], fig['changed'], fig['reboots'],
                                                 fig['wall_s']))
+    second = noops[0][1]
     print('module runs of the no-op converge:')
     for line in second['module_list']:
         print('  ' + line)
+    for mode, fig in noops:
+        print('slowest tasks of the no-op converge%s:' % label[mode])
+        for seconds, task in fig['slowest']:
+            print('  %6.1f s  %s' % (seconds, task))
     return 0
 
 

@@ -189,6 +189,15 @@ skipped_commands:
   type: list
   elements: list
   sample: [[update-initramfs, -u, -k, all]]
+verified_unchanged:
+  description:
+    - Images not listed again this run because a real run of this module found them good and they have not
+      changed since (same inode, size, modification and change times, same expectations). The record is
+      C(ROOT/var/lib/fleetgpu-passthrough/initramfs_verified.json); O(state=absent) removes it.
+  returned: always
+  type: list
+  elements: str
+  sample: [/boot/initrd.img-6.1.0-27-amd64]
 '''
 
 from ansible.module_utils.basic import AnsibleModule

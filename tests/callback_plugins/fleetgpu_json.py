@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from ansible.plugins.callback import CallbackBase
 
@@ -22,6 +23,13 @@ class CallbackModule(CallbackBase):
     def __init__(self) -> None:
         super().__init__()
         self.tasks: list[dict] = []
+        self._task_started = time.monotonic()
+
+    def v2_playbook_on_task_start(self, task, is_conditional) -> None:
+        self._task_started = time.monotonic()
+
+    def v2_playbook_on_handler_task_start(self, task) -> None:
+        self._task_started = time.monotonic()
 
     def _add(self, result, status: str) -> None:
         self.tasks.append({
@@ -29,6 +37,8 @@ class CallbackModule(CallbackBase):
             'action': result._task.action,
             'host': result._host.get_name(),
             'status': status,
+            # seconds since the task started (for the benchmarks; no test asserts a time)
+            'seconds': round(time.monotonic() - self._task_started, 2),
             'result': self._clean(result._result),
         })
 

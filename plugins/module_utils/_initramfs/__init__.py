@@ -17,6 +17,7 @@ inside.  Commands go through the :class:`Runner` seam.
 from __future__ import annotations
 
 import abc
+import json
 import os
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
@@ -24,6 +25,22 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import CommandError, Runner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vfio_files import (
     ADDRESSES_CONF, MODPROBE_CONF, VFIO_MODULES)
+
+
+#: The images found good since they last changed (ROOT-relative). Listing an image decompresses the
+#: whole of it: seconds on a server, tens of seconds on a small or emulated host, on every converge.
+#: An image whose identity (device, inode, size, modification and change times: a rebuild or any
+#: write changes the change time) and expectations are recorded here as verified is not listed
+#: again. Written only by a real run, after a good verification; removed by state=absent.
+VERIFIED = '/var/lib/fleetgpu-passthrough/initramfs_verified.json'
+
+
+def _identity(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 class InitramfsError(FleetGpuError):
@@ -80,6 +97,10 @@ class Initramfs(metaclass=abc.ABCMeta):
     def __init__(self, root: str, runner: Runner) -> None:
         self.root = root or '/'
         self.runner = runner
+        self._verified: dict[str, dict[str, object]] | None = None
+        self._verified_dirty = False
+        #: images whose listing was skipped because the record shows them verified and unchanged
+        self.reused: list[str] = []
 
     def path(self, path: str) -> str:
         return _files.rooted(self.root, path)
@@ -109,8 +130,39 @@ class Initramfs(metaclass=abc.ABCMeta):
         _rc, out, _err = self.runner.run([self.list_tool, image])
         return [p for p in (_path_of(line) for line in out.splitlines()) if p]
 
+    def verified_path(self) -> str:
+        return self.path(VERIFIED)
+
+    def _records(self) -> dict[str, dict[str, object]]:
+        if self._verified is None:
+            self._verified = {}
+            text = _files.read(self.verified_path())
+            try:
+                data = json.loads(text) if text else {}
+            except ValueError:
+                data = {}  # a damaged record only costs a listing; the next good verification rewrites it
+            if isinstance(data, dict) and isinstance(data.get('images'), dict):
+                self._verified = {k: v for k, v in data['images'].items() if isinstance(v, dict)}
+        return self._verified
+
+    def save_verified(self) -> None:
+        """Write the record of verified images (only a real run calls this, after verify found them good)."""
+        if not self._verified_dirty or self._verified is None:
+            return
+        content = json.dumps({'images': self._verified}, indent=1, sort_keys=True) + '\n'
+        try:
+            _files.write(self.verified_path(), content, 0o644, keep_backup=False)
+        except _files.FileError:
+            pass  # the record only saves time: a host where it cannot be written lists its images each run
+        self._verified_dirty = False
+
     def verify(self, kernel: str, per_address: bool, builtin: bool, present: bool = True) -> list[str]:
-        """Problems found in the images of ``kernel`` (empty: good)."""
+        """Problems found in the images of ``kernel`` (empty: good).
+
+        With ``present``, an image recorded as verified for the same expectations and unchanged since
+        (see :data:`VERIFIED`) is not listed again; every image found good is recorded in memory
+        (:meth:`save_verified` writes the record).
+        """
         if self.runner.skips(self.list_tool):
             # a prefix root without the listing tool: nothing can be verified, nothing is run on the host
             return []
@@ -118,23 +170,39 @@ class Initramfs(metaclass=abc.ABCMeta):
         if not images:
             return ['no initramfs image for kernel %s was found under %s' % (kernel, self.path('/boot'))]
         problems = []
+        expect = {'builtin': builtin, 'per_address': per_address, 'expected': sorted(self.expected(per_address)),
+                  'generator': self.name}
+        records = self._records() if present else {}
         for image in images:
+            identity = _identity(self.path(image))
+            record = records.get(image)
+            if present and identity is not None and record == {'identity': identity, 'expect': expect}:
+                self.reused.append(image)
+                continue
             try:
                 listing = self.list_image(image)
             except CommandError as exc:
                 problems.append('cannot list %s: %s' % (image, exc))
                 continue
             names = set(listing)
+            found: list[str] = []
             if present:
                 if not builtin and not any(_is_vfio_pci(n) for n in listing):
-                    problems.append('%s does not contain the vfio-pci module' % image)
+                    found.append('%s does not contain the vfio-pci module' % image)
                 for want in self.expected(per_address):
                     if want not in names:
-                        problems.append('%s does not contain %s' % (image, want))
+                        found.append('%s does not contain %s' % (image, want))
+                if not found and identity is not None:
+                    records[image] = {'identity': identity, 'expect': expect}
+                    self._verified_dirty = True
+                elif image in records:
+                    del records[image]
+                    self._verified_dirty = True
             else:
                 for gone in self.expected(per_address):
                     if gone in names:
-                        problems.append('%s still contains %s' % (image, gone))
+                        found.append('%s still contains %s' % (image, gone))
+            problems.extend(found)
         return problems
 
 

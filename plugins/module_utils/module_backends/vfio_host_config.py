@@ -72,6 +72,7 @@ def plan(root: str, initramfs: Initramfs | None, decision: Decision | None, buil
     result.files = [f for f in plan_files(root, initramfs, decision, builtin) if f.changed]
     per_address = bool(decision and decision.addresses)
     if initramfs is None or not update:
+        _forget_verified(result, initramfs, decision)
         return result
     if result.files:
         result.rebuild = True
@@ -81,9 +82,19 @@ def plan(root: str, initramfs: Initramfs | None, decision: Decision | None, buil
         if problems:
             result.rebuild = True
             result.rebuild_reason = '; '.join(problems)
+    _forget_verified(result, initramfs, decision)
     if result.rebuild:
         result.commands = initramfs.regenerate()
     return result
+
+
+def _forget_verified(result: HostFilesPlan, initramfs: Initramfs | None, decision: Decision | None) -> None:
+    """state=absent: the record of verified images goes with the rest (it asks for no rebuild)."""
+    if initramfs is None or decision is not None:
+        return
+    record = _files.plan(initramfs.verified_path(), None)
+    if record.changed:
+        result.files.append(record)
 
 
 def apply(result: HostFilesPlan, initramfs: Initramfs | None, runner: Runner, decision: Decision | None, builtin: bool,
@@ -154,6 +165,8 @@ def run(module: AnsibleModule) -> dict:
     skipped = [argv for argv in host_plan.commands if runner.skips(argv[0])]
     if host_plan.changed and not module.check_mode:
         apply(host_plan, initramfs, runner, decision, builtin, kernel)
+    if initramfs is not None and decision is not None and not module.check_mode:
+        initramfs.save_verified()
     for argv in skipped:
         module.warn('not run: %s (the root %s does not hold %s, and a prefix root never runs the running host\'s '
                     'tools)' % (' '.join(argv), p['root'], argv[0]))
@@ -164,6 +177,7 @@ def run(module: AnsibleModule) -> dict:
         'files': [f.path for f in host_plan.files],
         'commands': [argv for argv in host_plan.commands if argv not in skipped],
         'skipped_commands': skipped,
+        'verified_unchanged': initramfs.reused if initramfs else [],
         'ids': decision.ids if decision else [],
         'addresses': decision.addresses if decision else [],
         'softdeps': decision.softdeps if decision else [],

@@ -262,3 +262,103 @@ def test_lsinitrd_long_listing(tmp_path: Path) -> None:
         % (KERNEL, KERNEL))
     generator = backend('dracut', str(root), FakeGenerator(root, 'dracut'))
     assert generator.verify(KERNEL, per_address=True, builtin=False) == []
+
+
+def _lists(runner: FakeGenerator) -> int:
+    return sum(1 for argv in runner.calls if argv[0] in ('lsinitramfs', 'lsinitrd', 'lsinitcpio'))
+
+
+def test_verified_image_is_not_listed_again_until_it_changes(tmp_path: Path, sysfs: Sysfs) -> None:
+    """A real run records the images it found good; later runs list only an image that changed since."""
+    root = _root(tmp_path, 'initramfs-tools')
+    decision = decide(FACTS, [{'address': '01:00.0'}], sysfs)
+    runner = FakeGenerator(root, 'initramfs-tools')
+    first = backend('initramfs-tools', str(root), runner)
+    _vfio_host_apply.apply(_vfio_host_apply.plan(str(root), first, decision, False, KERNEL, True),
+                           first, runner, decision, False, KERNEL)
+    assert _lists(runner) == 1
+    record = root / 'var/lib/fleetgpu-passthrough/initramfs_verified.json'
+    assert not record.exists()  # only save_verified() writes (a real run; check mode never calls it)
+    first.save_verified()
+    assert IMAGES['initramfs-tools'] in record.read_text()
+
+    # the next converge: nothing to change, the image is not decompressed again
+    runner = FakeGenerator(root, 'initramfs-tools')
+    again = backend('initramfs-tools', str(root), runner)
+    plan = _vfio_host_apply.plan(str(root), again, decision, False, KERNEL, True)
+    assert not plan.changed and _lists(runner) == 0
+    assert again.reused == [IMAGES['initramfs-tools']]
+
+    # the same image checked for other expectations (per-address binding off) is listed
+    runner = FakeGenerator(root, 'initramfs-tools')
+    other = backend('initramfs-tools', str(root), runner)
+    other.verify(KERNEL, per_address=False, builtin=False)
+    assert _lists(runner) == 1
+
+    # someone rebuilt the image without the hook: it is listed again and the rebuild is asked for
+    image = root / IMAGES['initramfs-tools'].lstrip('/')
+    image.write_text('usr/lib/modules/x/vfio-pci.ko\n')
+    runner = FakeGenerator(root, 'initramfs-tools')
+    changed = backend('initramfs-tools', str(root), runner)
+    plan = _vfio_host_apply.plan(str(root), changed, decision, False, KERNEL, True)
+    assert _lists(runner) == 1 and plan.rebuild and 'does not contain' in plan.rebuild_reason
+    # a bad image is taken out of the record, so no later run trusts it
+    changed.save_verified()
+    assert IMAGES['initramfs-tools'] not in record.read_text()
+
+
+def test_same_content_rewritten_is_listed_again(tmp_path: Path, sysfs: Sysfs) -> None:
+    """Identity includes the change time: an image written again with the same size is not trusted."""
+    root = _root(tmp_path, 'initramfs-tools')
+    decision = decide(FACTS, [{'address': '01:00.0'}], sysfs)
+    runner = FakeGenerator(root, 'initramfs-tools')
+    generator = backend('initramfs-tools', str(root), runner)
+    _vfio_host_apply.apply(_vfio_host_apply.plan(str(root), generator, decision, False, KERNEL, True),
+                           generator, runner, decision, False, KERNEL)
+    generator.save_verified()
+    image = root / IMAGES['initramfs-tools'].lstrip('/')
+    st = image.stat()
+    image.write_text(image.read_text())
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and modification time, new change time
+    if image.stat().st_ctime_ns == st.st_ctime_ns:
+        pytest.skip('this file system did not move the change time')
+    runner = FakeGenerator(root, 'initramfs-tools')
+    again = backend('initramfs-tools', str(root), runner)
+    assert again.verify(KERNEL, per_address=True, builtin=False) == [] and _lists(runner) == 1
+
+
+def test_damaged_record_costs_only_a_listing(tmp_path: Path, sysfs: Sysfs) -> None:
+    root = _root(tmp_path, 'initramfs-tools')
+    record = root / 'var/lib/fleetgpu-passthrough/initramfs_verified.json'
+    record.parent.mkdir(parents=True)
+    record.write_text('{not json')
+    (root / IMAGES['initramfs-tools'].lstrip('/')).write_text(
+        'usr/lib/modules/%s/kernel/drivers/vfio/pci/vfio-pci.ko.xz\netc/modprobe.d/fleetgpu-passthrough.conf\n'
+        'etc/fleetgpu-passthrough/vfio-pci-addresses\nscripts/init-top/fleetgpu-passthrough\n' % KERNEL)
+    runner = FakeGenerator(root, 'initramfs-tools')
+    generator = backend('initramfs-tools', str(root), runner)
+    assert generator.verify(KERNEL, per_address=True, builtin=False) == [] and _lists(runner) == 1
+    generator.save_verified()
+    assert '"images"' in record.read_text()
+
+
+def test_absent_removes_the_record(tmp_path: Path, sysfs: Sysfs) -> None:
+    root = _root(tmp_path, 'initramfs-tools')
+    decision = decide(FACTS, [{'address': '01:00.0'}], sysfs)
+    runner = FakeGenerator(root, 'initramfs-tools')
+    generator = backend('initramfs-tools', str(root), runner)
+    _vfio_host_apply.apply(_vfio_host_apply.plan(str(root), generator, decision, False, KERNEL, True),
+                           generator, runner, decision, False, KERNEL)
+    generator.save_verified()
+    record = root / 'var/lib/fleetgpu-passthrough/initramfs_verified.json'
+    assert record.exists()
+    undo = backend('initramfs-tools', str(root), runner)
+    plan = _vfio_host_apply.plan(str(root), undo, None, False, KERNEL, True)
+    assert str(record) in [f.path for f in plan.files]
+    _vfio_host_apply.apply(plan, undo, runner, None, False, KERNEL)
+    assert not record.exists() and not record.parent.exists()
+    # with only the record left, absent removes it without rebuilding anything
+    record.parent.mkdir(parents=True)
+    record.write_text('{"images": {}}\n')
+    plan = _vfio_host_apply.plan(str(root), backend('initramfs-tools', str(root), runner), None, False, KERNEL, True)
+    assert [f.path for f in plan.files] == [str(record)] and not plan.rebuild
