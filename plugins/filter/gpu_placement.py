@@ -106,7 +106,7 @@ _value:
       description: The request's C(start) flag.
       type: bool
     binding:
-      description: The request's C(binding), V(static) (the default) or V(dynamic).
+      description: The request's C(binding) when it is V(dynamic) (absent for the default V(static)).
       type: str
     domain_xml:
       description: The request's C(domain_xml), when it has one.
@@ -368,8 +368,9 @@ def place(facts: dict, domains: list, assignments: dict | None = None, state: st
 
 
 def _entry(req: _Request, devices: list[str], kept: list[str], added: list[str]) -> dict:
-    out: dict[str, object] = {'name': req.name, 'devices': devices, 'kept': kept, 'added': added, 'start': req.start,
-                              'binding': req.binding}
+    out: dict[str, object] = {'name': req.name, 'devices': devices, 'kept': kept, 'added': added, 'start': req.start}
+    if req.binding != 'static':
+        out['binding'] = req.binding
     if req.domain_xml is not None:
         out['domain_xml'] = req.domain_xml
     if req.wiring is not None:

@@ -189,3 +189,16 @@ def test_malformed_inputs_name_the_path(domains, assignments, numa, words: list[
 def test_domain_xml_passes_through() -> None:
     res = gpu_placement(FACTS, [{'name': 'a', 'gpus': {'count': 1}, 'domain_xml': '<domain/>'}])
     assert res[0]['domain_xml'] == '<domain/>'
+
+
+def test_binding_dynamic_passes_through_and_static_is_the_default() -> None:
+    res = gpu_placement(FACTS, [{'name': 'a', 'gpus': {'count': 1}, 'binding': 'dynamic'},
+                                {'name': 'b', 'gpus': {'count': 1}, 'binding': 'static'},
+                                {'name': 'c', 'gpus': {'count': 1}}])
+    assert [r.get('binding') for r in res] == ['dynamic', None, None]
+
+
+def test_an_unknown_binding_names_the_domain_and_the_path() -> None:
+    with pytest.raises(AnsibleFilterError, match=r"domain 'a' \(libvirt_gpu_domains\[0\]\.binding\): 'live' is not one of "
+                                                 r"static, dynamic"):
+        gpu_placement(FACTS, [{'name': 'a', 'gpus': {'count': 1}, 'binding': 'live'}])
