@@ -447,7 +447,8 @@ class FleetPlan:
 
     def host_plan(self, host: str) -> dict:
         """vfio_host_devices (the host's pool: placed and free usable pool GPUs, but those of VMs with binding
-        dynamic, which stay on their host driver) and libvirt_gpu_domains."""
+        dynamic, which stay on their host driver), libvirt_gpu_domains, and vfio_host_dynamic_devices (those GPUs)
+        when there are any."""
         domains = []
         dynamic: set[str] = set()
         for p in self.placements:
@@ -466,8 +467,11 @@ class FleetPlan:
             domains.append(entry)
         pool = sorted(g.address for g in self.gpus.get(host, [])
                       if g.model is not None and (g.vm or (g.usable and not g.holders)) and g.address not in dynamic)
-        return {'vfio_host_devices': [{'address': a} for a in pool], 'libvirt_gpu_domains': domains,
-                'vms': [d['name'] for d in domains]}
+        out: dict = {'vfio_host_devices': [{'address': a} for a in pool], 'libvirt_gpu_domains': domains,
+                     'vms': [d['name'] for d in domains]}
+        if dynamic:
+            out['vfio_host_dynamic_devices'] = sorted(dynamic)
+        return out
 
     def failure_message(self) -> str:
         lines = ['fleet placement failed, no host was changed: %d of %d VM request(s) cannot be placed (policy %s)'

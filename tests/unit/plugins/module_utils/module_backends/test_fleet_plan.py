@@ -393,3 +393,11 @@ def test_an_unknown_binding_names_the_vm() -> None:
     with pytest.raises(fleet.FleetInputError, match=r"fleetgpu_vms\[0\] \(x\)\.binding must be static .* or dynamic .*, "
                                                     r"got 'sometimes'"):
         run(two_hosts(), [vm('x', binding='sometimes')])
+
+
+def test_host_plan_names_the_dynamic_gpus_for_vfio_host() -> None:
+    p = run(two_hosts(), [vm('a', 2, numa='required', binding='dynamic', host='n1')])
+    n1 = p.host_plan('n1')
+    assert n1['vfio_host_dynamic_devices'] == ['0000:13:00.0', '0000:14:00.0']
+    assert n1['vfio_host_devices'] == [{'address': '0000:83:00.0'}]
+    assert 'vfio_host_dynamic_devices' not in p.host_plan('n2')
