@@ -9,7 +9,7 @@
 #                    test_real_kernel.py: vfio_bind binds and restores a group on a running
 #                    host; gpu_facts and vfio_bind report a stuck device (radeon);
 #                    test_dynamic.py: role libvirt_gpu with binding dynamic on the intel host
-#                    (check, real, again): the domain starts with the GPU's whole group moved to
+#                    (one run): the domain starts with the GPU's whole group moved to
 #                    vfio-pci by libvirt, stops with each function back on its own driver, the
 #                    boot GPU of the same vendor:device untouched (well under a minute)
 #                    test_noiommu.py: site.yml stops early on a host without an IOMMU and
