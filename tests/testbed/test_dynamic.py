@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List
 import pytest
 
 from conftest import REPO
-from test_real_kernel import AUDIO, BOOT_GPU, GPU, _drivers, _play  # one play runner for the runtime tests
+from test_real_kernel import AUDIO, BOOT_GPU, GPU, _play  # one play runner for the runtime tests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'roles' / 'testbed' / 'files'))
 import launch  # noqa: E402
@@ -54,8 +54,26 @@ pytestmark = [
 ]
 
 
-def _virsh(host: launch.TestHost, *args: str, check: bool = True) -> str:
-    return host.ssh(['virsh', '-q', '-c', 'qemu:///system'] + list(args), timeout=120, check=check).stdout
+VIRSH = 'virsh -q -c qemu:///system'
+# Each SSH round trip costs seconds under TCG: the steps on the host are batched into one shell
+# script per phase. drv PHASE prints "PHASE address driver" for the three functions watched.
+DRV = ('drv() { for a in %s; do d=/sys/bus/pci/devices/$a; if [ -e $d/driver ]; then '
+       'echo "$1 $a $(basename $(readlink $d/driver))"; else echo "$1 $a none"; fi; done; }; '
+       % ' '.join((BOOT_GPU, GPU, AUDIO)))
+CLEAN = '%s destroy %s >/dev/null 2>&1; %s undefine %s >/dev/null 2>&1; ' % (VIRSH, DOMAIN, VIRSH, DOMAIN)
+
+
+def _phases(host: launch.TestHost, script: str) -> Dict[str, Dict[str, str]]:
+    """Run one script on the host; its drv lines as phase -> {address: driver}."""
+    proc = host.ssh([DRV + script], timeout=300, check=False)
+    out: Dict[str, Dict[str, str]] = {}
+    for line in proc.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 3:
+            out.setdefault(fields[0], {})[fields[1]] = fields[2]
+    assert out, (proc.stdout, proc.stderr)
+    out['stderr'] = {'text': proc.stderr[-2000:]}  # shown by a failed assertion (virsh's reason)
+    return out
 
 
 @pytest.fixture(scope='module')
@@ -63,8 +81,7 @@ def host(testbed_hosts: Dict[str, launch.TestHost]) -> Iterator[launch.TestHost]
     """The intel host; the domain is taken away again afterwards, whatever happened."""
     testhost = testbed_hosts['intel']
     yield testhost
-    _virsh(testhost, 'destroy', DOMAIN, check=False)
-    _virsh(testhost, 'undefine', DOMAIN, check=False)
+    testhost.ssh([CLEAN + 'true'], check=False)
 
 
 def _role() -> dict:
@@ -75,9 +92,8 @@ def _role() -> dict:
 
 def test_dynamic_binding_moves_the_group_at_domain_start_and_gives_it_back_at_stop(host, tmp_path):
     started = time.monotonic()
-    assert _drivers(host) == HOST_DRIVERS, 'the test needs the group on its host drivers first'
-    _virsh(host, 'destroy', DOMAIN, check=False)
-    _virsh(host, 'undefine', DOMAIN, check=False)
+    before = _phases(host, CLEAN + 'drv before')['before']
+    assert before == HOST_DRIVERS, 'the test needs the group on its host drivers first: %s' % before
     # One run of the role (check mode and the repeat are asserted on the simulated kernel with a real
     # libvirtd: tests/integration/test_libvirt_gpu_dynamic.py); each run costs about 30 s here.
     doc = _play(host, tmp_path, [_role()], 'dynamic')
@@ -89,16 +105,13 @@ def test_dynamic_binding_moves_the_group_at_domain_start_and_gives_it_back_at_st
     assert len(results) == 1 and results[0]['changed'] and results[0]['defined'], attach
     # every function of the group, managed: libvirt detaches and re-attaches them itself
     assert {h['address']: h['managed'] for h in results[0]['hostdevs']} == {GPU: True, AUDIO: True}, results[0]
-    # nothing moved yet: the GPU stays on its host driver until the domain starts
-    assert _drivers(host) == HOST_DRIVERS
     play_seconds = time.monotonic() - started
 
-    _virsh(host, 'start', DOMAIN)
-    on_vm = _drivers(host)
-    _virsh(host, 'destroy', DOMAIN)
-    after = _drivers(host)
-    _virsh(host, 'undefine', DOMAIN)
-    assert on_vm == {BOOT_GPU: 'bochs-drm', GPU: 'vfio-pci', AUDIO: 'vfio-pci'}, on_vm
-    assert after == HOST_DRIVERS, after
+    seen = _phases(host, 'drv attached; %s start %s >/dev/null && drv running && %s destroy %s >/dev/null && drv stopped; '
+                   '%s undefine %s >/dev/null' % (VIRSH, DOMAIN, VIRSH, DOMAIN, VIRSH, DOMAIN))
+    # nothing moved at attach time: the GPU stays on its host driver until the domain starts
+    assert seen.get('attached') == HOST_DRIVERS, seen
+    assert seen.get('running') == {BOOT_GPU: 'bochs-drm', GPU: 'vfio-pci', AUDIO: 'vfio-pci'}, seen
+    assert seen.get('stopped') == HOST_DRIVERS, seen
     print('binding dynamic on the intel host: %.0f s (role libvirt_gpu: %.0f s; start, stop, undefine: %.0f s)'
           % (time.monotonic() - started, play_seconds, time.monotonic() - started - play_seconds))
