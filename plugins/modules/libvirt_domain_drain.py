@@ -18,9 +18,9 @@ description:
   - A domain still running after O(timeout) is a failure naming it, and the result lists the domains that
     did stop (RV(stopped)). With O(force=true) it is powered off instead (C(virDomainDestroy)), with a warning
     naming it (RV(forced)).
-  - O(policy=refuse) stops nothing: it fails, before any change, when such a domain runs, naming it.
+  - O(policy=refuse) stops nothing; it fails, before any change, when such a domain runs, naming it.
   - O(state=started) starts the domains named in O(domains) again; a domain that already runs is left as it is.
-  - A guest without an operating system, or one that ignores ACPI, never shuts down on request: only
+  - A guest without an operating system, or one that ignores ACPI, never shuts down on request; only
     O(force=true) stops it.
   - Which domain holds which device is the same reading as M(fleetgpu.passthrough.libvirt_gpu_info) (the live
     definition of every running domain).
