@@ -196,7 +196,7 @@ def main() -> None:
     try:
         result, warnings = run(module.params, module.check_mode)
     except FleetGpuError as exc:
-        out = {'stopped': [], 'forced': [], 'started': [], 'running': [], 'hostdevs': {}}
+        out: dict = {'stopped': [], 'forced': [], 'started': [], 'running': [], 'hostdevs': {}}
         out.update(exc.result())
         module.fail_json(**out)
     for warning in warnings:

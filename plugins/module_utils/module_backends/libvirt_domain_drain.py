@@ -118,7 +118,7 @@ class Drain:
 
     def run(self, check_mode: bool) -> Outcome:
         own = self._conn is None
-        conn = connect(self.req.uri) if own else self._conn
+        conn: Connection = connect(self.req.uri) if own else self._conn
         try:
             if self.req.state == 'started':
                 return self._start(conn, check_mode)
