@@ -87,7 +87,6 @@ notes:
 seealso:
   - module: fleetgpu.passthrough.libvirt_gpu_info
   - module: fleetgpu.passthrough.libvirt_hostdev
-  - role: fleetgpu.passthrough.vfio_host
 '''
 
 EXAMPLES = r'''
