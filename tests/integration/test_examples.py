@@ -37,7 +37,8 @@ from tests.sim import fusekernel, simkernel
 
 MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / 'plugins' / 'modules').glob('*.py')
                  if not p.name.startswith('_'))
-TESTED = ('fleet_plan', 'gpu_facts', 'guest_check', 'iommu_check', 'kernel_cmdline', 'libvirt_gpu_info', 'libvirt_hostdev',
+TESTED = ('fleet_plan', 'gpu_facts', 'guest_check', 'iommu_check', 'kernel_cmdline', 'libvirt_domain_drain', 'libvirt_gpu_info',
+          'libvirt_hostdev',
           'vfio_bind', 'vfio_host_config', 'vmware_gpu_import')
 FQ = 'fleetgpu.passthrough.'
 
@@ -204,6 +205,25 @@ def test_libvirt_gpu_info_examples(installed_collection: Path, run_playbook, dae
     info = tasks['Which domain holds which GPU'][0]['result']
     assert info['available'] is True and [d['name'] for d in info['domains']] == ['vm1']
     assert tasks['Show the running domains and their devices'][0]['result']['msg'] == {}   # vm1 is shut off
+
+
+def test_libvirt_domain_drain_examples(installed_collection: Path, run_playbook, daemon: private.PrivateLibvirtd) -> None:
+    """On a daemon whose one domain is shut off there is nothing to stop or refuse, and nothing to start again.
+
+    The stop itself (graceful, time-out, force) runs on libvirt's test driver in the unit tests and on a real
+    kernel in tests/testbed/test_drain.py.
+    """
+    daemon.define('vm1')
+    text = examples_of(installed_collection, 'libvirt_domain_drain')
+    play, names = play_of(text, {}, play_vars=_vars(), defaults={FQ + 'libvirt_domain_drain': {'uri': daemon.uri}})
+    proc = run_playbook(play)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    tasks = ran(playbook_json(proc), names)
+    drained = tasks['Shut down the domains that hold PCI host devices (up to 5 minutes), power off those that do not stop'][0]
+    assert drained['result']['stopped'] == [] and drained['result']['changed'] is False
+    assert not changed(tasks, 'Refuse to go on while a domain with a passed-through device runs')
+    restarted = tasks['Start again the domains the drain stopped'][0]['result']
+    assert restarted['started'] == [] and restarted['changed'] is False
 
 
 def test_libvirt_hostdev_examples(installed_collection: Path, run_playbook, sims: dict, tmp_path: Path,
