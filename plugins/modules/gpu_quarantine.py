@@ -23,7 +23,7 @@ description:
     is, also when the device passes the check again; only O(state=cleared) removes it.
   - A quarantined device is reported by P(fleetgpu.passthrough.gpu_facts#module) in C(quarantined), skipped by fleet
     placement (P(fleetgpu.passthrough.fleet_plan#module)), and refused by P(fleetgpu.passthrough.libvirt_hostdev#module)
-    unless its O(fleetgpu.passthrough.libvirt_hostdev#module:allow_quarantined=true).
+    unless that module is given O(fleetgpu.passthrough.libvirt_hostdev#module:allow_quarantined=true).
     P(fleetgpu.passthrough.vfio_bind#module) with O(fleetgpu.passthrough.vfio_bind#module:state=absent) quarantines a
     device whose original driver did not come back.
   - With O(state=cleared), removes the entries of O(addresses). An address that is not quarantined is no change. The
