@@ -452,8 +452,8 @@ class HostdevBackend:
             raise DeviceQuarantined('; '.join(problems) + '. A quarantined device is not given to domain %r: release '
                                     'it with gpu_quarantine state=cleared once it is repaired (or set '
                                     'allow_quarantined=true for a record you know is stale)' % self.req.domain,
-                                    details={'quarantined': [str(h.address) for h in failed]
-                                             + [str(a) for a in adding if record.get(a) is not None]})
+                                    details={'quarantined': sorted({str(h.address) for h in failed}
+                                                                   | {str(a) for a in adding if record.get(a) is not None})})
 
     def _check_shared(self, wanted: list[PciAddress], shared: dict[str, list[str]], defn: DomainDefinition) -> None:
         if self.req.allow_shared:
