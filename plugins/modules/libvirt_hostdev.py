@@ -107,6 +107,18 @@ options:
         at the same time).
     type: bool
     default: false
+  allow_quarantined:
+    description:
+      - Before a device is added to the domain (one not yet in its persistent definition; with O(where=live), every
+        device), the module checks its reset health as P(fleetgpu.passthrough.gpu_quarantine#module) does (config
+        space readable, vendor id not C(ffff); it never resets the device). A device that fails is quarantined
+        (not in check mode) and refused.
+      - A device already in the quarantine record is refused too, unless this is V(true); it is then attached with a
+        warning. Use it for a record known to be stale; P(fleetgpu.passthrough.gpu_quarantine#module) with
+        O(fleetgpu.passthrough.gpu_quarantine#module:state=cleared) removes the entry instead.
+    type: bool
+    default: false
+    version_added: 0.2.0
   start:
     description: Start the domain when it is not running (after the change).
     type: bool
@@ -357,6 +369,7 @@ def argument_spec() -> dict:
         rom=dict(type='dict', options=dict(file=dict(type='path'), bar=dict(type='bool'))),
         guest_address=dict(type='str'),
         allow_shared=dict(type='bool', default=False),
+        allow_quarantined=dict(type='bool', default=False),
         start=dict(type='bool', default=False),
         restart=dict(type='bool', default=False),
         shutdown_timeout=dict(type='float', default=120.0),

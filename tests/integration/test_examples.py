@@ -37,9 +37,9 @@ from tests.sim import fusekernel, simkernel
 
 MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / 'plugins' / 'modules').glob('*.py')
                  if not p.name.startswith('_'))
-TESTED = ('fleet_plan', 'gpu_facts', 'guest_check', 'iommu_check', 'kernel_cmdline', 'libvirt_domain_drain', 'libvirt_gpu_info',
-          'libvirt_hostdev',
-          'vfio_bind', 'vfio_host_config', 'vmware_gpu_import')
+TESTED = ('fleet_plan', 'gpu_facts', 'gpu_quarantine', 'guest_check', 'iommu_check', 'kernel_cmdline',
+          'libvirt_domain_drain', 'libvirt_gpu_info', 'libvirt_hostdev', 'vfio_bind', 'vfio_host_config',
+          'vmware_gpu_import')
 FQ = 'fleetgpu.passthrough.'
 
 
@@ -119,6 +119,26 @@ def test_gpu_facts_examples(installed_collection: Path, run_playbook, sims: dict
     assert shown == ['0000:41:00.0', '0000:81:00.0'], shown   # vfio-ready, and available on nvidia
     two = tasks['Two given functions'][0]['result']['ansible_facts']['gpu_passthrough']['gpus']
     assert [g['address'] for g in two] == ['0000:41:00.0', '0000:81:00.0']
+
+
+def test_gpu_quarantine_examples(installed_collection: Path, run_playbook, tmp_path: Path) -> None:
+    root = simkernel.materialize('workstation', str(tmp_path / 'ws'))
+    with open(os.path.join(root, 'bus/pci/devices/0000:01:00.0/config'), 'r+b') as handle:
+        handle.write(b'\xff' * 4)   # the RTX 3090 no longer answers
+    record = tmp_path / 'ws' / 'var/lib/fleetgpu-passthrough/quarantine.json'
+    text = examples_of(installed_collection, 'gpu_quarantine')
+    play, names = play_of(text, {}, play_vars=_vars(), defaults={FQ + 'gpu_quarantine': {'sysfs_root': root}})
+    proc = run_playbook(play)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    tasks = ran(playbook_json(proc), names)
+    first = tasks['Check every GPU of the host and quarantine those that do not answer'][0]['result']
+    assert first['changed'] and first['added'] == ['0000:01:00.0'], first
+    shown = tasks['Show the quarantined devices and why'][0]['result']['msg']
+    assert list(shown) == ['0000:01:00.0'] and 'vendor id ffff' in shown['0000:01:00.0']['reason'], shown
+    # already quarantined: a second check changes nothing; the audio function is healthy
+    assert not changed(tasks, 'Check one GPU and its audio function after a VM gave them back')
+    assert changed(tasks, 'Release a GPU from the quarantine once it was repaired (or the host rebooted)')
+    assert not record.exists()
 
 
 def test_iommu_check_examples(installed_collection: Path, run_playbook, sims: dict) -> None:

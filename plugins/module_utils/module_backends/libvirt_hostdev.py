@@ -36,6 +36,8 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     is_companion,
     list_addresses,
 )
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._reset_health import Quarantine, quarantine_failed, record_path
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._reset_health import check as health_check
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
 
 try:
@@ -73,6 +75,10 @@ class DeviceShared(HostdevError):
 
 class DeviceNotFound(HostdevError):
     """A device the plan needs does not exist in sysfs."""
+
+
+class DeviceQuarantined(HostdevError):
+    """A device to attach is quarantined, or fails its reset-health check now."""
 
 
 class DomainXmlRejected(LibvirtError):
@@ -158,8 +164,9 @@ class Request:
                  rom: RomSpec | None = None, guest_address: PciAddress | None = None,
                  allow_shared: bool = False, start: bool = False, restart: bool = False,
                  shutdown_timeout: float = 120.0, define_xml: str | None = None,
-                 wiring: dict | None = None) -> None:
+                 wiring: dict | None = None, allow_quarantined: bool = False) -> None:
         self.domain = domain
+        self.allow_quarantined = allow_quarantined
         self.uri = uri
         self.devices = devices
         self.state = state
@@ -259,6 +266,7 @@ class HostdevBackend:
         self._conn = conn
         self.warnings: list[str] = []
         self.assume_vfio: set[PciAddress] = set()
+        self.check_mode = False
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -271,6 +279,7 @@ class HostdevBackend:
 
     def run(self, check_mode: bool) -> dict[str, object]:
         req = self.req
+        self.check_mode = check_mode
         conn = self._connection()
         defined = False
         try:
@@ -406,11 +415,45 @@ class HostdevBackend:
         """Changes that give ``slots`` to the domain, after the sharing check; adds the driver warnings."""
         req = self.req
         self._check_shared(wanted, shared, defn)
+        mine = set(defn.sources())
+        self._health_gate([a for a in wanted if req.where == 'live' or a not in mine])
         changes: list[HostdevChange] = []
         for slot in slots:
             changes += defn.plan_present(slot, req.managed, req.rom, req.guest_address)
         self.warnings += driver_warnings(self.sysfs, wanted, req.managed, self.assume_vfio)
         return changes
+
+    def _health_gate(self, adding: list[PciAddress]) -> None:
+        """Before devices are added: refuse a quarantined one (unless allow_quarantined), check the others' reset
+        health and quarantine (not in check mode) and refuse one whose config space does not answer."""
+        if self.sysfs is None or not adding:
+            return
+        record = Quarantine.load(record_path(self.sysfs))
+        devices = []
+        for addr in adding:
+            try:
+                devices.append(PciDevice.read(self.sysfs, addr))
+            except (PciDeviceNotFound, SysfsError):
+                continue  # not on this host's sysfs: nothing to check (libvirt names it if it is missing)
+        failed = [h for h in health_check(self.sysfs, devices, timeout=self.sysfs.timeout) if not h.healthy]
+        if failed and not self.check_mode:
+            quarantine_failed(self.sysfs, failed, 'libvirt_hostdev')
+        problems = ['%s fails its health check: %s' % (h.address, h.reason) for h in failed]
+        for addr in adding:
+            entry = record.get(addr)
+            if entry is None or any(h.address == addr for h in failed):
+                continue
+            text = '%s is quarantined since %s: %s' % (addr, entry.get('time'), entry.get('reason'))
+            if self.req.allow_quarantined:
+                self.warnings.append(text + ': attaching it anyway because allow_quarantined is true')
+            else:
+                problems.append(text)
+        if problems:
+            raise DeviceQuarantined('; '.join(problems) + '. A quarantined device is not given to domain %r: release '
+                                    'it with gpu_quarantine state=cleared once it is repaired (or set '
+                                    'allow_quarantined=true for a record you know is stale)' % self.req.domain,
+                                    details={'quarantined': sorted({str(h.address) for h in failed}
+                                                                   | {str(a) for a in adding if record.get(a) is not None})})
 
     def _check_shared(self, wanted: list[PciAddress], shared: dict[str, list[str]], defn: DomainDefinition) -> None:
         if self.req.allow_shared:
@@ -517,7 +560,8 @@ def build_request(params: dict) -> Request:
         where=params['where'], managed=params['managed'], companions=params['companions'], rom=rom,
         guest_address=guest, allow_shared=params['allow_shared'], start=params['start'],
         restart=params['restart'], shutdown_timeout=params['shutdown_timeout'], define_xml=params['define_xml'],
-        wiring=options(params['wiring']) if params['wiring'] is not None else None)
+        wiring=options(params['wiring']) if params['wiring'] is not None else None,
+        allow_quarantined=bool(params.get('allow_quarantined')))
 
 
 def backend_for(params: dict, sysfs: Sysfs) -> HostdevBackend:
