@@ -382,6 +382,9 @@ def inventory_text(hosts: Sequence[TestHost], group: str = 'testbed') -> str:
             '          ansible_ssh_private_key_file: %s' % h.key,
             "          ansible_ssh_common_args: '%s'" % ' '.join(SSH_OPTIONS),
             '          ansible_python_interpreter: /usr/bin/python3',
+            # one SSH round trip per module instead of three (copy, chmod, run): under TCG the
+            # no-op converge of site.yml measured 39-42 s with it against 49-59 s without (bench/)
+            '          ansible_pipelining: true',
             '          testbed_topology: %s' % h.topology,
         ]
     return '\n'.join(lines) + '\n'
