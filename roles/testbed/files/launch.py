@@ -241,7 +241,7 @@ class TestHost:
         subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
                         str(self.image / 'disk.raw'), str(self.dir / 'overlay.qcow2')],
                        check=True, timeout=60)
-        for attempt in range(3):
+        for _attempt in range(3):
             self.port = free_port()
             cmd = ['timeout', '-s', 'KILL', str(LIFETIME)] + self.qemu_command()
             (self.dir / 'qemu.cmd').write_text(' '.join(cmd) + '\n')
