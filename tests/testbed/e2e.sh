@@ -16,7 +16,9 @@
 #                    test_guest_boot.py: a guest in a libvirt domain on the intel host (the
 #                    host's kernel, a busybox initramfs, nested TCG) lists the PCI devices it
 #                    sees: the GPU and its audio function on one guest slot, the 64-bit PCI
-#                    window; then powers off (a few minutes)
+#                    window (a few minutes); then, in the same running guest, libvirt_hostdev
+#                    where=live hot-plugs a second GPU (02:00.0) and unplugs it again: the QEMU
+#                    monitor lists it after the attach and not after the detach
 #   molecule-fleet   site.yml end to end on two hosts at once, an Intel-IOMMU and an AMD-IOMMU
 #                    one: VM requests placed across them (spread), one reboot each,
 #                    idempotence, each VM starts with its GPU, a request that cannot fit and
