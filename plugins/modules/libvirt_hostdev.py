@@ -254,12 +254,12 @@ EXAMPLES = r'''
     devices: ["0000:41:00.0"]
     state: absent
 
-- name: Unplug it from the running domain, allowing the guest two minutes to release it
+- name: Unplug it from the running domain too (where it is running), allowing the guest two minutes to release it
   fleetgpu.passthrough.libvirt_hostdev:
     domain: train01
     devices: ["0000:41:00.0"]
     state: absent
-    where: live
+    where: both
     unplug_timeout: 120
 '''
 
