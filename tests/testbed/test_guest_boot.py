@@ -19,9 +19,9 @@ i440fx (``pc``): SeaBIOS, an emulated TCG guest (``type='qemu'``), 1 vCPU, 256 M
 own 64-bit window is 2 GiB, so the 32 GiB the wiring writes (``pcihole64``) shows in the guest.
 
 Live attach and detach, on the same running guest once it has printed its report: the
-ati-vga at 02:00.0 goes onto vfio-pci (``vfio_bind``; no change after site.yml) and into the
-running domain with ``libvirt_hostdev`` ``where: live``; QEMU's monitor (``info pci``) and the
-live XML have it. The live detach returns once the guest kernel has released the device (ACPI
+ati-vga at 02:00.0 (put on vfio-pci by the same ``vfio_bind`` task as the GPU; no change after
+site.yml, given back at the end otherwise) goes into the running domain with ``libvirt_hostdev``
+``where: live``; QEMU's monitor (``info pci``) and the live XML have it. The live detach returns once the guest kernel has released the device (ACPI
 PCI hot-plug of i440fx's bus 0, ``acpiphp``, built into the kernel: no userspace needed); the
 monitor and the live XML no longer have it, and a second detach changes nothing.
 
