@@ -358,8 +358,8 @@ def test_a_second_gpu_is_hot_plugged_into_the_running_guest_and_unplugged_again(
     detach = dict(live, state='absent', unplug_timeout=UNPLUG_TIMEOUT)
     virsh = 'virsh -q -c qemu:///system '
     # QEMU's monitor, then the live XML, in one task
-    read = {'cmd': virsh + "qemu-monitor-command %s --hmp 'info pci' && echo %s && " % (DOMAIN, SPLIT)
-                   + virsh + 'dumpxml ' + DOMAIN}
+    read = {'cmd': "%sqemu-monitor-command %s --hmp 'info pci' && echo %s && %sdumpxml %s" % (
+        virsh, DOMAIN, SPLIT, virsh, DOMAIN)}
     tasks = [
         {'name': 'attach', 'fleetgpu.passthrough.libvirt_hostdev': live},
         {'name': 'detach check', 'fleetgpu.passthrough.libvirt_hostdev': detach, 'check_mode': True},
