@@ -263,6 +263,9 @@ def test_libvirt_hostdev_examples(installed_collection: Path, run_playbook, sims
     wired = tasks["Wire train01 for its GPU - vCPUs and memory on the GPU's NUMA node, a 64-bit MMIO window for its BARs"]
     assert wired[0]['result']['changed'] and wired[0]['result']['wiring']['numatune'] == {'mode': 'strict', 'nodeset': '0'}
     assert changed(tasks, 'Take the GPU away again')
+    # train01 is not running: only its definition is looked at, and the GPU is gone from it already
+    assert not changed(tasks, 'Unplug it from the running domain too (where it is running), allowing the guest two minutes '
+                              'to release it')
     assert '<hostdev' not in daemon.domain_xml('train01')
     assert "<memory mode='strict' nodeset='0'/>" in daemon.domain_xml('train01')   # the wiring stays with the VM
     desktop = daemon.domain_xml('desktop')

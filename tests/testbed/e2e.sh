@@ -16,7 +16,9 @@
 #                    test_guest_boot.py: a guest in a libvirt domain on the intel host (the
 #                    host's kernel, a busybox initramfs, nested TCG) lists the PCI devices it
 #                    sees: the GPU and its audio function on one guest slot, the 64-bit PCI
-#                    window; then powers off (a few minutes)
+#                    window (a few minutes); then, in the same running guest, libvirt_hostdev
+#                    where=live hot-plugs a second GPU (02:00.0) and unplugs it again: the QEMU
+#                    monitor lists it after the attach and not after the detach
 #                    test_drain.py: a running domain holding the GPU on the intel host (no guest
 #                    OS): libvirt_domain_drain refuses, times out naming it, powers it off with
 #                    force; the role's drain refuses the reboot; state started runs it again
