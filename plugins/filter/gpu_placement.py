@@ -16,8 +16,9 @@ description:
     concrete GPU addresses for each domain.
   - Only GPUs in state C(available) or C(vfio-ready) are handed out, never a GPU that another domain
     holds, and never the boot GPU unless O(allow_boot_vga) is true (then a boot GPU that nothing else
-    holds is usable). A domain keeps the GPUs it already has when they fit its request, so a second run
-    resolves to the same devices.
+    holds is usable). A GPU that gpu_facts reports C(quarantined) (it failed its reset-health check, see
+    M(fleetgpu.passthrough.gpu_quarantine)) is never handed out. A domain keeps the GPUs it already has when
+    they fit its request, so a second run resolves to the same devices.
   - GPUs on the NUMA node a request names come first; without one, GPUs on the nodes the domain's
     memory is pinned to (O(numa)). Then GPUs already on vfio-pci (C(vfio-ready)) come before GPUs still
     on their host driver, then the PCI address decides.
@@ -283,6 +284,8 @@ def _free_summary(free: list[dict], first: bool) -> str:
 
 
 def _usable(gpu: dict, allow_boot_vga: bool = False) -> bool:
+    if gpu.get('quarantined'):
+        return False  # failed its reset-health check (gpu_quarantine): never handed out
     if gpu.get('boot_vga'):
         # a boot GPU given away on purpose: usable when nothing but its being the boot GPU stands in the way
         return allow_boot_vga and gpu.get('state') in USABLE_STATES + ('boot-vga',) and len(gpu.get('state_reasons') or []) <= 1
@@ -347,6 +350,10 @@ def place(facts: dict, domains: list, assignments: dict | None = None, state: st
             elif req.name not in holders.get(addr, []) and not _usable(gpu, allow_boot_vga):
                 reasons = '; '.join(gpu.get('state_reasons') or [])
                 what = 'the boot GPU' if gpu.get('boot_vga') else 'in state %s' % gpu.get('state')
+                quarantine = gpu.get('quarantined')
+                if quarantine:
+                    what = 'quarantined'
+                    reasons = str(quarantine.get('reason') if isinstance(quarantine, dict) else quarantine)
                 problems.append('domain %r asks for %s, which is %s%s'
                                 % (req.name, addr, what, ' (%s)' % reasons if reasons else ''))
         kept = [g['address'] for g in own if req.fits(g)][:req.count]

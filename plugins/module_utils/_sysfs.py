@@ -274,6 +274,25 @@ class Sysfs:
             values[path] = res.get('value') if res else None
         return values, [paths[i] for i in stuck]
 
+    def read_bytes_bounded(self, paths: list[str], size: int,
+                           timeout: float | None = None) -> tuple[dict[str, bytes | None], dict[str, int], list[str]]:
+        """Read the first ``size`` bytes of binary attributes (a device's ``config``) with a time bound.
+
+        Returns ``(values, errors, stuck)``: ``values[path]`` is the bytes read (None when the read
+        failed or did not return), ``errors[path]`` the errno of a failed read, ``stuck`` the paths
+        whose read did not return within ``timeout`` seconds.
+        """
+        ops = [{'op': 'rb', 'path': p, 'size': size} for p in paths]
+        results, stuck = self._run_bounded(ops, self.timeout if timeout is None else timeout)
+        values: dict[str, bytes | None] = {}
+        errors: dict[str, int] = {}
+        for index, path in enumerate(paths):
+            res = results.get(index) or {}
+            values[path] = bytes.fromhex(res['hex']) if 'hex' in res else None
+            if res.get('errno'):
+                errors[path] = res['errno']
+        return values, errors, [paths[i] for i in stuck]
+
     def write(self, path: str, value: str, timeout: float | None = None) -> None:
         """Write one value to a kernel attribute with a time bound.
 
@@ -373,6 +392,9 @@ def _do_op(op: dict) -> dict:
         if op['op'] == 'r':
             with open(op['path'], 'rb') as handle:
                 return {'value': handle.read().decode('utf-8', 'replace').strip()}
+        if op['op'] == 'rb':
+            with open(op['path'], 'rb') as handle:
+                return {'hex': handle.read(op['size']).hex()}
         fd = os.open(op['path'], os.O_WRONLY | os.O_TRUNC)
         try:
             os.write(fd, op['data'].encode('utf-8'))

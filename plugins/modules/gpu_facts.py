@@ -51,6 +51,7 @@ extends_documentation_fragment:
 seealso:
   - module: fleetgpu.passthrough.iommu_check
   - module: fleetgpu.passthrough.vfio_bind
+  - module: fleetgpu.passthrough.gpu_quarantine
 '''
 
 EXAMPLES = r'''
@@ -123,6 +124,10 @@ ansible_facts:
               C(companions) (other functions of the same slot with their C(kind) audio, usb, ucsi or other),
               C(boot_vga), C(numa_node), C(reset_method), C(sriov) (totalvfs, numvfs, is_vf, physfn, vfs),
               C(mdev_types), C(state), C(state_reasons), C(stuck).
+            - C(quarantined), false, or the device's entry in the reset-health quarantine record
+              (C(address), C(reason), C(time), C(source), C(vendor_device)) written by
+              P(fleetgpu.passthrough.gpu_quarantine#module) when the device failed its reset-health check. Fleet
+              placement skips a quarantined GPU whatever its C(state); C(state) itself is not changed by it.
             - C(bars), the GPU's memory BARs from sysfs C(resource) (C(index), C(bytes), C(prefetchable), C(mem64);
               I/O-port BARs and the expansion ROM left out), and C(bar_bytes), their sum - what the guest's 64-bit
               MMIO window must hold.
@@ -156,6 +161,7 @@ ansible_facts:
               state: available
               state_reasons: ["0000:01:00.0 is on nvidia and its group can be handed to a VM"]
               stuck: []
+              quarantined: false
 '''
 
 import platform

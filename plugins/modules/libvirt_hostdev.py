@@ -107,6 +107,18 @@ options:
         at the same time).
     type: bool
     default: false
+  allow_quarantined:
+    description:
+      - Before a device is added to the domain (one not yet in its persistent definition; with O(where=live), every
+        device), the module checks its reset health as P(fleetgpu.passthrough.gpu_quarantine#module) does (config
+        space readable, vendor id not C(ffff); it never resets the device). A device that fails is quarantined
+        (not in check mode) and refused.
+      - A device already in the quarantine record is refused too, unless this is V(true); it is then attached with a
+        warning. Use it for a record known to be stale; P(fleetgpu.passthrough.gpu_quarantine#module) with
+        O(fleetgpu.passthrough.gpu_quarantine#module:state=cleared) removes the entry instead.
+    type: bool
+    default: false
+    version_added: 0.2.0
   start:
     description: Start the domain when it is not running (after the change).
     type: bool
@@ -130,6 +142,18 @@ options:
     description: Seconds to wait for a graceful shutdown before the domain is forced off (0 forces at once).
     type: float
     default: 120
+  unplug_timeout:
+    description:
+      - With O(state=absent) and O(where=live) or O(where=both), seconds to wait for the running guest to
+        release the devices. A live detach only asks the guest (PCIe native or ACPI PCI hot-plug); the device
+        leaves the running domain when the guest OS lets it go.
+      - The module reads the running domain's XML until the devices are gone from it. When they are still
+        there after this time, the task fails naming the domain and the devices, with RV(unplug_pending=true);
+        the request stays with the guest, so a later run waits for the same unplug.
+      - V(0) reads the running domain once, right after libvirt has passed the request on. Must not be negative.
+    type: float
+    default: 30
+    version_added: 0.2.0
   assume_vfio:
     description:
       - Addresses that an earlier task of the same run puts on C(vfio-pci). With O(managed=false) they get no
@@ -241,6 +265,14 @@ EXAMPLES = r'''
     domain: train01
     devices: ["0000:41:00.0"]
     state: absent
+
+- name: Unplug it from the running domain too (where it is running), allowing the guest two minutes to release it
+  fleetgpu.passthrough.libvirt_hostdev:
+    domain: train01
+    devices: ["0000:41:00.0"]
+    state: absent
+    where: both
+    unplug_timeout: 120
 '''
 
 RETURN = r'''
@@ -277,6 +309,24 @@ live:
   returned: success
   type: list
   elements: dict
+  sample:
+    - {address: "0000:41:00.0", action: removed}
+unplug_pending:
+  description:
+    - V(true) when a live detach was asked for but the guest had not released the devices after
+      O(unplug_timeout) seconds; the task then fails, and RV(pending) lists those devices.
+    - V(false) on success (a live detach returns only once the devices are gone from the running domain).
+  returned: always
+  type: bool
+  sample: false
+  version_added: 0.2.0
+pending:
+  description: Host PCI addresses still in the running domain when O(unplug_timeout) ran out.
+  returned: when RV(unplug_pending) is true
+  type: list
+  elements: str
+  sample: ["0000:41:00.0"]
+  version_added: 0.2.0
 defined:
   description: Whether the domain was (or, in check mode, would be) defined from O(define_xml).
   returned: success
@@ -357,9 +407,11 @@ def argument_spec() -> dict:
         rom=dict(type='dict', options=dict(file=dict(type='path'), bar=dict(type='bool'))),
         guest_address=dict(type='str'),
         allow_shared=dict(type='bool', default=False),
+        allow_quarantined=dict(type='bool', default=False),
         start=dict(type='bool', default=False),
         restart=dict(type='bool', default=False),
         shutdown_timeout=dict(type='float', default=120.0),
+        unplug_timeout=dict(type='float', default=30.0),
         assume_vfio=dict(type='list', elements='str', default=[]),
         define_xml=dict(type='str'),
         wiring=dict(type='dict', options=dict(

@@ -30,6 +30,9 @@ description:
     physical function with virtual functions enabled, and the parent of live mediated devices.
   - Every kernel write is bounded by O(timeout). A write that does not return (a driver stuck in its probe holds the
     device lock) fails the task with a message naming the device, its driver and the processes holding it.
+  - After a restore (O(state=absent)), each device given back is checked as P(fleetgpu.passthrough.gpu_quarantine#module)
+    does (read only, never a reset). A device whose config space does not answer, or whose journaled driver did not
+    bind again, is quarantined (RV(quarantined)), so placement skips it until it is cleared.
   - The original drivers are recorded in a journal before anything changes. When a device of a group fails, the
     devices of that group already moved are put back, and the result lists them in RV(rolled_back). A run after a
     crash converges.
@@ -208,6 +211,17 @@ stuck:
   returned: always
   type: list
   elements: str
+  sample: []
+quarantined:
+  description:
+    - With O(state=absent), the quarantine entries (C(address), C(reason), C(time), C(source), C(vendor_device)) of
+      the devices given back that failed their reset-health check (see P(fleetgpu.passthrough.gpu_quarantine#module)),
+      that is config space unreadable or reading vendor id C(ffff), or the journaled driver not bound again. Such a device is
+      recorded in C(ROOT/var/lib/fleetgpu-passthrough/quarantine.json) and a warning names it; when its driver did
+      not come back the task fails and its message says that the device is quarantined.
+  returned: always
+  type: list
+  elements: dict
   sample: []
 journal_path:
   description: The journal file used.

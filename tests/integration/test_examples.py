@@ -37,8 +37,9 @@ from tests.sim import fusekernel, simkernel
 
 MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / 'plugins' / 'modules').glob('*.py')
                  if not p.name.startswith('_'))
-TESTED = ('fleet_plan', 'gpu_facts', 'guest_check', 'iommu_check', 'kernel_cmdline', 'libvirt_gpu_info', 'libvirt_hostdev',
-          'vfio_bind', 'vfio_host_config', 'vmware_gpu_import')
+TESTED = ('fleet_plan', 'gpu_facts', 'gpu_quarantine', 'guest_check', 'iommu_check', 'kernel_cmdline',
+          'libvirt_domain_drain', 'libvirt_gpu_info', 'libvirt_hostdev', 'vfio_bind', 'vfio_host_config',
+          'vmware_gpu_import')
 FQ = 'fleetgpu.passthrough.'
 
 
@@ -118,6 +119,26 @@ def test_gpu_facts_examples(installed_collection: Path, run_playbook, sims: dict
     assert shown == ['0000:41:00.0', '0000:81:00.0'], shown   # vfio-ready, and available on nvidia
     two = tasks['Two given functions'][0]['result']['ansible_facts']['gpu_passthrough']['gpus']
     assert [g['address'] for g in two] == ['0000:41:00.0', '0000:81:00.0']
+
+
+def test_gpu_quarantine_examples(installed_collection: Path, run_playbook, tmp_path: Path) -> None:
+    root = simkernel.materialize('workstation', str(tmp_path / 'ws'))
+    with open(os.path.join(root, 'bus/pci/devices/0000:01:00.0/config'), 'r+b') as handle:
+        handle.write(b'\xff' * 4)   # the RTX 3090 no longer answers
+    record = tmp_path / 'ws' / 'var/lib/fleetgpu-passthrough/quarantine.json'
+    text = examples_of(installed_collection, 'gpu_quarantine')
+    play, names = play_of(text, {}, play_vars=_vars(), defaults={FQ + 'gpu_quarantine': {'sysfs_root': root}})
+    proc = run_playbook(play)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    tasks = ran(playbook_json(proc), names)
+    first = tasks['Check every GPU of the host and quarantine those that do not answer'][0]['result']
+    assert first['changed'] and first['added'] == ['0000:01:00.0'], first
+    shown = tasks['Show the quarantined devices and why'][0]['result']['msg']
+    assert list(shown) == ['0000:01:00.0'] and 'vendor id ffff' in shown['0000:01:00.0']['reason'], shown
+    # already quarantined: a second check changes nothing; the audio function is healthy
+    assert not changed(tasks, 'Check one GPU and its audio function after a VM gave them back')
+    assert changed(tasks, 'Release a GPU from the quarantine once it was repaired (or the host rebooted)')
+    assert not record.exists()
 
 
 def test_iommu_check_examples(installed_collection: Path, run_playbook, sims: dict) -> None:
@@ -206,6 +227,25 @@ def test_libvirt_gpu_info_examples(installed_collection: Path, run_playbook, dae
     assert tasks['Show the running domains and their devices'][0]['result']['msg'] == {}   # vm1 is shut off
 
 
+def test_libvirt_domain_drain_examples(installed_collection: Path, run_playbook, daemon: private.PrivateLibvirtd) -> None:
+    """On a daemon whose one domain is shut off there is nothing to stop or refuse, and nothing to start again.
+
+    The stop itself (graceful, time-out, force) runs on libvirt's test driver in the unit tests and on a real
+    kernel in tests/testbed/test_drain.py.
+    """
+    daemon.define('vm1')
+    text = examples_of(installed_collection, 'libvirt_domain_drain')
+    play, names = play_of(text, {}, play_vars=_vars(), defaults={FQ + 'libvirt_domain_drain': {'uri': daemon.uri}})
+    proc = run_playbook(play)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    tasks = ran(playbook_json(proc), names)
+    drained = tasks['Shut down the domains that hold PCI host devices (up to 5 minutes), power off those that do not stop'][0]
+    assert drained['result']['stopped'] == [] and drained['result']['changed'] is False
+    assert not changed(tasks, 'Refuse to go on while a domain with a passed-through device runs')
+    restarted = tasks['Start again the domains the drain stopped'][0]['result']
+    assert restarted['started'] == [] and restarted['changed'] is False
+
+
 def test_libvirt_hostdev_examples(installed_collection: Path, run_playbook, sims: dict, tmp_path: Path,
                                   daemon: private.PrivateLibvirtd) -> None:
     daemon.define('train01')
@@ -223,6 +263,9 @@ def test_libvirt_hostdev_examples(installed_collection: Path, run_playbook, sims
     wired = tasks["Wire train01 for its GPU - vCPUs and memory on the GPU's NUMA node, a 64-bit MMIO window for its BARs"]
     assert wired[0]['result']['changed'] and wired[0]['result']['wiring']['numatune'] == {'mode': 'strict', 'nodeset': '0'}
     assert changed(tasks, 'Take the GPU away again')
+    # train01 is not running: only its definition is looked at, and the GPU is gone from it already
+    assert not changed(tasks, 'Unplug it from the running domain too (where it is running), allowing the guest two minutes '
+                              'to release it')
     assert '<hostdev' not in daemon.domain_xml('train01')
     assert "<memory mode='strict' nodeset='0'/>" in daemon.domain_xml('train01')   # the wiring stays with the VM
     desktop = daemon.domain_xml('desktop')

@@ -174,6 +174,8 @@ def test_site_places_defines_converges_and_is_stable(run_playbook, clean: Fleet)
     # the reboot summary is printed at the end without extra settings
     summary = tasks(doc, 'Print which hosts still need a reboot')[0]['result']['msg']
     assert summary['fleetgpu_reboot_required'] == {'nodeA': True, 'nodeB': True, 'lab1': False}
+    # no host rebooted here (simulated roots): no VM was stopped or started again
+    assert summary['fleetgpu_vms_stopped'] == {} and summary['fleetgpu_vms_restarted'] == {}
     # the report is on the controller, rewritten after the converge with the end state: the VMs
     # defined in this run hold their GPUs (play 1's report, written before, had no VM on them)
     report = json.loads((fleet.report_dir / 'fleet-report.json').read_text())

@@ -196,7 +196,8 @@ def test_refusals_and_errors_name_the_input(run_playbook, daemon, domain, workst
 
 def test_live_attach_to_running_domain_reports_libvirt_refusal(run_playbook, daemon, domain) -> None:
     """This machine has no IOMMU: QEMU cannot take a host device, and the module must say so
-    clearly (the real hot-plug is covered on the QEMU test hosts)."""
+    clearly. A real hot-plug and unplug into a running guest: tests/testbed/test_guest_boot.py
+    (intel test host, end-to-end phase)."""
     conn = daemon.connect()
     try:
         conn.lookupByName(domain).create()

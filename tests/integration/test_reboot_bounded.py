@@ -143,14 +143,16 @@ def test_role_reboot_returns_once_the_host_is_back(installed_collection: Path, t
                 '      register: after\n'
                 '    - name: Show it\n'
                 '      ansible.builtin.debug:\n'
-                '        msg: "boot id after: {{ after.stdout }} rebooted={{ __vfio_host_rebooted | default(false) }}"\n',
+                '        msg: "boot id after: {{ after.stdout }} rebooted={{ __vfio_host_rebooted | default(false) }}'
+                ' stopped={{ vfio_host_vms_stopped | default(\'unset\') }}"\n',
                 timeout=240, verbose=True)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert rebooting_host.reboots == 1
     assert rebooting_host.shutdown_calls() and 'test reboot' in rebooting_host.shutdown_calls()[0]
     assert rebooting_host.boot_id != first_boot
-    assert 'boot id after: %s rebooted=True' % rebooting_host.boot_id in out, out
+    # the drain before the reboot read libvirt there (none answers): no VM to stop, nothing refused
+    assert 'boot id after: %s rebooted=True stopped=[]' % rebooting_host.boot_id in out, out
     # Every SSH command of the reboot (the shutdown and each poll) carries keepalives.
     reboot_part = out[out.index('Start the reboot on a fresh SSH connection'):out.index('Remember that the host rebooted')]
     ssh_lines = [line for line in reboot_part.splitlines() if 'SSH: EXEC ssh' in line]

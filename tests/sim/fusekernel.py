@@ -32,7 +32,9 @@ Fault injection: ``.sim/faults.json`` in the backing tree (a list, or
 and ``driver``; ``skip`` lets that many matching operations pass first and
 ``times`` limits how often it fires.  Effects: ``error`` (an errno name such
 as ``EBUSY``), ``hang`` (the call does not return until unmount),
-``wrong_driver`` (a probe binds that driver instead), ``vanish`` (the device's
+``wrong_driver`` (a probe binds that driver instead), ``probe_fails`` (the
+driver's probe fails: ``drivers_probe`` succeeds and the device stays without a
+driver, as after a reset it did not come back from), ``vanish`` (the device's
 directories and links disappear, the write fails with ENODEV).
 
 Use ``with mounted(backing, mountpoint): ...`` from tests, or run
@@ -336,6 +338,8 @@ class SimKernel:
         # drivers_probe: a bound device is left alone, an unmatched one stays unbound.
         if current is not None:
             return 'bound:%s' % current
+        if spec and spec.get('probe_fails'):
+            return 'unbound'  # the driver's probe failed: the write succeeds, nothing binds
         bound = self.probe(dev, str(device), spec.get('wrong_driver') if spec else None)
         return 'bound:%s' % bound if bound else 'unbound'
 

@@ -20,7 +20,12 @@
 #                    test_guest_boot.py: a guest in a libvirt domain on the intel host (the
 #                    host's kernel, a busybox initramfs, nested TCG) lists the PCI devices it
 #                    sees: the GPU and its audio function on one guest slot, the 64-bit PCI
-#                    window; then powers off (a few minutes)
+#                    window (a few minutes); then, in the same running guest, libvirt_hostdev
+#                    where=live hot-plugs a second GPU (02:00.0) and unplugs it again: the QEMU
+#                    monitor lists it after the attach and not after the detach
+#                    test_drain.py: a running domain holding the GPU on the intel host (no guest
+#                    OS): libvirt_domain_drain refuses, times out naming it, powers it off with
+#                    force; the role's drain refuses the reboot; state started runs it again
 #   molecule-fleet   site.yml end to end on two hosts at once, an Intel-IOMMU and an AMD-IOMMU
 #                    one: VM requests placed across them (spread), one reboot each,
 #                    idempotence, each VM starts with its GPU, a request that cannot fit and
@@ -158,8 +163,8 @@ else
   if wants runtime; then
     # --durations: where the phase's time went, test by test (setup = the hosts' boot)
     phase runtime 1800 pytest -q -rs --durations=12 -p no:cacheprovider tests/testbed/test_real_kernel.py \
-      tests/testbed/test_dynamic.py tests/testbed/test_noiommu.py tests/testbed/test_awx_runner.py tests/testbed/test_guest_boot.py \
-      tests/testbed/test_testbed_role.py
+      tests/testbed/test_dynamic.py tests/testbed/test_noiommu.py tests/testbed/test_awx_runner.py \
+      tests/testbed/test_guest_boot.py tests/testbed/test_drain.py tests/testbed/test_testbed_role.py
     if [ "${failed[*]}" != "${failed[*]/runtime/}" ]; then
       # pytest names the failed test and its play output; a time-out shows nothing more, so
       # the hosts' consoles are kept and their ends printed here

@@ -1,12 +1,14 @@
 """The guest sees its GPU: a libvirt domain inside the intel test host boots a real kernel with
-the passed GPU and its HDMI audio function, and reports what it sees from inside.
+the passed GPU and its HDMI audio function, and reports what it sees from inside; then a second
+GPU is hot-plugged into the running guest and unplugged again.
 
 The guest is as small as a Linux guest gets: the test host's own kernel (direct kernel boot)
 and an initramfs made here from Debian's busybox-static and one ``/init`` script, no disk.
 ``/init`` prints, between two markers on the serial console (a file on the test host), every
 PCI function's address, vendor, device and class as the guest kernel enumerated them, the
 top-level ``PCI Bus`` windows of ``/proc/iomem`` (the host bridge windows from the firmware's
-ACPI tables, the 64-bit one included), the online CPUs and the NUMA nodes, then powers off.
+ACPI tables, the 64-bit one included), the online CPUs and the NUMA nodes, then stays up (the
+fixture ``host`` destroys the domain at the end).
 
 On the host the devices go through the collection as a user runs it: ``vfio_bind`` puts the
 GPU's IOMMU group on vfio-pci (no change when site.yml has done so already), then
@@ -15,6 +17,13 @@ companion on one guest slot (multifunction), wires it (vCPU and emulator pinned,
 to the GPU's node, a 64-bit MMIO window sized for the GPU's BARs) and starts it. The domain is
 i440fx (``pc``): SeaBIOS, an emulated TCG guest (``type='qemu'``), 1 vCPU, 256 MiB. i440fx's
 own 64-bit window is 2 GiB, so the 32 GiB the wiring writes (``pcihole64``) shows in the guest.
+
+Live attach and detach, on the same running guest once it has printed its report: the
+ati-vga at 02:00.0 (put on vfio-pci by the same ``vfio_bind`` task as the GPU; no change after
+site.yml, given back at the end otherwise) goes into the running domain with ``libvirt_hostdev``
+``where: live``; QEMU's monitor (``info pci``) and the live XML have it. The live detach returns once the guest kernel has released the device (ACPI
+PCI hot-plug of i440fx's bus 0, ``acpiphp``, built into the kernel: no userspace needed); the
+monitor and the live XML no longer have it, and a second detach changes nothing.
 
 Nested TCG is slow (the test host is itself emulated): the guest needs minutes to reach
 ``/init``. The kernel command line leaves out work this guest never needs (crypto self-tests,
@@ -34,6 +43,7 @@ import stat
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
@@ -49,14 +59,21 @@ TESTBED_HOSTS = ('intel',)
 
 GPU, AUDIO = '0000:01:00.0', '0000:01:00.1'
 GPU_IDS, AUDIO_IDS = ('0x1234', '0x1111'), ('0x8086', '0x293e')
+#: The GPU hot-plugged into the running guest (ati-vga rv100; radeon kept away on the test host).
+LIVE_GPU, LIVE_GPU_IDS = '0000:02:00.0', '1002:5159'
+#: Seconds the live detach may wait for the guest to release the device (nested TCG is slow).
+UNPLUG_TIMEOUT = 240
+#: Whether the boot test's vfio_bind moved LIVE_GPU to vfio-pci (then the hot-plug test gives it back).
+BOUND_HERE: Dict[str, bool] = {}
 DOMAIN = 'fleetgpu-guestboot'
 INITRD = '/var/lib/libvirt/images/%s-initrd.gz' % DOMAIN
 CONSOLE = '/var/log/libvirt/qemu/%s-console.log' % DOMAIN
 QEMU_LOG = '/var/log/libvirt/qemu/%s.log' % DOMAIN
 MEMORY_MIB = 256
-#: Seconds from the start of the domain to its power-off before the test gives up (a hang).
+#: Seconds from the start of the domain to the end of its report before the test gives up (a hang).
 BOOT_TIMEOUT = int(os.environ.get('FLEETGPU_GUEST_BOOT_TIMEOUT', '1500'))
 BEGIN, END = 'FLEETGPU-GUEST-BEGIN', 'FLEETGPU-GUEST-END'
+SPLIT = 'FLEETGPU-LIVE-XML'
 
 # quiet: the console carries the report, not the boot log. cryptomgr.notests: the crypto
 # self-tests took 20-30 s of a nested boot. initcall_blacklist: initcalls this guest has no use
@@ -95,7 +112,9 @@ while read a b c; do [ "$a" = MemTotal: ] && echo "memtotal_kib $b"; done < /pro
 read up idle < /proc/uptime
 echo "uptime_end $up"
 echo "%(end)s"
-busybox poweroff -f
+# Stay up for the hot-plug test (the test destroys the domain): the kernel handles ACPI PCI
+# hot-plug by itself, and PID 1 must not exit.
+while :; do busybox sleep 86400; done
 ''' % {'begin': BEGIN, 'end': END}
 
 DOMAIN_XML = '''<domain type='qemu'>
@@ -196,22 +215,6 @@ def parse_console(text: str) -> Dict[str, object]:
     return report
 
 
-LOG_STAMP = re.compile(r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\+0000: (starting up|shutting down)', re.M)
-
-
-def domain_lifetime(log: str) -> float | None:
-    """Seconds between the last "starting up" and the "shutting down" after it in a libvirt QEMU log."""
-    start = None
-    lifetime = None
-    for stamp, what in LOG_STAMP.findall(log):
-        when = datetime.datetime.strptime(stamp, '%Y-%m-%d %H:%M:%S.%f')
-        if what == 'starting up':
-            start, lifetime = when, None
-        elif start is not None:
-            lifetime = (when - start).total_seconds()
-    return lifetime
-
-
 def _copy(host: launch.TestHost, src: Path, dst: str) -> None:
     cmd = ['scp', '-q', '-i', str(host.key), '-P', str(host.port)] + launch.SSH_OPTIONS + [
         str(src), 'root@127.0.0.1:%s' % dst]
@@ -260,7 +263,8 @@ def test_the_guest_kernel_sees_the_gpu_and_its_audio_function_on_one_slot(host, 
         'wiring': {'pin_cpus': True, 'numa_mode': 'strict', 'mmio64': True},
     }
     doc = _play(host, tmp_path, [
-        {'name': 'bind', 'fleetgpu.passthrough.vfio_bind': {'devices': [GPU], 'include_group': True}},
+        # LIVE_GPU too, for the hot-plug test (in one task: a module run costs seconds under TCG)
+        {'name': 'bind', 'fleetgpu.passthrough.vfio_bind': {'devices': [GPU, LIVE_GPU], 'include_group': True}},
         {'name': 'check', 'fleetgpu.passthrough.libvirt_hostdev': attach, 'check_mode': True},
         {'name': 'attach', 'fleetgpu.passthrough.libvirt_hostdev': dict(attach, start=True)},
         {'name': 'again', 'fleetgpu.passthrough.libvirt_hostdev': attach},
@@ -269,7 +273,9 @@ def test_the_guest_kernel_sees_the_gpu_and_its_audio_function_on_one_slot(host, 
     started = time.monotonic()
     for res in (bind, check, done, again):
         assert res['status'] == 'ok', res
-    assert {d['address']: d['driver_after'] for d in bind['result']['devices']} == {GPU: 'vfio-pci', AUDIO: 'vfio-pci'}
+    assert {d['address']: d['driver_after'] for d in bind['result']['devices']} == {
+        GPU: 'vfio-pci', AUDIO: 'vfio-pci', LIVE_GPU: 'vfio-pci'}
+    BOUND_HERE.update((d['address'], d['changed']) for d in bind['result']['devices'])
     assert check['result']['changed'] is True and check['result']['defined'] is True, check
     assert done['result']['changed'] is True and done['result']['defined'] is True, done
     assert done['result']['power'] == 'started', done
@@ -295,24 +301,22 @@ def test_the_guest_kernel_sees_the_gpu_and_its_audio_function_on_one_slot(host, 
     assert numatune == {'numa_mode': wiring['numatune']['mode'], 'numa_nodeset': wiring['numatune']['nodeset']}, (
         numatune, wiring)
 
-    state = ''
-    while time.monotonic() - started < BOOT_TIMEOUT:
-        state = _virsh(host, 'domstate', DOMAIN).strip()
-        if state == 'shut off':
-            break
+    console, state = '', 'running'
+    while time.monotonic() - started < BOOT_TIMEOUT and END not in console and state == 'running':
         time.sleep(10)
+        # one SSH connection per poll (each costs seconds under TCG): the state, then the console
+        out = host.ssh(['virsh -q -c qemu:///system domstate %s; cat %s' % (DOMAIN, CONSOLE)], check=False).stdout
+        state, _sep, console = out.partition('\n')
+        state = state.strip()
     elapsed = time.monotonic() - started
-    console = host.ssh(['cat', CONSOLE], check=False).stdout
-    if state != 'shut off':
+    if END not in console:
         _virsh(host, 'destroy', DOMAIN, check=False)
-        pytest.fail('the guest did not power off within %d s (state %r); console:\n%s'
+        pytest.fail('the guest did not print its report within %d s (state %r); console:\n%s'
                     % (BOOT_TIMEOUT, state, console[-4000:]))
     report = parse_console(console)
-    lifetime = domain_lifetime(host.ssh(['cat', QEMU_LOG], check=False).stdout)
-    print('guest boot under nested TCG: the domain ran %s s (QEMU start to power-off, from libvirt\'s log; '
-          '%.0f s from the end of the play); the guest kernel reached /init after %.0f s of its uptime and '
-          'was done at %.0f s' % ('%.0f' % lifetime if lifetime is not None else '?', elapsed,
-                                  report.get('uptime', -1), report.get('uptime_end', -1)))
+    print('guest boot under nested TCG: the report was on the console %.0f s after the end of the play; '
+          'the guest kernel reached /init after %.0f s of its uptime and was done at %.0f s'
+          % (elapsed, report.get('uptime', -1), report.get('uptime_end', -1)))
 
     pci = report['pci']
     assert pci.get(guest_gpu, ())[:2] == GPU_IDS, (guest_gpu, pci)       # type: ignore[union-attr]
@@ -329,3 +333,78 @@ def test_the_guest_kernel_sees_the_gpu_and_its_audio_function_on_one_slot(host, 
     assert report.get('cpus') == '0', report
     assert list(report['nodes']) == [0] and report['nodes'][0][0] == '0', report['nodes']  # type: ignore[index]
     assert 0 < report['memtotal_kib'] <= MEMORY_MIB * 1024, report  # type: ignore[operator]
+
+
+def _live_sources(xml: str) -> List[str]:
+    """Host addresses of the PCI hostdevs in a domain XML."""
+    out = []
+    for addr in ET.fromstring(xml).findall('./devices/hostdev/source/address'):
+        out.append('%04x:%02x:%02x.%x' % tuple(int(addr.get(k, '0'), 16) for k in ('domain', 'bus', 'slot', 'function')))
+    return out
+
+
+def _stamp(task: dict, key: str) -> float:
+    """A command task's ``start`` or ``end`` (the managed host's clock) in seconds."""
+    return datetime.datetime.strptime(task['result'][key], '%Y-%m-%d %H:%M:%S.%f').timestamp()
+
+
+def test_a_second_gpu_is_hot_plugged_into_the_running_guest_and_unplugged_again(host, tmp_path):
+    """The same guest, still running after its report: ``where: live`` attach and detach of 02:00.0
+    (put on vfio-pci by the boot test's vfio_bind)."""
+    if _virsh(host, 'domstate', DOMAIN, check=False).strip() != 'running' or LIVE_GPU not in BOUND_HERE:
+        pytest.fail('the guest of the boot test is not running: this test hot-plugs into it (run the file whole)')
+    started = time.monotonic()
+    live = {'domain': DOMAIN, 'devices': [LIVE_GPU], 'where': 'live'}
+    detach = dict(live, state='absent', unplug_timeout=UNPLUG_TIMEOUT)
+    virsh = 'virsh -q -c qemu:///system '
+    # QEMU's monitor, then the live XML, in one task
+    read = {'cmd': "%sqemu-monitor-command %s --hmp 'info pci' && echo %s && %sdumpxml %s" % (
+        virsh, DOMAIN, SPLIT, virsh, DOMAIN)}
+    tasks = [
+        {'name': 'attach', 'fleetgpu.passthrough.libvirt_hostdev': live},
+        {'name': 'detach check', 'fleetgpu.passthrough.libvirt_hostdev': detach, 'check_mode': True},
+        {'name': 'attached', 'ansible.builtin.shell': read, 'changed_when': False},
+        {'name': 'detach', 'fleetgpu.passthrough.libvirt_hostdev': detach},
+        {'name': 'detached', 'ansible.builtin.shell': read, 'changed_when': False},
+        {'name': 'detach again', 'fleetgpu.passthrough.libvirt_hostdev': detach},
+    ]
+    if BOUND_HERE[LIVE_GPU]:
+        # not on vfio-pci before this file (site.yml did not run first): given back
+        tasks.append({'name': 'restore', 'fleetgpu.passthrough.vfio_bind': {'devices': [LIVE_GPU], 'state': 'absent'}})
+    for task in tasks:
+        task['vars'] = {'ansible_pipelining': True}  # one SSH command per task
+    doc = _play(host, tmp_path, tasks, 'hotplug')
+    elapsed = time.monotonic() - started
+    res = {task['name']: _result(doc, task['name']) for task in tasks}
+    for name, task in res.items():
+        assert task['status'] == 'ok', (name, task)
+    unplug = _stamp(res['detached'], 'start') - _stamp(res['attached'], 'end')
+    print('live attach and detach of %s: %.0f s for the play (attach, detach in check mode and for real, detach '
+          'again, two reads of the monitor and the live XML%s); the live detach task %.0f s'
+          % (LIVE_GPU, elapsed, ', restore' if BOUND_HERE[LIVE_GPU] else '', unplug))
+    info_attached, _sep, xml_attached = res['attached']['result']['stdout'].partition(SPLIT)
+    info_detached, _sep, xml_detached = res['detached']['result']['stdout'].partition(SPLIT)
+
+    # Attach: hot-plugged; QEMU and the live XML have it.
+    assert res['attach']['result']['changed'] is True, res['attach']
+    assert res['attach']['result']['live'] == [{'address': LIVE_GPU, 'action': 'added'}], res['attach']
+    assert 'PCI device %s' % LIVE_GPU_IDS in info_attached, info_attached
+    assert LIVE_GPU in _live_sources(xml_attached), xml_attached
+    # Check mode of the detach (the device was there) predicted the removal and asked nothing.
+    assert res['detach check']['result']['changed'] is True, res['detach check']
+    assert res['detach check']['result']['live'] == [{'address': LIVE_GPU, 'action': 'removed'}]
+
+    # Detach: the task returned once the guest had released the device, which is gone from QEMU
+    # and from the live XML; the first GPU and its audio function stay.
+    done = res['detach']['result']
+    assert done['changed'] is True and done['unplug_pending'] is False, done
+    assert done['live'] == [{'address': LIVE_GPU, 'action': 'removed'}], done
+    assert 'PCI device %s' % LIVE_GPU_IDS not in info_detached, info_detached
+    assert 'PCI device 1234:1111' in info_detached, info_detached
+    assert sorted(_live_sources(xml_detached)) == [GPU, AUDIO], xml_detached
+    again = res['detach again']['result']
+    assert again['changed'] is False and again['live'] == [{'address': LIVE_GPU, 'action': 'unchanged'}], again
+    if BOUND_HERE[LIVE_GPU]:
+        assert res['restore']['result']['changed'] is True, res['restore']
+    # The persistent definition was never touched by the live changes.
+    assert LIVE_GPU not in _live_sources(_virsh(host, 'dumpxml', '--inactive', DOMAIN))

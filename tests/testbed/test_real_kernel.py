@@ -3,7 +3,8 @@
 * ``intel`` host, before any reboot or persistent change: vfio_bind moves the discrete GPU's
   whole IOMMU group (01:00.0 display + 01:00.1 HDMI audio) to vfio-pci, a second run is no
   change, and ``state: absent`` gives both functions back to their drivers; the boot GPU
-  with the same vendor:device keeps its driver throughout.
+  with the same vendor:device keeps its driver throughout. After the give-back, gpu_quarantine
+  finds both functions healthy, with the reset methods the kernel lists for them.
 * ``radeon`` host: radeon is loaded on purpose and its probe of the ati-vga (02:00.0) waits
   for firmware that never comes (firmware sysfs fallback forced on), holding the device lock,
   so reading the device's driver_override blocks in the kernel. gpu_facts and vfio_bind must
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'roles' / 'testbed'
 import launch  # noqa: E402
 
 GPU, AUDIO, AMD_GPU, BOOT_GPU = '0000:01:00.0', '0000:01:00.1', '0000:02:00.0', '0000:00:01.0'
+VENDORS = {GPU: '1234', AUDIO: '8086'}   # QEMU's secondary-vga, its ich9-intel-hda
 PLAY_TIMEOUT = 600
 
 pytestmark = [
@@ -105,11 +107,30 @@ def test_vfio_bind_binds_and_restores_the_gpu_group_at_runtime(hosts, tmp_path):
     doc = _play(host, tmp_path, [
         {'name': 'restore', 'fleetgpu.passthrough.vfio_bind': {'devices': [GPU, AUDIO], 'state': 'absent'}},
         {'name': 'restore again', 'fleetgpu.passthrough.vfio_bind': {'devices': [GPU, AUDIO], 'state': 'absent'}},
+        {'name': 'health', 'fleetgpu.passthrough.gpu_quarantine': {'addresses': [GPU, AUDIO]}},
     ], 'restore')
     restore, again = _result(doc, 'restore'), _result(doc, 'restore again')
     assert restore['status'] == 'ok' and restore['result']['changed'] is True, restore
     assert again['status'] == 'ok' and again['result']['changed'] is False, again
     assert _drivers(host) == before
+    # reset health after the give-back: vfio_bind's own check and gpu_quarantine find both functions healthy,
+    # with the reset methods the kernel lists for them (read, never triggered); nothing is quarantined
+    assert restore['result']['quarantined'] == [], restore
+    health = _result(doc, 'health')
+    print('gpu_quarantine on the test host: %.2fs' % health['seconds'])
+    assert health['status'] == 'ok' and health['result']['changed'] is False, health
+    listed = host.ssh(['for a in %s; do echo $a $(cat /sys/bus/pci/devices/$a/reset_method 2>/dev/null || echo -); done'
+                       % ' '.join((GPU, AUDIO))]).stdout
+    kernel = {a: (None if m == ['-'] else m) for a, *m in (line.split() for line in listed.splitlines() if line.strip())}
+    devices = {d['address']: d for d in health['result']['devices']}
+    assert sorted(devices) == [GPU, AUDIO], devices
+    for address, dev in devices.items():
+        assert dev['healthy'] is True and dev['quarantined'] is False and dev['problems'] == [], dev
+        assert dev['config_readable'] is True and dev['config_vendor_id'] == VENDORS[address], dev
+        assert dev['reset_method'] == kernel[address], (dev, kernel)
+        assert dev['driver'] == before[address], dev
+    assert health['result']['quarantined'] == {}
+    host.ssh(['test', '!', '-e', '/var/lib/fleetgpu-passthrough/quarantine.json'])
 
 
 LSPCI_MEMORY = re.compile(r'^\s*Memory at \S+ \((32|64)-bit, (prefetchable|non-prefetchable)\)(?: \[\w+\])* '

@@ -30,6 +30,8 @@ ENGINE_MAY_IMPORT_ENGINE = {
     'vmware_gpu_import': {'fleet_plan'},
     # which running domain holds a device: libvirt_gpu_info's reading
     'vfio_bind': {'libvirt_gpu_info'},
+    # the running domains that hold a device (libvirt_gpu_info), stopped over libvirt_hostdev's connection
+    'libvirt_domain_drain': {'libvirt_gpu_info', 'libvirt_hostdev'},
 }
 # the one adapter from an AnsibleModule to the rooms: _hostcmd.ModuleRunner
 ROOM_MAY_TAKE_A_MODULE = {'_hostcmd'}

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'roles' / 'testbed' / 'files'))
 import launch  # noqa: E402
@@ -56,6 +57,15 @@ def test_inventory_carries_keepalives_and_loopback_only():
     line = [ln for ln in text.splitlines() if 'ansible_ssh_common_args' in ln][0]
     words = shlex.split(line.split(':', 1)[1].strip().strip("'"))
     assert 'ServerAliveInterval=5' in words and 'ServerAliveCountMax=6' in words
+
+
+def test_inventory_turns_pipelining_on():
+    h = _host()
+    h.port = 40022
+    doc = yaml.safe_load(launch.inventory_text([h], group='gpu_hosts'))
+    hostvars = doc['all']['children']['gpu_hosts']['hosts'][h.name]
+    assert hostvars['ansible_pipelining'] is True
+    assert hostvars['ansible_user'] == 'root'
 
 
 @pytest.mark.parametrize('available,count,expected', [

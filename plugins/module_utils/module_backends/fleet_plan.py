@@ -530,8 +530,9 @@ def _has_libvirt(host: HostInput) -> bool:
 
 def _rejection(vm: VmRequest, host: HostInput, candidates: list[str] | None, drifted: dict[str, set[str]],
                drift: dict[str, list[str]], free: dict[str, list[Gpu]], free_count: dict[str, int],
-               policy: str) -> Rejection:
+               policy: str, quarantined: list[Gpu] | None = None) -> Rejection:
     """Why ``host`` cannot take ``vm`` (only computed for a request that fits nowhere)."""
+    quarantined = quarantined or []
     hname = host.name
     if host.status != 'ok':
         return Rejection(hname, '%s: %s' % (host.status, host.message or 'no facts'), {})
@@ -547,6 +548,10 @@ def _rejection(vm: VmRequest, host: HostInput, candidates: list[str] | None, dri
         mine = [d for d in drift.get(hname, []) if any(d.startswith('model %s:' % m) for m in bad)]
         return Rejection(hname, 'drift: ' + '; '.join(mine), free_count)
     _chosen, why = _choose_on_host(vm, hname, free, {a.model: a.count for a in vm.gpus}, set(), policy)
+    asked = {a.model for a in vm.gpus}
+    held_back = sorted(g.address for g in quarantined if g.model in asked)
+    if why and held_back:
+        why += '; quarantined (skipped): %s' % ', '.join(held_back)
     return Rejection(hname, why or 'fits now, but not when the requests before it were placed', free_count)
 
 
@@ -612,7 +617,10 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
                               % (hname, addr, row.get('vendor_device'), ', '.join(matched)))
             gpu.model = matched[0] if matched else None
             state = row.get('state')
-            if state in USABLE_STATES:
+            quarantine = row.get('quarantined')
+            if quarantine:
+                gpu.reason = 'quarantined: %s' % (quarantine.get('reason') if isinstance(quarantine, dict) else quarantine)
+            elif state in USABLE_STATES:
                 gpu.usable, gpu.reason = True, ''
             elif state == 'boot-vga' and host.allow_boot_vga and _boot_only(row):
                 gpu.usable, gpu.reason = True, 'boot GPU (forced with vfio_host_allow_boot_vga)'
@@ -780,7 +788,8 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
             why = 'no host fits' if vm.host is None or vm.host in hosts else \
                 'it is pinned to %s, which is not a host of this play' % vm.host
             result.unplaced.append(Unplaced(vm, why, [
-                _rejection(vm, hosts[h], candidates, drifted, result.drift, free_of(h), counts(h), result.policy)
+                _rejection(vm, hosts[h], candidates, drifted, result.drift, free_of(h), counts(h), result.policy,
+                           [g for g in result.gpus.get(h, []) if g.raw.get('quarantined')])
                 for h in host_names]))
     result.placements.sort(key=lambda p: p.vm.index)
     return result

@@ -41,6 +41,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     parse_id,
     read_locked_attributes,
 )
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._reset_health import Quarantine, record_path
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._topology import numa_nodes, pci_path, read_bars
 
@@ -186,6 +187,11 @@ class GpuFacts:
                 if addr.slot_key in wanted:
                     slot_index.setdefault(addr.slot_key, []).append(addr)
         out = [self._one(g, iommu, host, locked, stuck.get(g.address, []), holders, slot_index) for g in gpus]
+        if gpus:
+            # the reset-health quarantine (gpu_quarantine, vfio_bind's give-back, libvirt_hostdev's attach)
+            record = Quarantine.load(record_path(s))
+            for row in out:
+                row['quarantined'] = record.get(row['address']) or False
         return {'host': host, 'gpus': out}
 
     def _one(self, dev: PciDevice, iommu: HostIommu, host: dict, locked: dict, stuck: list[str],

@@ -27,7 +27,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     DomainXmlError,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import HAS_LIBVIRT, Domain, libvirt
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import HAS_LIBVIRT, Connection, Domain, libvirt
 
 _STATES = {
     0: 'no state', 1: 'running', 2: 'blocked', 3: 'paused', 4: 'shutting down', 5: 'shut off', 6: 'crashed',
@@ -93,14 +93,10 @@ def running_hostdevs(uri: str) -> dict[PciAddress, list[str]]:
     except libvirt.libvirtError:
         return found
     try:
-        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-            try:
-                sources = DomainDefinition(dom.XMLDesc(0), read_only=True).sources()
-            except DomainXmlError:
-                continue
+        for name, sources in running_domains(conn).items():
             for address in sources:
-                if dom.name() not in found.setdefault(address, []):
-                    found[address].append(dom.name())
+                if name not in found.setdefault(address, []):
+                    found[address].append(name)
     except libvirt.libvirtError:
         pass
     finally:
@@ -108,6 +104,26 @@ def running_hostdevs(uri: str) -> dict[PciAddress, list[str]]:
             conn.close()
         except libvirt.libvirtError:
             pass
+    return found
+
+
+def running_domains(conn: Connection) -> dict[str, list[PciAddress]]:
+    """Name of every running domain on ``conn`` -> the PCI host devices of its live definition (may be empty).
+
+    A domain whose live XML cannot be parsed is left out; a domain that stops while listed too.
+    libvirt's error on listing propagates (``libvirt.libvirtError``).
+    """
+    found: dict[str, list[PciAddress]] = {}
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        try:
+            name = dom.name()
+            xml = dom.XMLDesc(0)
+        except libvirt.libvirtError:
+            continue  # it stopped (a transient one vanished) while we listed
+        try:
+            found[name] = DomainDefinition(xml, read_only=True).sources()
+        except DomainXmlError:
+            continue
     return found
 
 

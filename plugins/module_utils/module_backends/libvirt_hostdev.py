@@ -36,6 +36,8 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     is_companion,
     list_addresses,
 )
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._reset_health import Quarantine, quarantine_failed, record_path
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._reset_health import check as health_check
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError
 
 try:
@@ -53,6 +55,10 @@ Connection = Any
 Domain = Any
 
 _ALREADY_ATTACHED = 'already in the domain configuration'
+# QEMU's refusal of a second unplug request for a device whose unplug is still pending.
+_UNPLUG_IN_PROGRESS = 'already in the process of unplug'
+#: Seconds between two reads of the live XML while a live detach is pending.
+UNPLUG_POLL = 0.5
 
 
 class LibvirtError(HostdevError):
@@ -75,6 +81,10 @@ class DeviceNotFound(HostdevError):
     """A device the plan needs does not exist in sysfs."""
 
 
+class DeviceQuarantined(HostdevError):
+    """A device to attach is quarantined, or fails its reset-health check now."""
+
+
 class DomainXmlRejected(LibvirtError):
     """libvirt refused to define the domain_xml given."""
 
@@ -89,6 +99,10 @@ class DomainNotPersistent(HostdevError):
 
 class DomainNotRunning(HostdevError):
     """A live change was asked of a domain that is not running."""
+
+
+class UnplugPending(HostdevError):
+    """A live detach was requested, but the guest has not released the device within unplug_timeout."""
 
 
 def _silence_libvirt() -> None:
@@ -158,8 +172,10 @@ class Request:
                  rom: RomSpec | None = None, guest_address: PciAddress | None = None,
                  allow_shared: bool = False, start: bool = False, restart: bool = False,
                  shutdown_timeout: float = 120.0, define_xml: str | None = None,
-                 wiring: dict | None = None) -> None:
+                 wiring: dict | None = None, allow_quarantined: bool = False,
+                 unplug_timeout: float = 30.0) -> None:
         self.domain = domain
+        self.allow_quarantined = allow_quarantined
         self.uri = uri
         self.devices = devices
         self.state = state
@@ -174,6 +190,7 @@ class Request:
         self.shutdown_timeout = shutdown_timeout
         self.define_xml = define_xml
         self.wiring = wiring
+        self.unplug_timeout = unplug_timeout
 
 
 def slot_requests(devices: list[PciAddress], companions: bool, sysfs: Sysfs | None,
@@ -259,6 +276,7 @@ class HostdevBackend:
         self._conn = conn
         self.warnings: list[str] = []
         self.assume_vfio: set[PciAddress] = set()
+        self.check_mode = False
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -271,6 +289,7 @@ class HostdevBackend:
 
     def run(self, check_mode: bool) -> dict[str, object]:
         req = self.req
+        self.check_mode = check_mode
         conn = self._connection()
         defined = False
         try:
@@ -323,6 +342,7 @@ class HostdevBackend:
             changes = [HostdevChange(PciAddress.parse(str(c['address'])), str(c['action'])) for c in live]
             after_xml = canonical_xml(before_xml)
         result.update({
+            'unplug_pending': False,
             'defined': defined,
             'changed': defined or config_changed or any(c['action'] != 'unchanged' for c in live) or bool(power),
             'devices': [c.to_dict() for c in changes],
@@ -371,7 +391,7 @@ class HostdevBackend:
         self.warnings.append('domain %r does not exist at %s yet: it would be defined from define_xml' % (req.domain, req.uri))
         return {
             'domain': req.domain, 'uri': req.uri, 'defined': True, 'changed': True,
-            'devices': [c.to_dict() for c in changes], 'live': [],
+            'devices': [c.to_dict() for c in changes], 'live': [], 'unplug_pending': False,
             'power': 'started' if req.start and req.state == 'present' else None,
             'hostdevs': [h.to_dict() for h in DomainDefinition(after).hostdevs()],
             'numa_nodes': DomainDefinition(after).numa_nodes(), 'assignments': shared, 'wiring': wiring,
@@ -406,11 +426,45 @@ class HostdevBackend:
         """Changes that give ``slots`` to the domain, after the sharing check; adds the driver warnings."""
         req = self.req
         self._check_shared(wanted, shared, defn)
+        mine = set(defn.sources())
+        self._health_gate([a for a in wanted if req.where == 'live' or a not in mine])
         changes: list[HostdevChange] = []
         for slot in slots:
             changes += defn.plan_present(slot, req.managed, req.rom, req.guest_address)
         self.warnings += driver_warnings(self.sysfs, wanted, req.managed, self.assume_vfio)
         return changes
+
+    def _health_gate(self, adding: list[PciAddress]) -> None:
+        """Before devices are added: refuse a quarantined one (unless allow_quarantined), check the others' reset
+        health and quarantine (not in check mode) and refuse one whose config space does not answer."""
+        if self.sysfs is None or not adding:
+            return
+        record = Quarantine.load(record_path(self.sysfs))
+        devices = []
+        for addr in adding:
+            try:
+                devices.append(PciDevice.read(self.sysfs, addr))
+            except (PciDeviceNotFound, SysfsError):
+                continue  # not on this host's sysfs: nothing to check (libvirt names it if it is missing)
+        failed = [h for h in health_check(self.sysfs, devices, timeout=self.sysfs.timeout) if not h.healthy]
+        if failed and not self.check_mode:
+            quarantine_failed(self.sysfs, failed, 'libvirt_hostdev')
+        problems = ['%s fails its health check: %s' % (h.address, h.reason) for h in failed]
+        for addr in adding:
+            entry = record.get(addr)
+            if entry is None or any(h.address == addr for h in failed):
+                continue
+            text = '%s is quarantined since %s: %s' % (addr, entry.get('time'), entry.get('reason'))
+            if self.req.allow_quarantined:
+                self.warnings.append(text + ': attaching it anyway because allow_quarantined is true')
+            else:
+                problems.append(text)
+        if problems:
+            raise DeviceQuarantined('; '.join(problems) + '. A quarantined device is not given to domain %r: release '
+                                    'it with gpu_quarantine state=cleared once it is repaired (or set '
+                                    'allow_quarantined=true for a record you know is stale)' % self.req.domain,
+                                    details={'quarantined': sorted({str(h.address) for h in failed}
+                                                                   | {str(a) for a in adding if record.get(a) is not None})})
 
     def _check_shared(self, wanted: list[PciAddress], shared: dict[str, list[str]], defn: DomainDefinition) -> None:
         if self.req.allow_shared:
@@ -439,6 +493,7 @@ class HostdevBackend:
             return []
         live_defn = DomainDefinition(dom.XMLDesc(0))
         out: list[dict[str, object]] = []
+        detached: list[PciAddress] = []
         for addr in wanted:
             present = live_defn.find(addr)
             if req.state == 'present' and present is None:
@@ -448,13 +503,49 @@ class HostdevBackend:
             elif req.state == 'absent' and present is not None:
                 out.append({'address': str(addr), 'action': 'removed'})
                 if not check_mode:
-                    try:
-                        dom.detachDeviceFlags(present.xml(), libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                    except libvirt.libvirtError as exc:
-                        raise self._fail('live detach of %s failed' % addr, exc) from None
+                    self._detach_live(dom, present.xml(), addr)
+                    detached.append(addr)
             else:
                 out.append({'address': str(addr), 'action': 'unchanged'})
+        if detached:
+            self._wait_unplugged(dom, detached, out)
         return out
+
+    def _detach_live(self, dom: Domain, xml: str, addr: PciAddress) -> None:
+        """Ask for the unplug; the guest releases the device later (see _wait_unplugged)."""
+        try:
+            dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except libvirt.libvirtError as exc:
+            if _UNPLUG_IN_PROGRESS in (exc.get_error_message() or ''):
+                return  # asked before (an earlier run): wait for the same unplug
+            raise self._fail('live detach of %s failed' % addr, exc) from None
+
+    def _wait_unplugged(self, dom: Domain, addresses: list[PciAddress], live: list[dict[str, object]]) -> None:
+        """Wait until the running domain's XML no longer holds ``addresses``, up to unplug_timeout seconds.
+
+        A live detach of a PCI device is asynchronous: libvirt passes the request to QEMU, the
+        guest OS releases the device (PCIe native or ACPI hot-plug), and only then is the device
+        gone from the live XML. A guest that does not release it in time fails the task:
+        the device is still in use by the running guest.
+        """
+        req = self.req
+        deadline = time.monotonic() + req.unplug_timeout
+        while True:
+            try:
+                live_defn = DomainDefinition(dom.XMLDesc(0))
+            except libvirt.libvirtError as exc:
+                raise self._fail('cannot read the running domain after the live detach', exc) from None
+            pending = [a for a in addresses if live_defn.find(a) is not None]
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(min(UNPLUG_POLL, max(0.0, deadline - time.monotonic())))
+        if pending:
+            raise UnplugPending(
+                'live detach of %s from domain %r at %s is still pending after %g s: the guest has not released '
+                'the device (its OS must accept the unplug: PCIe native or ACPI PCI hot-plug). The request stays '
+                'queued; run the task again with a longer unplug_timeout, or shut the guest down'
+                % (', '.join(str(a) for a in pending), req.domain, req.uri, req.unplug_timeout),
+                details={'unplug_pending': True, 'pending': [str(a) for a in pending], 'live': live, 'changed': True})
 
     def _attach_live(self, dom: Domain, xml: str, addr: PciAddress) -> None:
         try:
@@ -510,6 +601,8 @@ def build_request(params: dict) -> Request:
     if guest is not None and len({d.slot_key for d in devices}) > 1:
         raise HostdevError('guest_address %s can only place devices of one host slot, got %s'
                            % (params['guest_address'], ', '.join(str(d) for d in devices)))
+    if params['unplug_timeout'] < 0:
+        raise HostdevError('unplug_timeout must be 0 or more seconds, got %g' % params['unplug_timeout'])
     rom_p = params['rom'] or {}
     rom = RomSpec(rom_p.get('file'), rom_p.get('bar')) if rom_p else None
     return Request(
@@ -517,7 +610,9 @@ def build_request(params: dict) -> Request:
         where=params['where'], managed=params['managed'], companions=params['companions'], rom=rom,
         guest_address=guest, allow_shared=params['allow_shared'], start=params['start'],
         restart=params['restart'], shutdown_timeout=params['shutdown_timeout'], define_xml=params['define_xml'],
-        wiring=options(params['wiring']) if params['wiring'] is not None else None)
+        wiring=options(params['wiring']) if params['wiring'] is not None else None,
+        allow_quarantined=bool(params.get('allow_quarantined')),
+        unplug_timeout=params['unplug_timeout'])
 
 
 def backend_for(params: dict, sysfs: Sysfs) -> HostdevBackend:

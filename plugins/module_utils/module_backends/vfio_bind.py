@@ -51,6 +51,8 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     processes_holding,
     read_locked_attributes,
 )
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._reset_health import check as health_check
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._reset_health import quarantine_failed
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import (
     Sysfs,
     SysfsError,
@@ -261,6 +263,8 @@ class Binder:
         self.libvirt_uri = libvirt_uri
         self.rolled_back: List[str] = []
         self.stuck: List[str] = []
+        # quarantine entries of devices that failed their health check after a give-back
+        self.quarantined: List[Dict[str, Any]] = []
         self.last_plan: Optional[BindPlan] = None
         self._open: Optional[Dict[str, List[Tuple[int, str]]]] = None
         self._domains: Optional[Dict[PciAddress, List[str]]] = None
@@ -512,6 +516,9 @@ class Binder:
                     else:
                         self._restore(step)
                 except BindingApplyError as exc:
+                    no_driver = exc.details.pop('driver_now', '') is None
+                    if plan.state == 'absent' and no_driver:
+                        self._quarantine_after_giveback([step], exc)
                     self._rollback(done, exc, plan.steps)
                     raise
             if plan.state == 'present' and is_vfio_driver(self.driver) and steps:
@@ -524,7 +531,24 @@ class Binder:
                 for step in steps:
                     self.journal.entries.pop(str(step.address), None)
                 self.journal.save()
+                self._quarantine_after_giveback(steps)
         return plan
+
+    def _quarantine_after_giveback(self, steps: List[Step], failure: Optional[BindingApplyError] = None) -> None:
+        """Check devices just given back (config space answers; the driver they went back to is bound) and
+        quarantine those that fail; a failure of the give-back itself says so in its message."""
+        expect = {s.address for s in steps if s.driver_after is not None}
+        checks = health_check(self.sysfs, [s.device for s in steps if self.sysfs.isdir(s.device.path)], expect)
+        try:
+            entries = quarantine_failed(self.sysfs, checks, 'vfio_bind')
+        except FleetGpuError as exc:
+            entries = [{'address': str(h.address), 'reason': h.reason, 'not_recorded': str(exc)}
+                       for h in checks if not h.healthy]
+        self.quarantined.extend(entries)
+        if failure is not None and entries:
+            failure.details['quarantined'] = list(self.quarantined)
+            failure.args = ('%s. It is quarantined: %s (clear it with gpu_quarantine state=cleared once repaired)'
+                            % (failure.args[0], '; '.join('%s: %s' % (e['address'], e['reason']) for e in entries)),)
 
     def _ensure_driver(self, name: str) -> None:
         if self.sysfs.isdir(self.sysfs.sys('bus', 'pci', 'drivers', name)):
@@ -638,7 +662,7 @@ class Binder:
         now = self._current(dev)
         if target is not None and now != target:
             raise BindingApplyError('%s: could not put the device back on %s (after drivers_probe it is on %s)'
-                                    % (addr, target, now or 'no driver'), device=addr)
+                                    % (addr, target, now or 'no driver'), device=addr, driver_now=now)
         if target is not None or override:
             self._write(step, dev.attr('driver_override'), override or '\n',
                         'setting driver_override to %s' % (override or '(null)'))
@@ -685,7 +709,7 @@ def run(module: AnsibleModule) -> dict:
     """
     params = module.params
     result: Dict[str, Any] = dict(changed=False, devices=[], rolled_back=[], stuck=[], released_ids=[],
-                                  journal_path=params['journal_path'])
+                                  quarantined=[], journal_path=params['journal_path'])
 
     binder = None
     try:
@@ -711,6 +735,10 @@ def run(module: AnsibleModule) -> dict:
         exc.details = result
         raise
     result['changed'] = plan.changed
+    result['quarantined'] = binder.quarantined
+    for entry in binder.quarantined:
+        module.warn('%s was given back but failed its health check and is quarantined: %s (gpu_quarantine '
+                    'state=cleared releases it)' % (entry['address'], entry['reason']))
     result['devices'] = binder.results()
     result['released_ids'] = binder.released_ids
     if module._diff and plan.changed:

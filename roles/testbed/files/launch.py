@@ -241,7 +241,7 @@ class TestHost:
         subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b',
                         str(self.image / 'disk.raw'), str(self.dir / 'overlay.qcow2')],
                        check=True, timeout=60)
-        for attempt in range(3):
+        for _attempt in range(3):
             self.port = free_port()
             cmd = ['timeout', '-s', 'KILL', str(LIFETIME)] + self.qemu_command()
             (self.dir / 'qemu.cmd').write_text(' '.join(cmd) + '\n')
@@ -382,6 +382,9 @@ def inventory_text(hosts: Sequence[TestHost], group: str = 'testbed') -> str:
             '          ansible_ssh_private_key_file: %s' % h.key,
             "          ansible_ssh_common_args: '%s'" % ' '.join(SSH_OPTIONS),
             '          ansible_python_interpreter: /usr/bin/python3',
+            # one SSH round trip per module instead of three (copy, chmod, run): under TCG the
+            # no-op converge of site.yml measured 39-42 s with it against 49-59 s without (bench/)
+            '          ansible_pipelining: true',
             '          testbed_topology: %s' % h.topology,
         ]
     return '\n'.join(lines) + '\n'

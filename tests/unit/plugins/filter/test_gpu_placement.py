@@ -191,6 +191,17 @@ def test_domain_xml_passes_through() -> None:
     assert res[0]['domain_xml'] == '<domain/>'
 
 
+def test_a_quarantined_gpu_is_never_handed_out_and_asking_for_it_names_the_reason() -> None:
+    sick = dict(gpu('0000:02:00.0', state='vfio-ready'),
+                quarantined={'address': '0000:02:00.0', 'reason': 'its config space reads vendor id ffff'})
+    facts = {'gpus': [gpu('0000:01:00.0', state='available'), sick]}
+    # the vfio-ready GPU would come first, but it is quarantined
+    assert devices(gpu_placement(facts, [{'name': 'a', 'gpus': {'count': 1}}])) == {'a': ['0000:01:00.0']}
+    with pytest.raises(AnsibleFilterError) as info:
+        gpu_placement(facts, [{'name': 'a', 'gpus': {'addresses': ['0000:02:00.0']}}])
+    assert '0000:02:00.0, which is quarantined (its config space reads vendor id ffff)' in str(info.value)
+
+
 def test_binding_dynamic_passes_through_and_static_is_the_default() -> None:
     res = gpu_placement(FACTS, [{'name': 'a', 'gpus': {'count': 1}, 'binding': 'dynamic'},
                                 {'name': 'b', 'gpus': {'count': 1}, 'binding': 'static'},

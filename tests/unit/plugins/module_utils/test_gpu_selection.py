@@ -158,6 +158,39 @@ def test_existing_softdeps_parser() -> None:
     assert existing_softdeps(None) == []
 
 
+def test_alias_prefilter_matches_what_fnmatch_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only patterns whose literal prefix the modalias starts with reach fnmatch; the result is fnmatch's."""
+    import fnmatch
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _gpu_selection
+    root = Path(simkernel.materialize('identical_pair', str(tmp_path / 'sim')))
+    sysfs = Sysfs(str(root))
+    modalias = sysfs.read(sysfs.sys('bus', 'pci', 'devices', '0000:01:00.0', 'modalias'))
+    assert modalias.startswith('pci:v00001234d00001111')
+    patterns = ['pci:v00001234d00001111sv*sd*bc03sc*i*', 'pci:v00001234d0000111[01]sv*sd*bc*sc*i*',
+                'pci:v00001234d000011?1sv*sd*bc*sc*i*', 'pci:v*d*sv*sd*bc03sc*i*', 'pci:v*d*sv*sd*bc02sc*i*',
+                'pci:v00001002d00005159sv*sd*bc*sc*i*', 'pci:v000010DEd*sv*sd*bc03sc*i*']
+    patterns += ['pci:v%08Xd*sv*sd*bc*sc*i*' % vendor for vendor in range(0x2000, 0x2400)]
+    alias_dir = Path(sysfs.host('lib', 'modules', '6.1.0-27-amd64'))
+    alias_dir.mkdir(parents=True, exist_ok=True)
+    (alias_dir / 'modules.alias').write_text(
+        '# Aliases extracted from modules themselves.\n'
+        + ''.join('alias %s mod%d\n' % (p, i) for i, p in enumerate(patterns))
+        + 'alias usb:v1234p* usbmod\n')
+    expected = ['mod%d' % i for i, p in enumerate(patterns) if fnmatch.fnmatchcase(modalias, p)]
+    assert expected == ['mod0', 'mod1', 'mod2', 'mod3']
+    seen: list[str] = []
+    real = fnmatch.fnmatchcase
+
+    def counting(name: str, pattern: str) -> bool:
+        seen.append(pattern)
+        return real(name, pattern)
+
+    monkeypatch.setattr(_gpu_selection.fnmatch, 'fnmatchcase', counting)
+    assert _gpu_selection.alias_modules(sysfs, '6.1.0-27-amd64', '0000:01:00.0', {}) == expected
+    # the 1024 aliases of other vendors, and the other vendors' devices, never reach fnmatch
+    assert sorted(seen) == sorted(patterns[:5])
+
+
 @pytest.mark.parametrize('selectors, keep, expected', [
     ([{'name_regex': '.', 'count': 'all'}], ['01:00.0'], ['0000:02:00.0']),
     ([{'vendor_id': '1002', 'device_id': '5159'}], ['0000:01:00.0'], ['0000:02:00.0']),

@@ -1,6 +1,7 @@
 """The sysfs seam: rooted paths, reads, bounded reads and writes."""
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -125,3 +126,12 @@ def test_large_file_is_read_whole(tmp_path: Path) -> None:
     s = Sysfs(str(tmp_path / 'sys'))
     assert len(text) > 65536
     assert s.read(str(big)).endswith('last line')
+
+
+def test_read_bytes_bounded_reads_binary_reports_errno_and_missing(tmp_path: Path) -> None:
+    blob = tmp_path / 'config'
+    blob.write_bytes(bytes([0xde, 0x10, 0x04, 0x22, 0xff, 0x00]))
+    values, errors, stuck = Sysfs(str(tmp_path / 'sys')).read_bytes_bounded([str(blob), str(tmp_path / 'none')], 4)
+    assert values[str(blob)] == b'\xde\x10\x04\x22'   # the first 4 bytes, not text
+    assert values[str(tmp_path / 'none')] is None and errors[str(tmp_path / 'none')] == errno.ENOENT
+    assert stuck == []

@@ -457,3 +457,49 @@ def test_vendor_variant_driver_name_is_accepted(tmp_path: Path) -> None:
                       'journal_path': str(tmp_path / 'j.json')}, check=True)
     assert res['changed'] and not res.get('failed'), res
     assert {d['driver_after'] for d in res['devices']} == {'nvgrace_gpu_vfio_pci'}
+
+
+# ----------------------------------------------------------------------------- reset health after a give-back
+def quarantine_record(k: Kernel) -> dict:
+    path = os.path.join(os.path.dirname(k.root), 'var', 'lib', 'fleetgpu-passthrough', 'quarantine.json')
+    return json.load(open(path, encoding='utf-8'))['devices'] if os.path.exists(path) else {}
+
+
+def test_a_healthy_give_back_quarantines_nothing(workstation: Kernel) -> None:
+    k = workstation
+    assert not k.run(devices=[GPU, AUDIO]).get('failed')
+    back = k.run(devices=[GPU, AUDIO], state='absent')
+    assert back['changed'] is True and back['quarantined'] == []
+    assert 'quarantined' not in json.dumps(back.get('warnings', []))
+    assert quarantine_record(k) == {}
+
+
+def test_a_give_back_whose_driver_does_not_come_back_fails_and_quarantines_the_device(workstation: Kernel) -> None:
+    k = workstation
+    assert not k.run(devices=[GPU, AUDIO]).get('failed')
+    k.faults({'op': 'drivers_probe', 'device': GPU, 'probe_fails': True, 'times': 1})
+    res = k.run(devices=[GPU, AUDIO], state='absent')
+    assert res['failed'], res
+    assert 'could not put the device back on nvidia (after drivers_probe it is on no driver)' in res['msg']
+    assert 'It is quarantined: %s: no driver is bound after it was given back' % GPU in res['msg']
+    assert [e['address'] for e in res['quarantined']] == [GPU] and res['quarantined'][0]['source'] == 'vfio_bind'
+    assert 'driver_now' not in res
+    assert list(quarantine_record(k)) == [GPU]
+    # the group went back to vfio-pci as a whole (rolled back), the journal still knows the originals
+    assert k.driver(GPU) == k.driver(AUDIO) == 'vfio-pci'
+    assert json.load(open(k.journal, encoding='utf-8'))['devices'][GPU]['driver_before'] == 'nvidia'
+
+
+def test_a_given_back_device_that_no_longer_answers_is_quarantined_and_reported(workstation: Kernel) -> None:
+    k = workstation
+    assert not k.run(devices=[GPU, AUDIO]).get('failed')
+    config = os.path.join(k.backing, 'sys', 'bus', 'pci', 'devices', GPU, 'config')
+    with open(os.path.realpath(config), 'r+b') as handle:
+        handle.write(b'\xff\xff\xff\xff')
+    res = k.run(devices=[GPU, AUDIO], state='absent')
+    assert not res.get('failed') and res['changed'] is True, res
+    assert k.driver(GPU) == 'nvidia' and k.driver(AUDIO) == 'snd_hda_intel'  # the give-back itself worked
+    assert [e['address'] for e in res['quarantined']] == [GPU]
+    assert 'vendor id ffff' in res['quarantined'][0]['reason']
+    assert '%s was given back but failed its health check and is quarantined' % GPU in json.dumps(res['warnings'])
+    assert list(quarantine_record(k)) == [GPU]

@@ -45,7 +45,7 @@ def gpu(doc: dict, address: str) -> dict:
 CONTRACT_KEYS = {'address', 'vendor_id', 'device_id', 'vendor_device', 'subsystem_vendor_id', 'subsystem_device_id',
                  'class', 'class_name', 'vendor_name', 'device_name', 'subsystem_name', 'driver', 'iommu_group',
                  'iommu_group_members', 'companions', 'boot_vga', 'numa_node', 'reset_method', 'sriov', 'mdev_types',
-                 'state', 'state_reasons', 'stuck'}
+                 'state', 'state_reasons', 'stuck', 'quarantined'}
 HOST_KEYS = {'cpu_vendor', 'cpu_vendor_id', 'virtualization', 'iommu_enabled', 'iommu_type', 'interrupt_remapping',
              'cmdline', 'kernel_release', 'vfio_pci_builtin'}
 

@@ -15,6 +15,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_hostdev import (  # noqa: E402
     DeviceNotFound,
+    DeviceQuarantined,
     DeviceShared,
     DomainNotFound,
     DomainNotPersistent,
@@ -25,6 +26,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backen
     slot_requests,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._reset_health import Quarantine, record_path  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs  # noqa: E402
 from tests.sim import simkernel  # noqa: E402
 
@@ -292,3 +294,46 @@ def test_wiring_of_a_domain_define_xml_would_create_is_predicted_as_the_real_run
         assert again['changed'] is False
     finally:
         conn.lookupByName(name).undefine()
+
+
+# ----------------------------------------------------------------------------- reset health before an attach
+def _quarantine(sysfs: Sysfs, address: str, reason: str = 'its config space cannot be read (Input/output error)') -> None:
+    rec = Quarantine.load(record_path(sysfs))
+    rec.entries[address] = {'address': address, 'reason': reason, 'time': '2026-01-01T00:00:00Z', 'source': 'test'}
+    rec.save()
+
+
+def test_a_quarantined_device_is_refused_unless_allowed_and_a_device_already_given_is_not_checked(conn, tmp_path) -> None:
+    sysfs = Sysfs(simkernel.materialize('workstation', str(tmp_path / 'ws')))
+    _quarantine(sysfs, '0000:01:00.1')  # the audio companion
+    name = conn.define()
+    before = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    with pytest.raises(DeviceQuarantined) as info:
+        run(conn, sysfs, domain=name, devices=['01:00.0'])
+    assert '0000:01:00.1 is quarantined since 2026-01-01T00:00:00Z: its config space cannot be read' in str(info.value)
+    assert 'allow_quarantined' in str(info.value) and 'gpu_quarantine state=cleared' in str(info.value)
+    assert info.value.details['quarantined'] == ['0000:01:00.1']
+    assert conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before
+
+    res, warnings = run(conn, sysfs, domain=name, devices=['01:00.0'], allow_quarantined=True)
+    assert res['changed'] is True and [d['action'] for d in res['devices']] == ['added', 'added']
+    assert any('0000:01:00.1 is quarantined' in w and 'allow_quarantined is true' in w for w in warnings)
+    # already in the definition: nothing is added, nothing is refused
+    again, _w = run(conn, sysfs, domain=name, devices=['01:00.0'])
+    assert again['changed'] is False
+
+
+def test_a_device_whose_config_space_does_not_answer_is_quarantined_and_refused(conn, tmp_path) -> None:
+    sysfs = Sysfs(simkernel.materialize('workstation', str(tmp_path / 'ws')))
+    with open(sysfs.sys('bus/pci/devices/0000:01:00.0/config'), 'r+b') as handle:
+        handle.write(b'\xff' * 4)
+    name = conn.define()
+    for check in (True, False):
+        with pytest.raises(DeviceQuarantined) as info:
+            run(conn, sysfs, check=check, domain=name, devices=['01:00.0'], allow_quarantined=True)
+        assert '0000:01:00.0 fails its health check: its config space reads vendor id ffff' in str(info.value)
+        entries = Quarantine.load(record_path(sysfs)).entries
+        # check mode writes nothing; the real run records it
+        assert list(entries) == ([] if check else ['0000:01:00.0'])
+    assert entries['0000:01:00.0']['source'] == 'libvirt_hostdev'
+    assert hostdevs(conn, name) == []
