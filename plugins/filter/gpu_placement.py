@@ -34,8 +34,9 @@ options:
   domains:
     description:
       - The requests, as in the role variable C(libvirt_gpu_domains) - each C(name), C(gpus) (one of
-        C(count), C(addresses), or C(match) with C(count)), optional C(numa_node), C(start),
-        C(domain_xml) and C(wiring) (passed through to the result; C(wiring) is checked for unknown keys).
+        C(count), C(addresses), or C(match) with C(count)), optional C(numa_node), C(start), C(binding)
+        (V(static) or V(dynamic)), C(domain_xml) and C(wiring) (passed through to the result; C(wiring) is
+        checked for unknown keys).
       - C(match.name) matches a GPU whose PCI device name (or vendor and device name) equals it, compared
         literally and case-insensitively - so C(GP104GL [Tesla P4]) works as written - or, failing that, whose
         names match it as a case-insensitive regular expression.
@@ -105,6 +106,9 @@ _value:
     start:
       description: The request's C(start) flag.
       type: bool
+    binding:
+      description: The request's C(binding) when it is V(dynamic) (absent for the default V(static)).
+      type: str
     domain_xml:
       description: The request's C(domain_xml), when it has one.
       type: str
@@ -120,6 +124,9 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vm_wiring import WiringError, check_wiring_keys
 
 USABLE_STATES = ('available', 'vfio-ready')
+# static: the GPU stays on vfio-pci (role vfio_host binds it); dynamic: it stays on its host driver and
+# libvirt moves it (managed hostdevs) when its domain starts and stops.
+BINDINGS = ('static', 'dynamic')
 
 
 class PlacementRequestError(ValueError):
@@ -216,6 +223,10 @@ class _Request:
                                             % (self.name, where, numa)) from None
         self.numa_node = numa
         self.start = bool(entry.get('start', False))
+        self.binding = entry.get('binding', 'static')
+        if self.binding not in BINDINGS:
+            raise PlacementRequestError('domain %r (%s.binding): %r is not one of %s'
+                                        % (self.name, where, self.binding, ', '.join(BINDINGS)))
         self.domain_xml = entry.get('domain_xml')
         self.wiring = entry.get('wiring')
         if self.wiring is not None:
@@ -365,6 +376,8 @@ def place(facts: dict, domains: list, assignments: dict | None = None, state: st
 
 def _entry(req: _Request, devices: list[str], kept: list[str], added: list[str]) -> dict:
     out: dict[str, object] = {'name': req.name, 'devices': devices, 'kept': kept, 'added': added, 'start': req.start}
+    if req.binding != 'static':
+        out['binding'] = req.binding
     if req.domain_xml is not None:
         out['domain_xml'] = req.domain_xml
     if req.wiring is not None:

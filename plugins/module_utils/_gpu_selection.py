@@ -228,8 +228,22 @@ def normalise_selector(sel: object, index: int) -> dict:
     return out
 
 
-def select(gpus: list[dict], selectors: list, allow_boot_vga: bool = False) -> list[dict]:
-    """The GPUs the selectors name, in address order; fails clearly when nothing or too few match."""
+def select(gpus: list[dict], selectors: list, allow_boot_vga: bool = False, keep: list[str] | None = None) -> list[dict]:
+    """The GPUs the selectors name, in address order; fails clearly when nothing or too few match.
+
+    ``keep``: addresses of GPUs that stay on their host driver (binding dynamic: libvirt moves them when
+    their VM starts); they are never selected, and with them the selectors may be empty.
+    """
+    kept = {_keep_address(a, i) for i, a in enumerate(keep or [])}
+    if kept:
+        for index, raw in enumerate(selectors):
+            named = raw.get('address') if isinstance(raw, dict) else None
+            if named is not None and _keep_address(named, index, 'vfio_host_devices') in kept:
+                raise SelectionError('vfio_host_devices[%d] names %s, which vfio_host_dynamic_devices keeps on its host '
+                                     'driver (binding dynamic): list it in one of the two only' % (index, named))
+        gpus = [g for g in gpus if g.get('address') not in kept]
+        if not selectors:
+            return []
     if not selectors:
         raise SelectionError('vfio_host_devices is empty: name the GPUs to give to vfio-pci (by address, '
                              'vendor_id/device_id or name); this host has: %s' % _inventory(gpus))
@@ -269,6 +283,16 @@ def select(gpus: list[dict], selectors: list, allow_boot_vga: bool = False) -> l
             chosen[gpu['address']] = gpu
             chosen_by[gpu['address']] = index
     return [chosen[a] for a in sorted(chosen)]
+
+
+def _keep_address(value: object, index: int, what: str = 'vfio_host_dynamic_devices') -> str:
+    """A PCI address in the full form gpu_facts uses (0000:01:00.0); BB:SS.F gets domain 0000."""
+    text = str(value).strip().lower()
+    if re.match(r'^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$', text):
+        text = '0000:' + text
+    if not re.match(r'^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$', text):
+        raise SelectionError('%s[%d]: %r is not a PCI address (DDDD:BB:SS.F or BB:SS.F)' % (what, index, value))
+    return text
 
 
 def _host_devices(sysfs: Sysfs) -> dict[str, tuple[str, str | None]]:
@@ -351,7 +375,8 @@ class Decision:
 
 
 def decide(facts: dict, selectors: list, sysfs: Sysfs, allow_boot_vga: bool = False, iommu_pt: bool = True,
-           blacklist: list[str] | None = None, previous_softdeps: list[str] | None = None) -> Decision:
+           blacklist: list[str] | None = None, previous_softdeps: list[str] | None = None,
+           keep: list[str] | None = None) -> Decision:
     """Plan the host configuration.
 
     The softdeps cover the drivers bound now, the drivers whose aliases match the devices, the
@@ -361,7 +386,7 @@ def decide(facts: dict, selectors: list, sysfs: Sysfs, allow_boot_vga: bool = Fa
     host = facts.get('host') or {}
     gpus = facts.get('gpus') or []
     out = Decision()
-    out.selected = select(gpus, selectors, allow_boot_vga)
+    out.selected = select(gpus, selectors, allow_boot_vga, keep)
     functions: dict[str, dict] = {}
     for gpu in out.selected:
         functions[gpu['address']] = {'address': gpu['address'], 'vendor_device': gpu['vendor_device'],

@@ -53,6 +53,8 @@ def _settled(item: dict, dom: dict | None, functions: dict[tuple[int, int, int],
         return False
     if state == 'absent':
         return not devices  # nothing of this domain to give back
+    if item.get('binding') == 'dynamic':
+        managed = companions = True  # libvirt moves the whole group: every function, managed (role libvirt_gpu)
     if item.get('wiring') or where != 'config' or (item.get('start') and not dom.get('active')):
         return False
     wanted: set[PciAddress] = set(devices)

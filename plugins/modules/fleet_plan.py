@@ -49,7 +49,10 @@ options:
         C(numa) (V(required) - all GPUs on one host NUMA node, V(preferred) (default), V(any)), optional C(host)
         (pin), optional C(domain_xml) (its definition, used on the chosen host when the domain does not exist
         there), C(start) (bool), C(mode) (V(whole), the default, or V(partition)), optional C(wiring) (the
-        option of M(fleetgpu.passthrough.libvirt_hostdev), passed to the chosen host; unknown keys are refused).
+        option of M(fleetgpu.passthrough.libvirt_hostdev), passed to the chosen host; unknown keys are refused),
+        optional C(binding) (V(static), the default - the GPUs stay on vfio-pci; V(dynamic) - they stay on their
+        host driver, out of the host's C(vfio_host_devices) and in its C(vfio_host_dynamic_devices), and libvirt
+        moves them when the VM starts and stops).
       - A V(partition) request (SR-IOV virtual functions or mediated devices) is never placed, and never as
         whole GPUs, it is unplaced with the reason (no GPU of its model offers SR-IOV or mdev, or they do but
         partitioned placement is not implemented yet).

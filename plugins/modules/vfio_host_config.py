@@ -59,6 +59,16 @@ options:
     type: list
     elements: dict
     default: []
+  dynamic_devices:
+    description:
+      - PCI addresses (C(DDDD:BB:SS.F) or C(BB:SS.F)) of GPUs that stay on their host driver - the GPUs of libvirt
+        domains with C(binding) V(dynamic) (role P(fleetgpu.passthrough.libvirt_gpu#role)), which libvirt moves to
+        vfio-pci when the domain starts and back when it stops. No selector of O(devices) selects them, so they get
+        no early binding; an C(address) selector naming one is refused.
+      - With them, O(devices) may be empty - the host then gets the kernel arguments (the IOMMU) and no early binding.
+    type: list
+    elements: str
+    default: []
   allow_boot_vga:
     description: Allow selecting the GPU that shows the host console.
     type: bool
@@ -214,6 +224,7 @@ def main() -> None:
             state=dict(type='str', default='present', choices=['present', 'absent']),
             facts=dict(type='dict'),
             devices=dict(type='list', elements='dict', default=[]),
+            dynamic_devices=dict(type='list', elements='str', default=[]),
             allow_boot_vga=dict(type='bool', default=False),
             iommu_pt=dict(type='bool', default=True),
             blacklist=dict(type='list', elements='str', default=[]),

@@ -33,7 +33,10 @@ NUMA_POLICIES = ('required', 'preferred', 'any')
 USABLE_STATES = ('available', 'vfio-ready')
 MODEL_KEYS = ('vendor_id', 'device_id', 'subsystem_vendor_id', 'subsystem_device_id', 'name', 'name_regex',
               'hosts', 'description')
-VM_KEYS = ('name', 'gpus', 'numa', 'host', 'domain_xml', 'start', 'mode', 'wiring')
+VM_KEYS = ('name', 'gpus', 'numa', 'host', 'domain_xml', 'start', 'mode', 'wiring', 'binding')
+# static: the VM's GPUs stay on vfio-pci (role vfio_host binds them); dynamic: they stay on their host
+# driver and libvirt moves them (managed hostdevs) when the VM starts and stops.
+VM_BINDINGS = ('static', 'dynamic')
 VM_MODES = ('whole', 'partition')
 _HEX4 = re.compile(r'^[0-9a-f]{4}$')
 _ADDR = re.compile(r'^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
@@ -199,6 +202,7 @@ class VmRequest:
     index: int = 0
     mode: str = 'whole'
     wiring: dict | None = None
+    binding: str = 'static'
 
     def describe(self) -> str:
         text = ' + '.join('%d x %s' % (g.count, g.model) for g in self.gpus)
@@ -297,8 +301,12 @@ def parse_vms(raw: object, models: dict[str, Model], inventory_hosts: set[str] |
                 wiring = check_wiring_keys(wiring, where + '.wiring')
             except WiringError as exc:
                 raise FleetInputError(str(exc)) from None
+        binding = entry.get('binding', 'static')
+        if binding not in VM_BINDINGS:
+            raise FleetInputError('%s.binding must be static (the GPUs stay on vfio-pci) or dynamic (on their host driver '
+                                  'until the VM starts), got %r' % (where, binding))
         out.append(VmRequest(name=name, gpus=asks, numa=str(numa), host=host, domain_xml=xml, start=start,
-                             index=index, mode=str(mode), wiring=wiring))
+                             index=index, mode=str(mode), wiring=wiring, binding=str(binding)))
     return out
 
 
@@ -438,22 +446,32 @@ class FleetPlan:
         return out
 
     def host_plan(self, host: str) -> dict:
-        """vfio_host_devices (the host's pool: placed and free usable pool GPUs) and libvirt_gpu_domains."""
+        """vfio_host_devices (the host's pool: placed and free usable pool GPUs, but those of VMs with binding
+        dynamic, which stay on their host driver), libvirt_gpu_domains, and vfio_host_dynamic_devices (those GPUs)
+        when there are any."""
         domains = []
+        dynamic: set[str] = set()
         for p in self.placements:
             if p.host != host:
                 continue
             entry: dict[str, object] = {'name': p.vm.name,
                                         'gpus': {'addresses': sorted(a for ads in p.devices.values() for a in ads)},
                                         'start': p.vm.start}
+            if p.vm.binding == 'dynamic':
+                entry['binding'] = 'dynamic'
+                dynamic.update(a for ads in p.devices.values() for a in ads)
             if p.vm.domain_xml is not None:
                 entry['domain_xml'] = p.vm.domain_xml
             if p.vm.wiring is not None:
                 entry['wiring'] = p.vm.wiring
             domains.append(entry)
-        pool = sorted(g.address for g in self.gpus.get(host, []) if g.model is not None and (g.vm or (g.usable and not g.holders)))
-        return {'vfio_host_devices': [{'address': a} for a in pool], 'libvirt_gpu_domains': domains,
-                'vms': [d['name'] for d in domains]}
+        pool = sorted(g.address for g in self.gpus.get(host, [])
+                      if g.model is not None and (g.vm or (g.usable and not g.holders)) and g.address not in dynamic)
+        out: dict = {'vfio_host_devices': [{'address': a} for a in pool], 'libvirt_gpu_domains': domains,
+                     'vms': [d['name'] for d in domains]}
+        if dynamic:
+            out['vfio_host_dynamic_devices'] = sorted(dynamic)
+        return out
 
     def failure_message(self) -> str:
         lines = ['fleet placement failed, no host was changed: %d of %d VM request(s) cannot be placed (policy %s)'

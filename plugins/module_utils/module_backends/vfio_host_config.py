@@ -151,13 +151,15 @@ def run(module: AnsibleModule) -> dict:
         if not facts:
             raise SelectionError('facts is required with state=present (pass ansible_facts.gpu_passthrough from gpu_facts)')
         previous = existing_softdeps(read_file(rooted(p['root'], MODPROBE_CONF)))
-        decision = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], p['blacklist'], previous)
+        decision = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], p['blacklist'], previous,
+                          p['dynamic_devices'])
         for warning in decision.warnings:
             module.warn(warning)
     selection = decision
     if decision is None and facts and p['devices']:
         try:
-            selection = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], [])
+            selection = decide(facts, p['devices'], sysfs, p['allow_boot_vga'], p['iommu_pt'], [],
+                               keep=p['dynamic_devices'])
         except SelectionError as exc:
             module.warn('the devices to put back on their drivers could not be resolved: %s' % exc)
     initramfs = None if p['initramfs'] == 'none' else backend(p['initramfs'], p['root'], runner)

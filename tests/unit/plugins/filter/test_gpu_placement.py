@@ -200,3 +200,16 @@ def test_a_quarantined_gpu_is_never_handed_out_and_asking_for_it_names_the_reaso
     with pytest.raises(AnsibleFilterError) as info:
         gpu_placement(facts, [{'name': 'a', 'gpus': {'addresses': ['0000:02:00.0']}}])
     assert '0000:02:00.0, which is quarantined (its config space reads vendor id ffff)' in str(info.value)
+
+
+def test_binding_dynamic_passes_through_and_static_is_the_default() -> None:
+    res = gpu_placement(FACTS, [{'name': 'a', 'gpus': {'count': 1}, 'binding': 'dynamic'},
+                                {'name': 'b', 'gpus': {'count': 1}, 'binding': 'static'},
+                                {'name': 'c', 'gpus': {'count': 1}}])
+    assert [r.get('binding') for r in res] == ['dynamic', None, None]
+
+
+def test_an_unknown_binding_names_the_domain_and_the_path() -> None:
+    with pytest.raises(AnsibleFilterError, match=r"domain 'a' \(libvirt_gpu_domains\[0\]\.binding\): 'live' is not one of "
+                                                 r"static, dynamic"):
+        gpu_placement(FACTS, [{'name': 'a', 'gpus': {'count': 1}, 'binding': 'live'}])

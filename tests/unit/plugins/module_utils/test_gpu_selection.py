@@ -189,3 +189,30 @@ def test_alias_prefilter_matches_what_fnmatch_matches(tmp_path: Path, monkeypatc
     assert _gpu_selection.alias_modules(sysfs, '6.1.0-27-amd64', '0000:01:00.0', {}) == expected
     # the 1024 aliases of other vendors, and the other vendors' devices, never reach fnmatch
     assert sorted(seen) == sorted(patterns[:5])
+
+
+@pytest.mark.parametrize('selectors, keep, expected', [
+    ([{'name_regex': '.', 'count': 'all'}], ['01:00.0'], ['0000:02:00.0']),
+    ([{'vendor_id': '1002', 'device_id': '5159'}], ['0000:01:00.0'], ['0000:02:00.0']),
+    ([], ['0000:01:00.0'], []),  # only dynamic GPUs: nothing selected, no error
+])
+def test_dynamic_gpus_are_never_selected(selectors: list, keep: list, expected: list) -> None:
+    assert [g['address'] for g in select(FACTS['gpus'], selectors, keep=keep)] == expected
+
+
+def test_a_host_with_only_dynamic_gpus_gets_the_iommu_arguments_and_no_binding(sysfs: Sysfs) -> None:
+    decision = decide(FACTS, [], sysfs, keep=['0000:01:00.0'])
+    assert decision.bind == [] and decision.ids == [] and decision.addresses == []
+    assert decision.cmdline_add == ['intel_iommu=on', 'iommu=pt']
+
+
+@pytest.mark.parametrize('selectors, keep, fragment', [
+    ([{'address': '01:00.0'}], ['0000:01:00.0'],
+     'vfio_host_devices[0] names 01:00.0, which vfio_host_dynamic_devices keeps on its host driver'),
+    ([{'vendor_id': '1234', 'device_id': '1111'}], ['0000:01:00.0'], 'matches only the boot GPU'),
+    ([{'address': '02:00.0'}], ['01:00'], "vfio_host_dynamic_devices[0]: '01:00' is not a PCI address"),
+])
+def test_dynamic_gpu_errors_name_the_input(selectors: list, keep: list, fragment: str) -> None:
+    with pytest.raises(SelectionError) as info:
+        select(FACTS['gpus'], selectors, keep=keep)
+    assert fragment in str(info.value)

@@ -76,3 +76,13 @@ def test_the_kept_entries_stay_in_plan_order_and_untouched() -> None:
             {'name': 'vm2', 'devices': ['0000:81:00.0'], 'start': False}]
     assert pending(plan, read, FACTS) == [plan[0], plan[2]]
     assert pending(plan, {}, {}) == plan   # nothing read: every entry goes to libvirt_hostdev
+
+
+def test_a_dynamic_domain_is_settled_only_with_every_function_managed() -> None:
+    dynamic = [dict(PLAN[0], binding='dynamic')]
+    # unmanaged hostdevs (a static attach): libvirt_hostdev must make them managed
+    assert pending(dynamic, info(), FACTS) == dynamic
+    managed = [dict(h, managed=True) for h in SETTLED]
+    assert pending(dynamic, info(config=managed), FACTS) == []
+    # the companion is part of the group: companions=false does not drop it for a dynamic domain
+    assert pending(dynamic, info(config=managed[:1]), FACTS, companions=False) == dynamic

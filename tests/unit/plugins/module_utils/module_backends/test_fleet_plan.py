@@ -372,3 +372,32 @@ def test_wiring_rides_with_the_vm_to_its_host_and_bad_keys_are_named() -> None:
         run(two_hosts(), [vm('x', wiring={'huge': '1G'})])
     with pytest.raises(fleet.FleetInputError, match=r'fleetgpu_vms\[0\] \(x\).wiring must be a mapping'):
         run(two_hosts(), [vm('x', wiring='fast')])
+
+
+def test_binding_dynamic_keeps_the_vms_gpus_out_of_the_vfio_host_pool() -> None:
+    p = run(two_hosts(), [vm('a', 1, numa='required', binding='dynamic'), vm('b', 1, binding='static')])
+    placed = {d['name']: d for h in ('n1', 'n2') for d in p.host_plan(h)['libvirt_gpu_domains']}
+    assert placed['a']['binding'] == 'dynamic' and 'binding' not in placed['b']
+    for name in ('n1', 'n2'):
+        plan = p.host_plan(name)
+        pool = [d['address'] for d in plan['vfio_host_devices']]
+        mine = [d for d in plan['libvirt_gpu_domains']]
+        dynamic = [a for d in mine if d.get('binding') == 'dynamic' for a in d['gpus']['addresses']]
+        static = [a for d in mine if 'binding' not in d for a in d['gpus']['addresses']]
+        # the dynamic VM's GPU stays on its host driver; the static one and the free GPUs are the pool
+        assert not set(dynamic) & set(pool) and set(static) <= set(pool), plan
+    assert sum(len(p.host_plan(h)['vfio_host_devices']) for h in ('n1', 'n2')) == 4
+
+
+def test_an_unknown_binding_names_the_vm() -> None:
+    with pytest.raises(fleet.FleetInputError, match=r"fleetgpu_vms\[0\] \(x\)\.binding must be static .* or dynamic .*, "
+                                                    r"got 'sometimes'"):
+        run(two_hosts(), [vm('x', binding='sometimes')])
+
+
+def test_host_plan_names_the_dynamic_gpus_for_vfio_host() -> None:
+    p = run(two_hosts(), [vm('a', 2, numa='required', binding='dynamic', host='n1')])
+    n1 = p.host_plan('n1')
+    assert n1['vfio_host_dynamic_devices'] == ['0000:13:00.0', '0000:14:00.0']
+    assert n1['vfio_host_devices'] == [{'address': '0000:83:00.0'}]
+    assert 'vfio_host_dynamic_devices' not in p.host_plan('n2')
