@@ -56,8 +56,8 @@ def test_site_keeps_a_dynamic_vms_gpu_off_vfio_host_and_attaches_its_group_manag
     assert [g['address'] for g in config['result']['selected']] == ['0000:02:00.0'], config
 
     proc, doc = run(run_playbook, fleet, SITE, vms)
-    assert proc.returncode == 0 and changed(doc) == 0, [(t['host'], t['task']) for t in doc['tasks']
-                                                          if t['result'].get('changed')]
+    assert proc.returncode == 0 and changed(doc) == 0, [
+        (t['host'], t['task']) for t in doc['tasks'] if t['result'].get('changed')]
 
     proc, doc = run(run_playbook, fleet, RESTORE, vms)
     assert proc.returncode == 0, [(t['task'], t['result'].get('msg')) for t in doc['tasks'] if t['status'] == 'failed']

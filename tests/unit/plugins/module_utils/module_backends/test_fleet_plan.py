@@ -381,7 +381,7 @@ def test_binding_dynamic_keeps_the_vms_gpus_out_of_the_vfio_host_pool() -> None:
     for name in ('n1', 'n2'):
         plan = p.host_plan(name)
         pool = [d['address'] for d in plan['vfio_host_devices']]
-        mine = [d for d in plan['libvirt_gpu_domains']]
+        mine = list(plan['libvirt_gpu_domains'])
         dynamic = [a for d in mine if d.get('binding') == 'dynamic' for a in d['gpus']['addresses']]
         static = [a for d in mine if 'binding' not in d for a in d['gpus']['addresses']]
         # the dynamic VM's GPU stays on its host driver; the static one and the free GPUs are the pool
