@@ -197,12 +197,13 @@ def test_intel_topology_has_an_sriov_nvme_controller_after_the_other_devices():
     # QEMU 7.2's constraints: a subsystem, >= 2 flexible queues and >= 1 interrupt per VF.
     assert props['subsys'] in [d.split('id=')[1].split(',')[0] for d in devices if d.startswith('nvme-subsys,')]
     assert int(props['sriov_vq_flexible']) >= 2 * vfs and int(props['sriov_vi_flexible']) >= vfs
-    # Its root port comes after the virtio disk and network card: the GPUs keep buses 01 and 02,
-    # the disk and network card keep their slots, and the controller gets bus 03.
+    # Its root port sits in slot 7, after every other device of the root bus (QEMU gives the
+    # -drive disk the first free slot, 00:05.0, at the end): the GPUs keep buses 01 and 02, the
+    # network card and disk keep 00:04.0 and 00:05.0, and the controller gets bus 03.
     ports = [d for d in devices if d.startswith('pcie-root-port')]
-    assert ports[-1].startswith('pcie-root-port,id=%s,' % props['bus'])
+    assert ports[-1] == 'pcie-root-port,id=%s,chassis=3,addr=0x7' % props['bus']
+    assert all('addr=' not in p for p in ports[:-1])
     assert devices.index(ports[-1]) > devices.index('virtio-net-pci,netdev=n0')
-    assert cmd.index('-drive') < cmd.index(ports[-1])
     assert launch.SRIOV_PF == '0000:03:00.0'
 
 

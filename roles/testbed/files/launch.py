@@ -67,14 +67,15 @@ GPU_DEVICES = [
 # It is NOT a GPU: the partition tests select it by its address. QEMU's constraints: each VF
 # needs at least 2 flexible queues and 1 flexible interrupt (sriov_vq_flexible >= 2 * VFs,
 # sriov_vi_flexible >= VFs), and the PF keeps at least 2 queues and 1 interrupt of its own
-# (max_ioqpairs, default 64, and msix_qsize, default 65, stay above those). Its root port comes
-# after the boot disk and the network card on the command line, so it takes bus 03 and every
-# other address (01:00.0, 01:00.1, 02:00.0, the virtio disk and network card) stays the same.
+# (max_ioqpairs, default 64, and msix_qsize, default 65, stay above those). Its root port sits in
+# slot 7 of the root bus, after every other device (QEMU places the virtio disk of -drive last,
+# in the first free slot: 00:05.0), so it takes bus 03 and every other address (01:00.0, 01:00.1,
+# 02:00.0, the network card 00:04.0, the disk 00:05.0) stays what it was.
 #   03:00.0 1b36:0010 NVMe controller (PF), VFs at 03:00.1 ... 03:00.<SRIOV_VFS>
 SRIOV_VFS = 4
 SRIOV_PF = '0000:03:00.0'
 SRIOV_DEVICES = [
-    '-device', 'pcie-root-port,id=rp3,chassis=3',
+    '-device', 'pcie-root-port,id=rp3,chassis=3,addr=0x7',
     '-device', 'nvme-subsys,id=sriovsubsys,nqn=fleetgpu-sriov',
     '-device', 'nvme,serial=fleetgpu-sriov,subsys=sriovsubsys,bus=rp3,sriov_max_vfs=%d,sriov_vq_flexible=%d,'
                'sriov_vi_flexible=%d' % (SRIOV_VFS, 2 * SRIOV_VFS, SRIOV_VFS),
