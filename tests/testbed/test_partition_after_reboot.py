@@ -36,12 +36,12 @@ from test_partition import (
     VF,
     VFS,
     domstate,
-    driver,
-    mdevctl_defined,
+    kernel_view,
     mdevs_on,
     numvfs,
     sh,
     stable_uuids,
+    state_task,
 )
 from test_real_kernel import _play, _result  # one play runner for the runtime tests
 
@@ -78,32 +78,34 @@ def test_vfs_and_mdevs_came_back_after_the_reboot_and_removal_leaves_nothing(hos
                                                      'tail -5', check=False)
     assert domstate(host) == 'shut off'
 
-    # the domain's hostdevs still resolve, and it starts again
-    doc = _play(host, tmp_path, [
-        {'name': 'bind', 'fleetgpu.passthrough.vfio_bind': {'devices': [VF]}},
-        {'name': 'still there', 'fleetgpu.passthrough.libvirt_hostdev': {
-            'domain': DOMAIN, 'devices': [VF, 'mdev:%s' % uuids[0]], 'start': True}},
-    ], 'after-reboot')
-    assert _result(doc, 'bind')['status'] == 'ok', _result(doc, 'bind')
-    there = _result(doc, 'still there')
-    assert there['status'] == 'ok' and there['result']['power'] == 'started', there
-    assert [d['action'] for d in there['result']['devices']] == ['unchanged', 'unchanged'], there
-    assert not [w for w in there['result'].get('warnings', []) if 'does not exist' in w], there
-    assert domstate(host) == 'running'
-    sh(host, 'virsh -q -c qemu:///system destroy %s && virsh -q -c qemu:///system undefine %s' % (DOMAIN, DOMAIN))
-
-    # the collection's removal
+    # the domain's hostdevs still resolve, and it starts again; then the collection's removal
     remove = [
         {'fleetgpu.passthrough.gpu_partition': {'parent': PARENT, 'state': 'absent'}},
         {'fleetgpu.passthrough.gpu_partition': {'parent': PF, 'state': 'absent'}},
     ]
     doc = _play(host, tmp_path, [
+        {'name': 'bind', 'fleetgpu.passthrough.vfio_bind': {'devices': [VF]}},
+        {'name': 'still there', 'fleetgpu.passthrough.libvirt_hostdev': {
+            'domain': DOMAIN, 'devices': [VF, 'mdev:%s' % uuids[0]], 'start': True}},
+        state_task('running', 'echo domstate $(virsh -q domstate %s)' % DOMAIN),
+        {'name': 'stop', 'ansible.builtin.command': {'argv': ['sh', '-c', 'virsh -q destroy %s && virsh -q undefine %s'
+                                                              % (DOMAIN, DOMAIN)]}},
         {'name': 'unbind', 'fleetgpu.passthrough.vfio_bind': {'devices': [VF], 'state': 'absent'}},
         dict({'name': 'remove mdevs'}, **remove[0]),
         dict({'name': 'remove vfs'}, **remove[1]),
         dict({'name': 'remove mdevs again'}, **remove[0]),
         dict({'name': 'remove vfs again'}, **remove[1]),
-    ], 'remove')
+        state_task('removed', 'echo pfdriver $(basename $(readlink /sys/bus/pci/devices/%s/driver)); '
+                   'echo rule $(ls %s 2>/dev/null); echo mdevctl_files $(find /etc/mdevctl.d -type f)' % (PF, RULE)),
+    ], 'after-reboot')
+    print('partition tasks after the reboot (s): %s' % ', '.join('%s %.1f' % (t['task'], t['seconds']) for t in doc['tasks']))
+    assert _result(doc, 'bind')['status'] == 'ok', _result(doc, 'bind')
+    there = _result(doc, 'still there')
+    assert there['status'] == 'ok' and there['result']['power'] == 'started', there
+    assert [d['action'] for d in there['result']['devices']] == ['unchanged', 'unchanged'], there
+    assert not [w for w in there['result'].get('warnings', []) if 'does not exist' in w], there
+    assert kernel_view(doc, 'running')['domstate'] == 'running', kernel_view(doc, 'running')
+
     assert _result(doc, 'unbind')['status'] == 'ok', _result(doc, 'unbind')
     mdevs, vfs = _result(doc, 'remove mdevs'), _result(doc, 'remove vfs')
     assert mdevs['status'] == 'ok' and mdevs['result']['changed'] is True, mdevs
@@ -112,12 +114,10 @@ def test_vfs_and_mdevs_came_back_after_the_reboot_and_removal_leaves_nothing(hos
     for name in ('remove mdevs again', 'remove vfs again'):
         again = _result(doc, name)
         assert again['status'] == 'ok' and again['result']['changed'] is False, again
-    # nothing left: no VF, no mdev, no udev rule, no mdevctl definition
-    assert numvfs(host) == 0
-    assert driver(host, PF) == 'nvme'
-    assert mdevs_on(host) == []
-    assert not [u for u in uuids if u in mdevctl_defined(host)], mdevctl_defined(host)
-    assert sh(host, 'ls %s 2>/dev/null || true' % RULE).strip() == ''
-    assert sh(host, 'find /etc/mdevctl.d -type f 2>/dev/null || true').strip() == ''
+    # nothing left: no VF, no mdev, no udev rule, no mdevctl definition; the PF keeps its driver
+    view = kernel_view(doc, 'removed')
+    assert view['numvfs'] == '0' and view['mdevs'] == '' and view['pfdriver'] == 'nvme', view
+    assert view['rule'] == '' and view['mdevctl_files'] == '' and not [u for u in uuids if u in view['defined']], view
+    assert domstate(host).startswith('error'), 'the domain is still defined'
     print('partition after the reboot: %.0f s (VFs and mdevs back, the domain started again, all removed)'
           % (time.monotonic() - started))
