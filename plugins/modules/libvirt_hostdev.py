@@ -272,13 +272,12 @@ EXAMPLES = r'''
       numa_mode: strict
       # hugepages: 1G   # with 1 GiB pages reserved on that node (role vfio_host, vfio_host_hugepages)
 
-- name: A vGPU (mediated device) with its display, and an SR-IOV virtual function, for the domain vdi01
+- name: A vGPU (mediated device, here a headless one) for the domain vdi01; an SR-IOV VF would be listed by its address
   fleetgpu.passthrough.libvirt_hostdev:
     domain: vdi01
     devices:
       - mdev: 9d5b7c2e-58a1-4f0e-9c1d-2b1f6f0e7a31
-        display: true
-      - "0000:41:00.4"
+        display: false
 
 - name: Take the vGPU away from vdi01 (the short form of an mdev entry)
   fleetgpu.passthrough.libvirt_hostdev:
