@@ -47,14 +47,15 @@ options:
     description:
       - Host PCI addresses (C(0000:41:00.0) or C(41:00.0)) to attach or remove. An SR-IOV virtual
         function is given by its own address.
-      - A mediated device (an mdev of a vGPU type, created for example by
+      - "A mediated device (an mdev of a vGPU type, created for example by
         M(fleetgpu.passthrough.gpu_partition)) is given as the string C(mdev:<uuid>) or as a dict
         C({mdev: <uuid>, display: <bool>}). C(display=true) writes C(display='on') (the guest's
         display is the vGPU's; libvirt needs a C(<graphics>) device in the domain for it, and the
         module refuses it without one), V(false) C(display='off'); without C(display) an entry already
-        in the domain keeps its setting. libvirt places mdevs itself (O(guest_address), O(rom),
+        in the domain keeps its setting, and a new one gets libvirt's default (libvirt 9 turns it on in
+        a domain with a C(<graphics>) device). libvirt places mdevs itself (O(guest_address), O(rom),
         O(managed) and O(companions) apply to PCI devices only). A UUID that does not exist on the host
-        now is attached to the definition with a warning (the domain starts once the mdev exists).
+        now is attached to the definition with a warning (the domain starts once the mdev exists)."
       - May be empty; the module then changes nothing and reports the domain's hostdevs and the
         assignments of every domain at O(uri) (useful before choosing devices).
     type: list
