@@ -92,17 +92,17 @@ options:
       - Boot the new command line once before it is made permanent (a boot-once trial with automatic fallback).
       - V(off) writes the change permanently, as without this option.
       - V(stage) leaves the permanent configuration as it is and adds a one-time boot entry, the default entry's
-        arguments with the change and C(panic=N) (O(panic_timeout)), selected for the next boot only: GRUB through
+        arguments with the change and C(panic=N) (O(panic_timeout)), selected for the next boot only (GRUB through
         the managed script C(/etc/grub.d/42_fleetgpu-passthrough-trial) and C(grub-reboot), systemd-boot through
-        the loader entry C(fleetgpu-passthrough-trial.conf) and C(bootctl set-oneshot). A kernel that panics
+        the loader entry C(fleetgpu-passthrough-trial.conf) and C(bootctl set-oneshot)). A kernel that panics
         reboots by itself after O(panic_timeout) seconds, into the old default entry. When the running kernel
-        already has the change and the trial entry is there, the host runs the trial now: RV(trial.state) is
+        already has the change and the trial entry is there, the host runs the trial now, RV(trial.state) is
         C(booted) and nothing is written. When the configuration already holds the change, nothing is staged.
       - V(commit) makes the change permanent and removes the trial entry, once the host came up on it. When the
-        running kernel lacks the change, the host fell back to its previous command line: the task fails, nothing
+        running kernel lacks the change, the host fell back to its previous command line; the task fails, nothing
         permanent is written and the trial entry is removed. Check mode predicts the commit of a trial that came up.
       - V(discard) removes the trial entry and its one-time selection, nothing else.
-      - C(grubby), C(kernelstub) and C(proxmox-boot-tool) have no one-time boot entry here: with V(stage) the
+      - C(grubby), C(kernelstub) and C(proxmox-boot-tool) have no one-time boot entry here; with V(stage) the
         change is written permanently, with a warning, unless O(trial_required) is true.
     type: str
     default: 'off'
@@ -236,7 +236,7 @@ skipped_commands:
 trial:
   description:
     - The boot-once trial (O(trial)). C(state) is C(none) (nothing to try or nothing done), C(staged) (the trial
-      entry is selected for the next boot), C(booted) (the running kernel is the trial: verify, then commit),
+      entry is selected for the next boot), C(booted) (the running kernel is the trial; verify, then commit),
       C(committed), C(discarded) or C(unsupported) (the bootloader has no one-time boot entry).
     - C(entry) is the trial entry's identifier, C(cmdline) its command line (when staged), C(arguments) what the
       trial changes against the configuration (a removed argument with a leading C(-)), C(supported) whether the

@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.fleetgpu.passthrough.plugins.modules import kernel_cmdline
-from tests.unit.plugins.modules.test_kernel_cmdline_undo import K1, K2, RECORD, _tool, _write, env, make_root, tree  # noqa: F401
+from tests.unit.plugins.modules import test_kernel_cmdline_undo as undo_tests
+from tests.unit.plugins.modules.test_kernel_cmdline_undo import K1, K2, RECORD, _tool, _write, make_root, tree
 from tests.unit.plugins.modules.test_trust_inputs import run_module
 
+# the same host fixture as the undo tests: a directory root, the simulated kernel, stand-in tools
+env = undo_tests.env
 TRIAL = 'fleetgpu-passthrough-trial'
 SCRIPT = 'etc/grub.d/42_fleetgpu-passthrough-trial'
 DROPIN = 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg'
