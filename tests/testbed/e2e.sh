@@ -15,8 +15,10 @@
 #                    test_noiommu.py: site.yml stops early on a host without an IOMMU and
 #                    changes nothing;
 #                    test_awx_runner.py: AWX jobs (ansible-runner) over SSH on the intel host:
-#                    facts.yml, then site.yml in check + diff mode and for real (the check must
-#                    predict exactly the tasks the real job changes)
+#                    facts.yml; site.yml with a kernel argument whose trial boot panics (the
+#                    host falls back by itself, the job fails, nothing permanent is written);
+#                    then site.yml in check + diff mode and for real (the check must predict
+#                    exactly the tasks the real job changes; its trial boot is committed)
 #                    test_guest_boot.py: a guest in a libvirt domain on the intel host (the
 #                    host's kernel, a busybox initramfs, nested TCG) lists the PCI devices it
 #                    sees: the GPU and its audio function on one guest slot, the 64-bit PCI
