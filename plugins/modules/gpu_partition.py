@@ -115,12 +115,12 @@ seealso:
 EXAMPLES = r'''
 - name: Enable 4 SR-IOV VFs on a GPU, applied again at every boot when its driver binds
   fleetgpu.passthrough.gpu_partition:
-    parent: "0000:01:00.0"
+    parent: "0000:03:00.0"
     sriov_numvfs: 4
 
 - name: Two vGPUs of a type named by its human name, with stable UUIDs, persisted with mdevctl
   fleetgpu.passthrough.gpu_partition:
-    parent: "0000:02:00.0"
+    parent: "0000:04:00.0"
     mdevs:
       - type: GRID T4-4Q
         name: vdi01-0
@@ -142,12 +142,12 @@ EXAMPLES = r'''
 
 - name: Remove the mediated devices the collection created on the GPU
   fleetgpu.passthrough.gpu_partition:
-    parent: "0000:02:00.0"
+    parent: "0000:04:00.0"
     state: absent
 
 - name: Disable the VFs the collection enabled and drop the udev rule
   fleetgpu.passthrough.gpu_partition:
-    parent: "0000:01:00.0"
+    parent: "0000:03:00.0"
     state: absent
 '''
 
@@ -178,7 +178,7 @@ mdevs:
     - uuid: "5b4f1c9e-2f0a-5e1c-9d41-3b8e0b8a2c11"
       type: nvidia-63
       type_name: GRID T4-4Q
-      parent: "0000:02:00.0"
+      parent: "0000:04:00.0"
       name: vdi01-0
       state: created
       persistent: true
