@@ -202,8 +202,8 @@ def test_check_apply_repeat_facts_restore(run_playbook, kernel: dict) -> None:  
     ({'persist': True}, 'Mediated devices', ['install the package mdevctl', 'persist=false']),
     ({'numvfs': 9}, 'VFs', ['sriov_numvfs 9 is over the capacity of 0000:03:00.0: sriov_totalvfs is 8']),
 ])
-def test_bad_input_fails_naming_it_and_changes_nothing(run_playbook, kernel: dict, extra: dict, task: str,
-                                                        words: list[str]) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_fails_naming_it_and_changes_nothing(run_playbook, kernel: dict, extra: dict,  # type: ignore[no-untyped-def]
+                                                       task: str, words: list[str]) -> None:
     backing = fusekernel.backing_of(kernel['sysfs_root'])
     play = PLAY
     if task == 'Mediated devices':   # only the failing task: the VFs task would change the kernel

@@ -205,7 +205,8 @@ class Partitioner:
                 want = 0
                 rule.after = None
         else:
-            assert want is not None
+            if want is None:
+                raise PartitionError('sriov_numvfs is needed with state=present')
             if want < 0:
                 raise PartitionError('sriov_numvfs must be 0 or more, got %d' % want)
             if want > sriov.totalvfs:
@@ -373,10 +374,12 @@ class Partitioner:
 
     def _do(self, step: Step) -> None:
         if step.argv:
-            assert self.runner is not None
+            if self.runner is None:
+                raise PartitionError('%s needs a host command runner' % step.what)
             self.runner.run(step.argv)
             return
-        assert step.path is not None and step.value is not None
+        if step.path is None or step.value is None:
+            raise PartitionError('%s: nothing to write' % step.what)
         try:
             self.sysfs.write(step.path, step.value)
         except SysfsError as exc:
