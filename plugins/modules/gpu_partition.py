@@ -95,9 +95,13 @@ options:
   root:
     description:
       - The root of the host's file system, for the udev rule, mdevctl's definitions and the record. For tests,
-        chroots and images; with another root than C(/), C(mdevctl) runs inside it through C(chroot) or not at all.
+        chroots, images and containers; with another root than C(/), C(mdevctl) runs inside it through C(chroot)
+        or not at all.
+      - Default, the parent of O(sysfs_root) (C(/) for C(/sys), C(/host) for C(/host/sys)), where
+        P(fleetgpu.passthrough.gpu_facts#module) reads the rule and the record.
+      - C(/) with another O(sysfs_root) than C(/sys) is refused where mdevctl would run (it would act on the
+        running host's kernel).
     type: path
-    default: /
 extends_documentation_fragment:
   - fleetgpu.passthrough.sysfs
   - fleetgpu.passthrough.sysfs.ACTION_MODULE
@@ -216,7 +220,7 @@ def main() -> None:
             )),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             persist=dict(type='bool', default=True),
-            root=dict(type='path', default='/'),
+            root=dict(type='path'),
             **common_argspec()
         ),
         supports_check_mode=True,

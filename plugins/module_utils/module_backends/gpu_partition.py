@@ -150,6 +150,13 @@ class Partitioner:
     def have_mdevctl(self) -> bool:
         return self.runner is not None and self.runner.have('mdevctl')
 
+    def host_tools_refused(self) -> str | None:
+        """Why mdevctl must not run: the running host's tools act on its own kernel, not on a simulated sysfs_root."""
+        if _files.is_live(self.root) and not is_live_root(self.sysfs.sys_root, '/sys'):
+            return ('mdevctl would act on the running host\'s kernel, not on sysfs_root %s: give root (the file '
+                    'system of that host), or persist=false' % self.sysfs.sys_root)
+        return None
+
     # ------------------------------------------------------------------ plan
     def plan(self, parent: object, sriov_numvfs: Optional[int] = None, mdevs: Optional[list] = None,
              state: str = 'present', persist: bool = True) -> Plan:
@@ -351,6 +358,9 @@ class Partitioner:
                                  'changed' % '; '.join(busy))
 
     def _need_mdevctl(self, why: str) -> None:
+        refused = self.host_tools_refused()
+        if refused:
+            raise PartitionError('cannot %s: %s' % (why, refused))
         if not self.have_mdevctl():
             where = '' if self.runner is None or not self.runner.skips('mdevctl') else ' in %s' % self.root
             raise PartitionError('mdevctl is needed to %s but is not installed%s: install the package %s, or set '
@@ -464,7 +474,8 @@ def run(module: AnsibleModule) -> dict[str, Any]:
                               'commands': []}
     try:
         sysfs = from_params(params)
-        root = _files.check_path(params['root'], 'root')
+        # the host's file system: given, else the parent of sysfs_root (/ for /sys, /host for /host/sys)
+        root = _files.check_path(params['root'] or sysfs.host_root, 'root')
         part = Partitioner(sysfs, root=root, runner=ModuleRunner(module, root))
         plan = part.plan(params['parent'], params['sriov_numvfs'], params['mdevs'], params['state'], params['persist'])
         if plan.changed and not module.check_mode:

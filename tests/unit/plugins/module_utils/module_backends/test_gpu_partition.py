@@ -287,3 +287,10 @@ def test_simulated_kernel_refuses_like_the_kernel(kernel: dict[str, Any]) -> Non
         s.write(create, uids[4])
     with pytest.raises(Exception, match='File exists'):
         s.write(s.sys('class/mdev_bus/mbochs/mdev_supported_types/mbochs-1/create'), uids[0])
+
+
+def test_mdevctl_never_runs_on_the_live_root_for_a_simulated_kernel(kernel: dict[str, Any]) -> None:
+    p = Partitioner(kernel['sysfs'], root='/', runner=kernel['runner'], libvirt_check=False)
+    with pytest.raises(PartitionError) as info:
+        p.plan('mbochs', mdevs=[{'type': 'mbochs-1'}])
+    assert "running host's kernel" in str(info.value) and kernel['runner'].calls == []
