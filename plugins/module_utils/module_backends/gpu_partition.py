@@ -80,6 +80,7 @@ class Plan:
         self.after_mdevs: list[str] = []
         self.record_before: dict[str, dict] = {}
         self.record_after: dict[str, dict] = {}
+        self.record_path: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -285,7 +286,7 @@ class Partitioner:
             else:
                 after[row['uuid']] = row['type']
         plan.after_mdevs = sorted('%s %s' % kv for kv in after.items())
-        plan.record_before, plan.record_after = record, new_record
+        plan.record_before, plan.record_after, plan.record_path = record, new_record, rpath
         if new_record != record:
             plan.files.append(_files.FileChange(rpath, _files.read(rpath), record_text(new_record) if new_record else None))
 
@@ -369,18 +370,45 @@ class Partitioner:
 
     # ------------------------------------------------------------------ apply
     def apply(self, plan: Plan) -> None:
+        """The VF count, the udev rule, the mediated devices, then the record of what was made.
+
+        When a mediated-device step fails, the record still gets the devices whose steps all ran (so a later
+        ``state: absent`` finds them), and the error propagates.
+        """
         for step in plan.sriov_steps:
             self._do(step)
+        record = [f for f in plan.files if f.path == plan.record_path]
+        self._apply_files([f for f in plan.files if f.path != plan.record_path])
+        done: list[Step] = []
+        try:
+            for step in plan.mdev_steps:
+                self._do(step)
+                done.append(step)
+        except FleetGpuError:
+            if record:
+                finished = {_uid(s) for s in done} - {_uid(s) for s in plan.mdev_steps if s not in done}
+                partial = dict(plan.record_before)
+                for uid in finished:
+                    if uid in plan.record_after:
+                        partial[uid] = plan.record_after[uid]
+                    else:
+                        partial.pop(uid, None)
+                if partial != plan.record_before:
+                    record[0].after = record_text(partial) if partial else None
+                    self._apply_files(record)
+            raise
+        self._apply_files(record)
+
+    @staticmethod
+    def _apply_files(changes: list[_files.FileChange]) -> None:
         done: list[_files.FileChange] = []
         try:
-            for change in plan.files:
+            for change in changes:
                 change.apply()
                 done.append(change)
         except FleetGpuError:
             _files.revert_all(done)
             raise
-        for step in plan.mdev_steps:
-            self._do(step)
 
     def _do(self, step: Step) -> None:
         if step.argv:
@@ -411,6 +439,11 @@ class Partitioner:
                 vfs.append({'address': addr, 'driver': self.sysfs.link_name(link)})
         return {'parent': self.parent, 'vfs': vfs, 'mdevs': plan.mdevs,
                 'files': [f.path for f in plan.files if f.changed], 'commands': plan.commands()}
+
+
+def _uid(step: Step) -> str:
+    """The UUID a mediated-device step acts on (the last word of what it does)."""
+    return step.what.rsplit(' ', 1)[-1]
 
 
 # the kernel's answers to a write of sriov_numvfs or create, in words
