@@ -17,13 +17,15 @@
 #                    test_partition.py: on the intel host, gpu_partition enables 2 SR-IOV VFs
 #                    of the emulated NVMe controller (03:00.0, not a GPU) and creates 2 mdevs
 #                    of the kernel's sample driver mbochs, persisted (udev rule, mdevctl);
-#                    capacity exhaustion and an unknown type refused; a domain with a VF on
+#                    capacity exhaustion refused; a domain with a VF on
 #                    vfio-pci and an mdev starts (no guest OS); removing either while it runs
 #                    is refused naming it; the domain is stopped before the AWX job
 #                    test_awx_runner.py: AWX jobs (ansible-runner) over SSH on the intel host:
-#                    facts.yml, then site.yml in check + diff mode and for real (the check must
-#                    predict exactly the tasks the real job changes)
-#                    test_partition_after_reboot.py: after that job's reboot the VFs and mdevs
+#                    facts.yml; site.yml with a kernel argument whose trial boot panics (the
+#                    host falls back by itself, the job fails, nothing permanent is written);
+#                    then site.yml in check + diff mode and for real (the check must predict
+#                    exactly the tasks the real job changes; its trial boot is committed)
+#                    test_partition_after_reboot.py: after that job's reboots the VFs and mdevs
 #                    are back, the domain's hostdevs resolve and it starts again; gpu_partition
 #                    state=absent then leaves no VF, mdev, udev rule or mdevctl definition
 #                    test_guest_boot.py: a guest in a libvirt domain on the intel host (the
