@@ -146,6 +146,7 @@ log "packages done after $((SECONDS - t0)) s; building mbochs against the image'
 # of the exact kernel release the image installed; the compiler, the headers and the source
 # are removed again, only the module and mdevctl stay.
 kver=$(find "$rootfs/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -1)
+# shellcheck disable=SC2016  # the script is expanded by the chroot's sh, with KVER from env
 timeout 1800 chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive LC_ALL=C KVER="$kver" sh -euc '
   build="linux-headers-$KVER linux-source-6.1 gcc make libc6-dev"
   apt-get install -y -q --no-install-recommends mdevctl $build

@@ -151,20 +151,20 @@ def test_mdev_check_real_repeat_and_diff(conn, tmp_path) -> None:
     assert conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == before
     assert "type=\"mdev\"" in plan['diff']['after'] and 'type="mdev"' not in plan['diff']['before']
 
-    real, _ = run(conn, sysfs, domain=name, devices=[{'mdev': U1, 'display': True}])
+    real = run(conn, sysfs, domain=name, devices=[{'mdev': U1, 'display': True}])[0]
     assert real['changed'] is True
     assert [(m['uuid'], m['model'], m['display']) for m in mdevs(conn, name)] == [(U1, 'vfio-pci', True)]
     assert real['mdevs'] == mdevs(conn, name)
     assert plan['diff']['after'].count('<hostdev') == real['diff']['after'].count('<hostdev') == 1
 
-    again, _ = run(conn, sysfs, domain=name, devices=['mdev:%s' % U1])
+    again = run(conn, sysfs, domain=name, devices=['mdev:%s' % U1])[0]
     assert again['changed'] is False and again['devices'][0]['action'] == 'unchanged'
     assert again['mdev_assignments'] == {U1: [name]}
-    check_again, _ = run(conn, sysfs, check=True, domain=name, devices=[{'mdev': U1, 'display': True}])
+    check_again = run(conn, sysfs, check=True, domain=name, devices=[{'mdev': U1, 'display': True}])[0]
     assert check_again['changed'] is False
 
     # display off is an update of the same entry, not a second one
-    off, _ = run(conn, sysfs, domain=name, devices=[{'mdev': U1, 'display': False}])
+    off = run(conn, sysfs, domain=name, devices=[{'mdev': U1, 'display': False}])[0]
     assert off['changed'] is True and off['devices'][0]['action'] == 'updated'
     assert [(m['uuid'], m['display']) for m in mdevs(conn, name)] == [(U1, False)]
 
@@ -173,10 +173,10 @@ def test_mdev_absent_and_absent_of_absent(conn) -> None:
     name = conn.define()
     run(conn, None, domain=name, devices=['mdev:%s' % U1, 'mdev:%s' % U2])
     assert sorted(m['uuid'] for m in mdevs(conn, name)) == sorted([U1, U2])
-    gone, _ = run(conn, None, domain=name, devices=['mdev:%s' % U1], state='absent')
+    gone = run(conn, None, domain=name, devices=['mdev:%s' % U1], state='absent')[0]
     assert gone['changed'] is True and gone['devices'][0]['action'] == 'removed'
     assert [m['uuid'] for m in mdevs(conn, name)] == [U2]
-    again, _ = run(conn, None, domain=name, devices=['mdev:%s' % U1], state='absent')
+    again = run(conn, None, domain=name, devices=['mdev:%s' % U1], state='absent')[0]
     assert again['changed'] is False and again['devices'][0]['detail'] == 'not in the domain'
 
 
@@ -187,7 +187,7 @@ def test_display_without_graphics_is_refused_naming_domain_and_uuid(conn) -> Non
     assert U1 in str(exc.value) and repr(name) in str(exc.value) and '<graphics>' in str(exc.value)
     assert mdevs(conn, name) == []
     # without display the same domain takes it
-    ok, _ = run(conn, None, domain=name, devices=[{'mdev': U1}])
+    ok = run(conn, None, domain=name, devices=[{'mdev': U1}])[0]
     assert ok['changed'] is True
 
 
@@ -197,7 +197,7 @@ def test_mdev_of_another_domain_is_refused_unless_allowed(conn) -> None:
     with pytest.raises(DeviceShared, match="mdev %s is already assigned to domain '%s'" % (U1, first)):
         run(conn, None, domain=second, devices=['mdev:%s' % U1])
     assert mdevs(conn, second) == []
-    shared, _ = run(conn, None, domain=second, devices=['mdev:%s' % U1], allow_shared=True)
+    shared = run(conn, None, domain=second, devices=['mdev:%s' % U1], allow_shared=True)[0]
     assert shared['changed'] is True
 
 
@@ -213,7 +213,7 @@ def test_mdev_and_pci_devices_in_one_task_and_a_virtual_function_has_no_companio
     vfs = sorted(a for a in os.listdir(sriov.sys('bus', 'pci', 'devices'))
                  if os.path.lexists(sriov.sys('bus', 'pci', 'devices', a, 'physfn')))
     assert vfs, 'the sriov topology has virtual functions'
-    res, _ = run(conn, sriov, domain=name, devices=[vfs[0], 'mdev:%s' % U1], managed=True)
+    res = run(conn, sriov, domain=name, devices=[vfs[0], 'mdev:%s' % U1], managed=True)[0]
     assert [(d['address'], d['mdev'] if 'mdev' in d else None, d['action']) for d in res['devices']] == [
         (vfs[0], None, 'added'), (None, U1, 'added')]
     assert [h['address'] for h in res['hostdevs']] == [vfs[0]]
