@@ -22,6 +22,15 @@ PCI control files the kernel's behaviour, processed synchronously inside the
 * The first bind of a group's device to a vfio driver creates ``dev/vfio/N`` and
   ``dev/vfio/vfio``; when the group's last vfio device is unbound, ``dev/vfio/N``
   goes away.
+* ``.../ADDR/sriov_numvfs`` (the kernel's sriov_numvfs_store): EINVAL for a non-number, ERANGE
+  above ``sriov_totalvfs``, ENOENT when the PF has no driver, EBUSY for a new non-zero count while
+  VFs are enabled; a count creates the VF functions (``virtfnN`` / ``physfn`` links, one IOMMU
+  group each, bound to the PF's ``vf_driver`` when ``sriov_drivers_autoprobe`` is 1), 0 removes
+  them.
+* ``.../mdev_supported_types/TYPE/create`` (UUID): EINVAL for a malformed UUID, EEXIST for a UUID
+  in use, ENOSPC when ``available_instances`` is 0 (the sample mbochs driver's answer); creates
+  ``/sys/bus/mdev/devices/UUID`` (with ``mdev_type``, ``remove``, its own IOMMU group and
+  ``/dev/vfio/N``) and decrements ``available_instances``; ``.../UUID/remove`` (1) undoes it.
 
 Every control write is appended to ``.sim/ops.log`` (one JSON object a line).
 
@@ -60,6 +69,10 @@ _DRIVER_CTL_RE = re.compile(r'^/sys/bus/pci/drivers/([^/]+)/(bind|unbind|new_id|
 _PROBE_RE = re.compile(r'^/sys/bus/pci/drivers_probe$')
 _OVERRIDE_RE = re.compile(r'^/sys/(?:devices/.*|bus/pci/devices)/(%s)/driver_override$' % _ADDR)
 _ATTR_RE = re.compile(r'^/sys/(?:devices/.*|bus/pci/devices)/(%s)/([^/]+)$' % _ADDR)
+_NUMVFS_RE = re.compile(r'^/sys/(?:devices/.*|bus/pci/devices)/(%s)/sriov_numvfs$' % _ADDR)
+_UUID = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
+_CREATE_RE = re.compile(r'^/sys/devices/(.+)/mdev_supported_types/([^/]+)/create$')
+_REMOVE_RE = re.compile(r'^/sys/devices/(.+)/(%s)/remove$' % _UUID)
 
 NULL = '(null)'
 
@@ -277,13 +290,16 @@ class SimKernel:
 
     # ------------------------------------------------------------ entry points
     def is_control(self, path: str) -> bool:
-        return bool(_DRIVER_CTL_RE.match(path) or _PROBE_RE.match(path) or _OVERRIDE_RE.match(path))
+        return bool(_DRIVER_CTL_RE.match(path) or _PROBE_RE.match(path) or _OVERRIDE_RE.match(path)
+                    or _NUMVFS_RE.match(path) or _CREATE_RE.match(path) or _REMOVE_RE.match(path))
 
     def control_write(self, path: str, data: bytes) -> int:
         text = data.decode('utf-8', 'replace')
         value = text.split('\n', 1)[0].strip()
         m_drv = _DRIVER_CTL_RE.match(path)
         m_ovr = _OVERRIDE_RE.match(path)
+        if _NUMVFS_RE.match(path) or _CREATE_RE.match(path) or _REMOVE_RE.match(path):
+            return self.partition_write(path, text)
         if m_drv:
             driver, op = m_drv.group(1), m_drv.group(2)
             device = value if op in ('bind', 'unbind') else None
@@ -364,6 +380,238 @@ class SimKernel:
                 self.attach(dev, addr, driver)
                 bound.append(addr)
         return 'captured:%s' % ','.join(bound)
+
+    # ------------------------------------------------------------ SR-IOV and mediated devices
+    def partition_write(self, path: str, text: str) -> int:
+        """``sriov_numvfs``, an mdev type's ``create`` and an mdev's ``remove``, as the kernel handles them."""
+        m_vfs, m_create, m_remove = _NUMVFS_RE.match(path), _CREATE_RE.match(path), _REMOVE_RE.match(path)
+        value = text.split('\n', 1)[0].strip()
+        if m_vfs:
+            op, device = 'sriov_numvfs', m_vfs.group(1)
+        elif m_create:
+            op, device = 'mdev_create', m_create.group(1).rsplit('/', 1)[-1]
+        else:
+            assert m_remove is not None
+            op, device = 'mdev_remove', m_remove.group(2)
+        entry: dict[str, Any] = {'op': op, 'device': device, 'driver': None, 'value': value}
+        spec = self.fault(op, device)
+        if spec and spec.get('hang'):
+            self.log(dict(entry, result='hang'))
+            self.hang()
+        with self.lock:
+            try:
+                if spec and spec.get('error'):
+                    raise KernelError(getattr(errno, str(spec['error']), errno.EIO))
+                if m_vfs:
+                    result = self.set_numvfs(m_vfs.group(1), value)
+                elif m_create:
+                    result = self.mdev_create(m_create.group(1), m_create.group(2), value)
+                else:
+                    assert m_remove is not None
+                    result = self.mdev_remove(m_remove.group(1), m_remove.group(2), value)
+            except KernelError as exc:
+                self.log(dict(entry, result=errno.errorcode.get(exc.errno or 0, str(exc.errno))))
+                raise
+            self.log(dict(entry, result=result))
+        return len(text.encode('utf-8'))
+
+    def _read(self, path: str, default: str = '') -> str:
+        try:
+            with open(path, encoding='utf-8') as handle:
+                return handle.read().strip()
+        except OSError:
+            return default
+
+    def _write(self, path: str, text: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w', encoding='utf-8') as handle:
+            handle.write(text)
+
+    def _link(self, path: str, target: str) -> None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.lexists(path):
+            os.unlink(path)
+        os.symlink(os.path.relpath(target, os.path.dirname(path)), path)
+
+    def _new_group(self, member: str, name: str) -> int:
+        """A new IOMMU group holding one device (a VF, an mdev): the next free number."""
+        groups = self.b('/sys/kernel/iommu_groups')
+        os.makedirs(groups, exist_ok=True)
+        taken = [int(g) for g in os.listdir(groups) if g.isdigit()]
+        number = max(taken) + 1 if taken else 0
+        gdir = os.path.join(groups, str(number))
+        self._link(os.path.join(gdir, 'devices', name), member)
+        self._write(os.path.join(gdir, 'type'), 'DMA\n')
+        self._write(os.path.join(gdir, 'reserved_regions'), '0x00000000fee00000 0x00000000feefffff msi\n')
+        self._link(os.path.join(member, 'iommu_group'), gdir)
+        return number
+
+    def _drop_group(self, member: str) -> None:
+        group = self.group(member)
+        if group is None:
+            return
+        shutil.rmtree(self.b('/sys/kernel/iommu_groups/%s' % group), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.b('/dev/vfio/%s' % group))
+
+    def _records(self) -> dict[str, Any]:
+        try:
+            with open(self.b('.sim/devices.json'), encoding='utf-8') as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _save_records(self, data: dict[str, Any]) -> None:
+        self._write(self.b('.sim/devices.json'), json.dumps(data, indent=1, sort_keys=True) + '\n')
+
+    def set_numvfs(self, addr: str, value: str) -> str:
+        """sriov_numvfs_store(): EINVAL for a non-number, ERANGE above sriov_totalvfs, ENOENT without a PF driver,
+        EBUSY for a new non-zero count while VFs are enabled; 0 removes the VFs (unbinding their drivers)."""
+        dev = self.device_dir(addr)
+        if dev is None:
+            raise KernelError(errno.ENODEV)
+        try:
+            want = int(value, 0)
+        except ValueError:
+            raise KernelError(errno.EINVAL) from None
+        if not 0 <= want <= 0xffff:
+            raise KernelError(errno.EINVAL)
+        total = int(self._read(os.path.join(dev, 'sriov_totalvfs'), '0') or 0)
+        if want > total:
+            raise KernelError(errno.ERANGE)
+        current = int(self._read(os.path.join(dev, 'sriov_numvfs'), '0') or 0)
+        if want == current:
+            return 'ok'
+        if self.current_driver(dev) is None:
+            raise KernelError(errno.ENOENT)
+        if want == 0:
+            self._remove_vfs(dev)
+            self._write(os.path.join(dev, 'sriov_numvfs'), '0\n')
+            return 'disabled'
+        if current:
+            raise KernelError(errno.EBUSY)
+        bound = self._add_vfs(dev, addr, want)
+        self._write(os.path.join(dev, 'sriov_numvfs'), '%d\n' % want)
+        return 'enabled:%d%s' % (want, (' bound:' + ','.join(bound)) if bound else '')
+
+    def _add_vfs(self, pf: str, addr: str, count: int) -> list[str]:
+        offset = int(self._read(os.path.join(pf, 'sriov_offset'), '1') or 1)
+        stride = int(self._read(os.path.join(pf, 'sriov_stride'), '1') or 1)
+        vf_device = self._read(os.path.join(pf, 'sriov_vf_device'), '0000')
+        records = self._records()
+        info = records.get(addr) or {}
+        vf_driver = (info.get('sriov') or {}).get('vf_driver')
+        dom, bus, rest = addr.split(':')
+        slot, func = rest.split('.')
+        rid0 = (int(bus, 16) << 8) | (int(slot, 16) << 3) | int(func, 16)
+        attrs = {name: self._read(os.path.join(pf, name)) for name in (
+            'vendor', 'subsystem_vendor', 'subsystem_device', 'class', 'revision', 'numa_node', 'local_cpulist')}
+        attrs['device'] = '0x%s' % vf_device
+        autoprobe = self._read(os.path.join(pf, 'sriov_drivers_autoprobe'), '1') == '1'
+        for index in range(count):
+            rid = rid0 + offset + index * stride
+            vaddr = '%s:%02x:%02x.%x' % (dom, (rid >> 8) & 0xff, (rid >> 3) & 0x1f, rid & 7)
+            vdir = os.path.join(os.path.dirname(pf), vaddr)
+            os.makedirs(vdir, exist_ok=True)
+            for name, text in attrs.items():
+                self._write(os.path.join(vdir, name), text + '\n')
+            for name, text in (('driver_override', NULL), ('reset_method', 'flr'), ('enable', '0'), ('irq', '0'),
+                               ('uevent', 'PCI_SLOT_NAME=%s' % vaddr)):
+                self._write(os.path.join(vdir, name), text + '\n')
+            for name in ('remove', 'rescan', 'reset'):
+                self._write(os.path.join(vdir, name), '')
+            config = bytearray(256)
+            config[0:2] = int(attrs['vendor'] or '0', 16).to_bytes(2, 'little')
+            config[2:4] = int(vf_device, 16).to_bytes(2, 'little')
+            config[9:12] = int(attrs['class'] or '0', 16).to_bytes(3, 'little')
+            with open(os.path.join(vdir, 'config'), 'wb') as handle:
+                handle.write(bytes(config))
+            self._write(os.path.join(vdir, 'resource'), '0x%016x 0x%016x 0x%016x\n' % (0, 0, 0) * 13)
+            self._link(os.path.join(vdir, 'subsystem'), self.b('/sys/bus/pci'))
+            self._link(os.path.join(vdir, 'physfn'), pf)
+            self._link(os.path.join(pf, 'virtfn%d' % index), vdir)
+            self._link(self.b('/sys/bus/pci/devices/%s' % vaddr), vdir)
+            self._new_group(vdir, vaddr)
+            records[vaddr] = {'default_driver': vf_driver, 'driver': None, 'physfn': addr,
+                              'path': os.path.relpath(vdir, self.b('/sys')), 'vendor': attrs['vendor'][2:],
+                              'device': vf_device}
+        self._save_records(records)
+        bound = []
+        for index in range(count):
+            vdir = os.path.realpath(os.path.join(pf, 'virtfn%d' % index))
+            vaddr = os.path.basename(vdir)
+            if autoprobe and vf_driver and os.path.isdir(self.driver_dir(vf_driver)):
+                self.attach(vdir, vaddr, vf_driver)
+                bound.append(vaddr)
+        return bound
+
+    def _remove_vfs(self, pf: str) -> None:
+        records = self._records()
+        for name in sorted(os.listdir(pf)):
+            if not name.startswith('virtfn'):
+                continue
+            link = os.path.join(pf, name)
+            vdir = os.path.realpath(link)
+            vaddr = os.path.basename(vdir)
+            driver = self.current_driver(vdir) if os.path.isdir(vdir) else None
+            if driver:
+                self.detach(vdir, vaddr, driver)
+            self._drop_group(vdir)
+            for path in (self.b('/sys/bus/pci/devices/%s' % vaddr), link):
+                if os.path.lexists(path):
+                    os.unlink(path)
+            shutil.rmtree(vdir, ignore_errors=True)
+            records.pop(vaddr, None)
+        self._save_records(records)
+
+    def mdev_create(self, parent_rel: str, type_id: str, value: str) -> str:
+        """create_store() / mdev_device_create(): EINVAL for a malformed UUID, EEXIST for one in use, and the
+        parent driver's ENOSPC (what the sample mbochs returns) when the type has no instance left."""
+        tdir = self.b('/sys/devices/%s/mdev_supported_types/%s' % (parent_rel, type_id))
+        if not os.path.isdir(tdir):
+            raise KernelError(errno.ENOENT)
+        uid = value.lower()
+        if not re.match(r'^%s\Z' % _UUID, uid):
+            raise KernelError(errno.EINVAL)
+        if os.path.lexists(self.b('/sys/bus/mdev/devices/%s' % uid)):
+            raise KernelError(errno.EEXIST)
+        available = int(self._read(os.path.join(tdir, 'available_instances'), '0') or 0)
+        if available <= 0:
+            raise KernelError(errno.ENOSPC)
+        mdir = self.b('/sys/devices/%s/%s' % (parent_rel, uid))
+        os.makedirs(mdir)
+        self._link(os.path.join(mdir, 'mdev_type'), tdir)
+        self._link(os.path.join(mdir, 'subsystem'), self.b('/sys/bus/mdev'))
+        os.makedirs(self.b('/sys/bus/mdev/drivers/vfio_mdev'), exist_ok=True)
+        self._link(os.path.join(mdir, 'driver'), self.b('/sys/bus/mdev/drivers/vfio_mdev'))
+        self._write(os.path.join(mdir, 'remove'), '')
+        self._write(os.path.join(mdir, 'uevent'), 'MDEV_TYPE=%s\nDRIVER=vfio_mdev\n' % type_id)
+        self._link(self.b('/sys/bus/mdev/devices/%s' % uid), mdir)
+        self._link(os.path.join(tdir, 'devices', uid), mdir)
+        group = self._new_group(mdir, uid)
+        self._write(self.b('/dev/vfio/%d' % group), '')
+        self._write(os.path.join(tdir, 'available_instances'), '%d\n' % (available - 1))
+        return 'created:%s' % uid
+
+    def mdev_remove(self, parent_rel: str, uid: str, value: str) -> str:
+        """remove_store(): a write of 1 removes the device and gives its instance back; anything else does nothing."""
+        try:
+            flag = int(value, 0)
+        except ValueError:
+            raise KernelError(errno.EINVAL) from None
+        if flag != 1:
+            return 'ignored'
+        mdir = self.b('/sys/devices/%s/%s' % (parent_rel, uid))
+        tdir = os.path.realpath(os.path.join(mdir, 'mdev_type'))
+        self._drop_group(mdir)
+        for path in (self.b('/sys/bus/mdev/devices/%s' % uid), os.path.join(tdir, 'devices', uid)):
+            if os.path.lexists(path):
+                os.unlink(path)
+        shutil.rmtree(mdir, ignore_errors=True)
+        available = int(self._read(os.path.join(tdir, 'available_instances'), '0') or 0)
+        self._write(os.path.join(tdir, 'available_instances'), '%d\n' % (available + 1))
+        return 'removed:%s' % uid
 
     def read_fault(self, path: str) -> None:
         match = _ATTR_RE.match(path)

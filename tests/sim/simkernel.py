@@ -13,7 +13,8 @@ A topology (YAML file under ``tests/sim/topologies/`` or a dict) says::
     iommu:   {type: intel | amd | none, interrupt_remapping: bool, units: 1}
     secure_boot: true | false | null       (null: no efivars)
     pci:     list of functions; a bridge lists ``children``
-    processes: [{pid, comm, fds: {N: /dev/...}}]
+    processes: [{pid, comm, cmdline: [argv...], fds: {N: /dev/...}}]
+    mdev_parents: [{name: mbochs, types: [like mdev_types]}]  (virtual parents, /sys/class/mdev_bus/<name>)
     numa:    [{cpus: '0-31', memory_mib, memory_free_mib, hugepages: {2048: {total, free}}}]
              (node N is the Nth entry; default one node with every CPU and 16 GiB)
 
@@ -28,7 +29,8 @@ Each PCI function: ``address`` (``00:02.0`` or ``0000:00:02.0``), ``vendor``,
 or ``auto``), ``stuck`` (its ``driver_override`` and ``sriov_numvfs`` become
 FIFOs: any open blocks, as a device lock held by a stuck probe does),
 ``acs`` (bridges: false puts everything below into the bridge's group),
-``children`` (bridges), ``bars`` (memory BARs: a size such as ``16M`` or
+``children`` (bridges), ``mdev_types`` entries may carry ``type_name`` (the
+human name in the type's ``name`` file), ``bars`` (memory BARs: a size such as ``16M`` or
 ``{size, index, prefetchable, mem64, io}``; written to ``resource`` at aligned
 addresses, a 64-bit BAR taking two slots).
 
@@ -427,16 +429,9 @@ def _write_function(w: _Writer, fn: _Function, drm_nodes: List[str], local_cpus:
             w.link(os.path.join(d, 'virtfn%d' % index), vf.dir)
     if fn.physfn is not None:
         w.link(os.path.join(d, 'physfn'), fn.physfn.dir)
-    for mdev in fn.mdev_types:
-        if isinstance(mdev, str):
-            mdev = {'name': mdev}
-        tdir = os.path.join(d, 'mdev_supported_types', mdev['name'])
-        w.write(os.path.join(tdir, 'name'), '%s\n' % mdev.get('description', mdev['name']))
-        w.write(os.path.join(tdir, 'description'), '%s\n' % mdev.get('description', ''))
-        w.write(os.path.join(tdir, 'available_instances'), '%d\n' % int(mdev.get('available_instances', 1)))
-        w.write(os.path.join(tdir, 'device_api'), '%s\n' % mdev.get('device_api', 'vfio-pci'))
-        w.write(os.path.join(tdir, 'create'), '')
-        w.mkdir(os.path.join(tdir, 'devices'))
+    _write_mdev_types(w, d, fn.mdev_types)
+    if fn.mdev_types:
+        w.link(os.path.join(w.sys, 'class', 'mdev_bus', fn.address), d)
     for node in drm_nodes:
         ndir = w.mkdir(os.path.join(d, 'drm', node))
         minor = int(node[len('renderD'):]) if node.startswith('renderD') else int(node[len('card'):])
@@ -449,6 +444,20 @@ def _write_function(w: _Writer, fn: _Function, drm_nodes: List[str], local_cpus:
         secondary = sorted(int(c.address[5:7], 16) for c in fn.children) or [0]
         w.write(os.path.join(d, 'secondary_bus_number'), '%d\n' % secondary[0])
         w.write(os.path.join(d, 'subordinate_bus_number'), '%d\n' % secondary[-1])
+
+
+def _write_mdev_types(w: _Writer, d: str, types: List[Any]) -> None:
+    """A parent's ``mdev_supported_types/<id>/`` (``name`` is the human name: ``type_name``, else the description)."""
+    for mdev in types:
+        if isinstance(mdev, str):
+            mdev = {'name': mdev}
+        tdir = os.path.join(d, 'mdev_supported_types', mdev['name'])
+        w.write(os.path.join(tdir, 'name'), '%s\n' % mdev.get('type_name', mdev.get('description', mdev['name'])))
+        w.write(os.path.join(tdir, 'description'), '%s\n' % mdev.get('description', ''))
+        w.write(os.path.join(tdir, 'available_instances'), '%d\n' % int(mdev.get('available_instances', 1)))
+        w.write(os.path.join(tdir, 'device_api'), '%s\n' % mdev.get('device_api', 'vfio-pci'))
+        w.write(os.path.join(tdir, 'create'), '')
+        w.mkdir(os.path.join(tdir, 'devices'))
 
 
 def _config_space(fn: _Function) -> bytes:
@@ -533,7 +542,7 @@ def materialize(topology: Any, dest: str) -> str:
     # /sys skeleton
     for sub in (('bus', 'pci', 'devices'), ('bus', 'pci', 'drivers'), ('kernel', 'iommu_groups'),
                 ('class', 'iommu'), ('class', 'drm'), ('module',), ('devices', 'virtual', 'iommu'),
-                ('firmware',)):
+                ('firmware',), ('class', 'mdev_bus'), ('bus', 'mdev', 'devices'), ('bus', 'mdev', 'drivers', 'vfio_mdev')):
         w.mkdir(os.path.join(sys_root, *sub))
     for name in ('drivers_probe', 'rescan', 'drivers_autoprobe'):
         w.write(os.path.join(sys_root, 'bus', 'pci', name), '1\n' if name == 'drivers_autoprobe' else '')
@@ -596,6 +605,14 @@ def materialize(topology: Any, dest: str) -> str:
         w.link(os.path.join(sys_root, 'bus', 'pci', 'devices', fn.address), fn.dir)
         if fn.driver:
             w.link(os.path.join(sys_root, 'bus', 'pci', 'drivers', fn.driver, fn.address), fn.dir)
+
+    # Virtual mdev parents (the kernel's sample mbochs, mdpy, mtty): /sys/devices/virtual/<name>/<name>
+    for vparent in topo.get('mdev_parents') or []:
+        name = str(vparent['name'])
+        pdir = w.mkdir(os.path.join(sys_root, 'devices', 'virtual', name, name))
+        w.write(os.path.join(pdir, 'uevent'), 'MDEV_STATE=registered\n')
+        _write_mdev_types(w, pdir, vparent.get('types') or [])
+        w.link(os.path.join(sys_root, 'class', 'mdev_bus', name), pdir)
 
     # IOMMU groups and units
     units: List[str] = []
@@ -661,7 +678,8 @@ def materialize(topology: Any, dest: str) -> str:
     for proc in topo.get('processes') or []:
         pid = str(int(proc['pid']))
         w.write(w.path('proc', pid, 'comm'), '%s\n' % proc.get('comm', 'proc%s' % pid))
-        w.write(w.path('proc', pid, 'cmdline'), '%s\x00' % proc.get('comm', 'proc%s' % pid))
+        argv = [str(a) for a in proc.get('cmdline') or [proc.get('comm', 'proc%s' % pid)]]
+        w.write(w.path('proc', pid, 'cmdline'), ''.join('%s\x00' % a for a in argv))
         w.mkdir(w.path('proc', pid, 'fd'))
         for fd, target in (proc.get('fds') or {}).items():
             w.abs_link(w.path('proc', pid, 'fd', str(int(fd))), str(target))
@@ -697,6 +715,10 @@ def materialize(topology: Any, dest: str) -> str:
             'stuck': fn.stuck,
             'physfn': fn.physfn.address if fn.physfn else None,
             'drm': drm.get(fn.address, []),
+            'sriov': ({'totalvfs': int(fn.sriov.get('totalvfs') or 0), 'offset': int(fn.sriov.get('offset', 1)),
+                       'stride': int(fn.sriov.get('stride', 1)), 'vf_device': _hex_id(fn.sriov.get('vf_device', fn.device)),
+                       'vf_driver': fn.sriov.get('vf_driver')} if fn.sriov is not None else None),
+            'numa_node': fn.numa_node,
         }
     w.write(w.path('.sim', 'devices.json'), json.dumps(record, indent=1, sort_keys=True) + '\n')
     w.write(w.path('.sim', 'topology.json'),
