@@ -9,7 +9,8 @@ without notice.
 
 Pure lxml, no libvirt connection: the module reads a domain's XML, this model
 plans the change on the parsed tree (adding, updating or removing PCI
-``<hostdev>`` entries matched by their *source* address), and the caller
+``<hostdev>`` entries matched by their *source* address, and mediated-device
+``<hostdev type='mdev'>`` entries matched by their UUID), and the caller
 defines the result.  Guest placement mirrors real hardware: the functions of
 one host slot (a GPU and its HDMI audio) land on one guest slot, function 0
 carrying ``multifunction='on'``.
@@ -17,6 +18,7 @@ carrying ``multifunction='on'``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from xml.etree import ElementTree
 
@@ -47,6 +49,42 @@ class DomainXmlError(HostdevError):
 
 class PlacementError(HostdevError):
     """No guest PCI address can be found or the requested one is taken."""
+
+
+class MdevSpecError(HostdevError):
+    """A mediated-device entry of ``devices`` is malformed, or asks for what the domain cannot give."""
+
+
+UUID_RE = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$')
+
+
+def parse_mdev_uuid(text: object, what: str = 'mdev') -> str:
+    """The canonical (lower-case) form of an mdev UUID, or MdevSpecError naming the input."""
+    if not isinstance(text, str) or not UUID_RE.match(text.strip().lower()):
+        raise MdevSpecError('%s %r is not a UUID (8-4-4-4-12 hexadecimal digits, as in '
+                            '/sys/bus/mdev/devices/<uuid>)' % (what, text))
+    return text.strip().lower()
+
+
+class MdevSpec:
+    """One mediated device the module is asked about: its UUID and, when asked, its display.
+
+    ``display``: True adds ``display='on'``, False ``display='off'``, None leaves an existing
+    entry's display as it is (a new entry then gets none: libvirt's default, off).
+    """
+
+    def __init__(self, uuid: str, display: bool | None = None) -> None:
+        self.uuid = parse_mdev_uuid(uuid)
+        self.display = display
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MdevSpec) and (self.uuid, self.display) == (other.uuid, other.display)
+
+    def __hash__(self) -> int:
+        return hash((self.uuid, self.display))
+
+    def __repr__(self) -> str:
+        return 'MdevSpec(%r, display=%r)' % (self.uuid, self.display)
 
 
 def _int(text: str | None) -> int:
@@ -133,6 +171,83 @@ class Hostdev:
 
     def xml(self) -> str:
         return etree.tostring(self.elem, encoding='unicode').strip()
+
+
+class MdevHostdev:
+    """One mediated-device ``<hostdev mode='subsystem' type='mdev'>`` element of a domain."""
+
+    def __init__(self, elem: Element) -> None:
+        self.elem = elem
+
+    @property
+    def uuid(self) -> str | None:
+        addr = self.elem.find('source/address')
+        text = addr.get('uuid') if addr is not None else None
+        return text.strip().lower() if text else None
+
+    @property
+    def display(self) -> bool:
+        return self.elem.get('display') == 'on'
+
+    @property
+    def model(self) -> str | None:
+        return self.elem.get('model')
+
+    @property
+    def guest(self) -> PciAddress | None:
+        addr = self.elem.find('address')
+        if addr is None or addr.get('type') != 'pci':
+            return None
+        return _addr_from(addr)
+
+    def to_dict(self) -> dict[str, object]:
+        guest = self.guest
+        return {
+            'uuid': self.uuid,
+            'model': self.model,
+            'display': self.display,
+            'guest_address': str(guest) if guest else None,
+        }
+
+    def xml(self) -> str:
+        return etree.tostring(self.elem, encoding='unicode').strip()
+
+
+class MdevChange:
+    """One planned change of a mediated-device hostdev."""
+
+    def __init__(self, uuid: str, action: str, guest: PciAddress | None = None, display: bool | None = None,
+                 detail: str = '') -> None:
+        self.uuid = uuid
+        self.action = action  # added | updated | removed | unchanged
+        self.guest = guest
+        self.display = display
+        self.detail = detail
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            'address': None,
+            'mdev': self.uuid,
+            'action': self.action,
+            'guest_address': str(self.guest) if self.guest else None,
+            'companion_of': None,
+            'display': self.display,
+            'detail': self.detail,
+        }
+
+
+def mdev_hostdev_xml(spec: MdevSpec) -> str:
+    """A standalone mediated-device ``<hostdev>`` (for a live attach, and the model of a new entry)."""
+    return etree.tostring(_mdev_element(spec), encoding='unicode')
+
+
+def _mdev_element(spec: MdevSpec) -> Element:
+    elem = etree.Element('hostdev', mode='subsystem', type='mdev', model='vfio-pci')
+    if spec.display is not None:
+        elem.set('display', 'on' if spec.display else 'off')
+    src = etree.SubElement(elem, 'source')
+    etree.SubElement(src, 'address', uuid=spec.uuid)
+    return elem
 
 
 class HostdevChange:
@@ -248,6 +363,28 @@ class DomainDefinition:
             if dev.source == source:
                 return dev
         return None
+
+    def mdev_hostdevs(self) -> list[MdevHostdev]:
+        """The mediated-device hostdevs (``type='mdev'``) that carry a UUID."""
+        out = []
+        for elem in self.devices.findall('hostdev'):
+            if elem.get('mode', 'subsystem') == 'subsystem' and elem.get('type') == 'mdev':
+                dev = MdevHostdev(elem)
+                if dev.uuid is not None:
+                    out.append(dev)
+        return out
+
+    def mdev_uuids(self) -> list[str]:
+        return sorted(str(h.uuid) for h in self.mdev_hostdevs())
+
+    def find_mdev(self, uuid: str) -> MdevHostdev | None:
+        for dev in self.mdev_hostdevs():
+            if dev.uuid == uuid:
+                return dev
+        return None
+
+    def has_graphics(self) -> bool:
+        return self.devices.find('graphics') is not None
 
     def is_pcie(self) -> bool:
         for ctl in self.devices.findall('controller'):
@@ -402,6 +539,46 @@ class DomainDefinition:
             else:
                 action = 'unchanged'
             changes.append(HostdevChange(addr, action, dev.guest, slot.companion_of(addr)))
+        return changes
+
+    def plan_mdev_present(self, spec: MdevSpec) -> MdevChange:
+        """Make the mediated device ``spec`` a hostdev of this domain (matched by UUID).
+
+        libvirt places a new one (no guest address is written: on q35 it adds a root port).
+        ``display='on'`` needs a graphics device in the domain: libvirt refuses the definition
+        without one, so the plan refuses it first, naming the domain and the UUID.
+        """
+        if spec.display and not self.has_graphics():
+            raise MdevSpecError("mdev %s with display=true: domain %r has no <graphics> device, and libvirt accepts "
+                                "display='on' only with one (add e.g. <graphics type='vnc'/> or leave display off)"
+                                % (spec.uuid, self.name))
+        dev = self.find_mdev(spec.uuid)
+        if dev is None:
+            elem = _mdev_element(spec)
+            existing = self.devices.findall('hostdev')
+            if existing:
+                existing[-1].addnext(elem)
+            else:
+                self.devices.append(elem)
+            return MdevChange(spec.uuid, 'added', None, bool(spec.display))
+        before = dev.xml()
+        if dev.model is None:
+            dev.elem.set('model', 'vfio-pci')
+        if spec.display is not None:
+            dev.elem.set('display', 'on' if spec.display else 'off')
+        action = 'updated' if dev.xml() != before else 'unchanged'
+        return MdevChange(spec.uuid, action, dev.guest, dev.display)
+
+    def plan_mdev_absent(self, uuids: list[str]) -> list[MdevChange]:
+        changes = []
+        for uuid in sorted(set(uuids)):
+            dev = self.find_mdev(uuid)
+            if dev is None:
+                changes.append(MdevChange(uuid, 'unchanged', detail='not in the domain'))
+                continue
+            guest, display = dev.guest, dev.display
+            dev.elem.getparent().remove(dev.elem)
+            changes.append(MdevChange(uuid, 'removed', guest, display))
         return changes
 
     def plan_absent(self, addresses: list[PciAddress]) -> list[HostdevChange]:

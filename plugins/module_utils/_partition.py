@@ -153,9 +153,13 @@ def parent_name(sysfs: Sysfs, text: object) -> str:
     if raw in mdev_parent_names(sysfs):
         return raw
     try:
-        return str(PciAddress.parse(raw))
+        address = str(PciAddress.parse(raw))
     except PciAddressError:
-        pass
+        address = ''
+    if address:
+        if not sysfs.isdir(sysfs.sys('bus', 'pci', 'devices', address)):
+            raise PartitionError('parent %s: no PCI device at that address on this host' % address)
+        return address
     raise PartitionError('parent %r is neither a PCI address nor an mdev parent of this host (mdev parents: %s)'
                          % (raw, ', '.join(mdev_parent_names(sysfs)) or 'none'))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 DOCUMENTATION = r'''
 module: libvirt_hostdev
-short_description: Attach host PCI devices (GPUs and their companions) to libvirt domains
+short_description: Attach host PCI devices (GPUs, their companions, SR-IOV VFs) and mediated devices to libvirt domains
 version_added: 0.1.0
 description:
   - Adds or removes PCI C(<hostdev>) entries of a libvirt domain, in its persistent definition,
@@ -20,6 +20,9 @@ description:
     the guest function 0 carries C(multifunction='on') and guest functions mirror host functions.
   - Refuses a device that is already in another domain's definition, naming that domain,
     unless O(allow_shared=true).
+  - Partitioned GPUs - an SR-IOV virtual function is a PCI address like any other (it has no companions);
+    a mediated device (vGPU, C(mdev)) is given by its UUID and becomes a
+    C(<hostdev mode='subsystem' type='mdev' model='vfio-pci'>) entry, matched by that UUID.
   - Uses libvirt-python and lxml (no virsh). The persistent definition is changed by defining
     the modified domain XML (read with its secrets, so nothing is lost); running domains get
     devices by hot-plug.
@@ -42,11 +45,20 @@ options:
     default: qemu:///system
   devices:
     description:
-      - Host PCI addresses (C(0000:41:00.0) or C(41:00.0)) to attach or remove.
+      - Host PCI addresses (C(0000:41:00.0) or C(41:00.0)) to attach or remove. An SR-IOV virtual
+        function is given by its own address.
+      - A mediated device (an mdev of a vGPU type, created for example by
+        M(fleetgpu.passthrough.gpu_partition)) is given as the string C(mdev:<uuid>) or as a dict
+        C({mdev: <uuid>, display: <bool>}). C(display=true) writes C(display='on') (the guest's
+        display is the vGPU's; libvirt needs a C(<graphics>) device in the domain for it, and the
+        module refuses it without one), V(false) C(display='off'); without C(display) an entry already
+        in the domain keeps its setting. libvirt places mdevs itself (O(guest_address), O(rom),
+        O(managed) and O(companions) apply to PCI devices only). A UUID that does not exist on the host
+        now is attached to the definition with a warning (the domain starts once the mdev exists).
       - May be empty; the module then changes nothing and reports the domain's hostdevs and the
         assignments of every domain at O(uri) (useful before choosing devices).
     type: list
-    elements: str
+    elements: raw
     default: []
   state:
     description:
@@ -260,6 +272,20 @@ EXAMPLES = r'''
       numa_mode: strict
       # hugepages: 1G   # with 1 GiB pages reserved on that node (role vfio_host, vfio_host_hugepages)
 
+- name: A vGPU (mediated device) with its display, and an SR-IOV virtual function, for the domain vdi01
+  fleetgpu.passthrough.libvirt_hostdev:
+    domain: vdi01
+    devices:
+      - mdev: 9d5b7c2e-58a1-4f0e-9c1d-2b1f6f0e7a31
+        display: true
+      - "0000:41:00.4"
+
+- name: Take the vGPU away from vdi01 (the short form of an mdev entry)
+  fleetgpu.passthrough.libvirt_hostdev:
+    domain: vdi01
+    devices: ["mdev:9d5b7c2e-58a1-4f0e-9c1d-2b1f6f0e7a31"]
+    state: absent
+
 - name: Take the GPU away again
   fleetgpu.passthrough.libvirt_hostdev:
     domain: train01
@@ -281,14 +307,22 @@ domain:
   returned: success
   type: str
 devices:
-  description: One entry per host function the module looked at (listed devices and companions).
+  description: One entry per host function the module looked at (listed devices and companions), then one per mediated device.
   returned: success
   type: list
   elements: dict
   contains:
     address:
-      description: Host PCI address.
+      description: Host PCI address (null for a mediated device).
       type: str
+    mdev:
+      description: The mediated device's UUID (only in the entries of mediated devices).
+      type: str
+      version_added: 0.2.0
+    display:
+      description: Whether the mediated device's entry has C(display='on') (only in the entries of mediated devices).
+      type: bool
+      version_added: 0.2.0
     action:
       description: V(added), V(updated), V(removed) or V(unchanged).
       type: str
@@ -342,6 +376,20 @@ hostdevs:
   elements: dict
   sample:
     - {address: "0000:41:00.0", guest_address: "0000:07:00.0", managed: false, multifunction: true, rom: null}
+mdevs:
+  description: The mediated-device hostdevs of the persistent definition after the change.
+  returned: success
+  type: list
+  elements: dict
+  sample:
+    - {uuid: "9d5b7c2e-58a1-4f0e-9c1d-2b1f6f0e7a31", model: vfio-pci, display: true, guest_address: "0000:08:00.0"}
+  version_added: 0.2.0
+mdev_assignments:
+  description: Mediated-device UUID -> names of the domains at O(uri) that hold it (before the change).
+  returned: success
+  type: dict
+  sample: {"9d5b7c2e-58a1-4f0e-9c1d-2b1f6f0e7a31": ["vdi01"]}
+  version_added: 0.2.0
 numa_nodes:
   description: Host NUMA nodes the domain's memory is pinned to (C(<numatune>)), empty when not pinned.
   returned: success
@@ -399,7 +447,7 @@ def argument_spec() -> dict:
     return dict(
         domain=dict(type='str', required=True),
         uri=dict(type='str', default='qemu:///system'),
-        devices=dict(type='list', elements='str', default=[]),
+        devices=dict(type='list', elements='raw', default=[]),
         state=dict(type='str', choices=['present', 'absent'], default='present'),
         where=dict(type='str', choices=['config', 'live', 'both'], default='config'),
         managed=dict(type='bool', default=False),

@@ -184,3 +184,30 @@ def test_status_names_the_overlay_a_dead_host_left(tmp_path, capsys):
     (tmp_path / 'h1' / 'overlay.qcow2').write_text('x')
     rc, out, _err = _main_json(capsys, ['--run-dir', str(tmp_path), 'status', '--name', 'h1'])
     assert rc == 0 and launch.json.loads(out) == [{'instance': 'h1', 'running': False, 'leftover': True}]
+
+
+def test_intel_topology_has_an_sriov_nvme_controller_after_the_other_devices():
+    cmd = _host(topology='intel').qemu_command()
+    devices = [cmd[i + 1] for i, word in enumerate(cmd) if word == '-device']
+    nvme = [d for d in devices if d.startswith('nvme,')]
+    assert len(nvme) == 1
+    props = dict(p.split('=', 1) for p in nvme[0].split(',')[1:])
+    vfs = int(props['sriov_max_vfs'])
+    assert vfs == launch.SRIOV_VFS > 1
+    # QEMU 7.2's constraints: a subsystem, >= 2 flexible queues and >= 1 interrupt per VF.
+    assert props['subsys'] in [d.split('id=')[1].split(',')[0] for d in devices if d.startswith('nvme-subsys,')]
+    assert int(props['sriov_vq_flexible']) >= 2 * vfs and int(props['sriov_vi_flexible']) >= vfs
+    # Its root port sits in slot 7, after every other device of the root bus (QEMU gives the
+    # -drive disk the first free slot, 00:05.0, at the end): the GPUs keep buses 01 and 02, the
+    # network card and disk keep 00:04.0 and 00:05.0, and the controller gets bus 03.
+    ports = [d for d in devices if d.startswith('pcie-root-port')]
+    assert ports[-1] == 'pcie-root-port,id=%s,chassis=3,addr=0x7' % props['bus']
+    assert all('addr=' not in p for p in ports[:-1])
+    assert devices.index(ports[-1]) > devices.index('virtio-net-pci,netdev=n0')
+    assert launch.SRIOV_PF == '0000:03:00.0'
+
+
+@pytest.mark.parametrize('topology', ['amd', 'noiommu', 'radeon'])
+def test_other_topologies_have_no_sriov_device(topology):
+    cmd = _host(topology=topology).qemu_command()
+    assert not [w for w in cmd if w.startswith(('nvme', 'nvme-subsys'))]

@@ -24,10 +24,15 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostdev impo
     HostdevChange,
     DomainDefinition,
     HostdevError,
+    MdevChange,
+    MdevSpec,
+    MdevSpecError,
     RomSpec,
     SlotRequest,
     canonical_xml,
     hostdev_xml,
+    mdev_hostdev_xml,
+    parse_mdev_uuid,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciAddress,
@@ -142,26 +147,41 @@ def persistent_xml(dom: Domain) -> str:
     return dom.XMLDesc(flags)
 
 
-def assignments(conn: Connection, uri: str) -> dict[str, list[str]]:
-    """PCI address -> names of the domains whose definition (or running state) holds it."""
-    out: dict[str, set[str]] = {}
+def _domain_xmls(conn: Connection, uri: str) -> list[tuple[str, str]]:
+    """(name, XML) of every domain's persistent definition and running state."""
+    out: list[tuple[str, str]] = []
     try:
         domains = conn.listAllDomains()
     except libvirt.libvirtError as exc:
         raise LibvirtError('cannot list the domains at %s: %s' % (uri, exc.get_error_message())) from None
     for dom in domains:
-        xmls = []
         try:
+            name = dom.name()
             if dom.isPersistent():
-                xmls.append(persistent_xml(dom))
+                out.append((name, persistent_xml(dom)))
             if dom.isActive():
-                xmls.append(dom.XMLDesc(0))
+                out.append((name, dom.XMLDesc(0)))
         except libvirt.libvirtError:
             continue  # the domain vanished while we listed
-        for xml in xmls:
-            for addr in DomainDefinition(xml).sources():
-                out.setdefault(str(addr), set()).add(dom.name())
-    return {addr: sorted(names) for addr, names in sorted(out.items())}
+    return out
+
+
+def all_assignments(conn: Connection, uri: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(PCI address -> domain names, mdev UUID -> domain names) of every definition and running state."""
+    pci: dict[str, set[str]] = {}
+    mdev: dict[str, set[str]] = {}
+    for name, xml in _domain_xmls(conn, uri):
+        defn = DomainDefinition(xml)
+        for addr in defn.sources():
+            pci.setdefault(str(addr), set()).add(name)
+        for uuid in defn.mdev_uuids():
+            mdev.setdefault(uuid, set()).add(name)
+    return ({k: sorted(v) for k, v in sorted(pci.items())}, {k: sorted(v) for k, v in sorted(mdev.items())})
+
+
+def assignments(conn: Connection, uri: str) -> dict[str, list[str]]:
+    """PCI address -> names of the domains whose definition (or running state) holds it."""
+    return all_assignments(conn, uri)[0]
 
 
 class Request:
@@ -173,8 +193,9 @@ class Request:
                  allow_shared: bool = False, start: bool = False, restart: bool = False,
                  shutdown_timeout: float = 120.0, define_xml: str | None = None,
                  wiring: dict | None = None, allow_quarantined: bool = False,
-                 unplug_timeout: float = 30.0) -> None:
+                 unplug_timeout: float = 30.0, mdevs: list[MdevSpec] | None = None) -> None:
         self.domain = domain
+        self.mdevs = list(mdevs or [])
         self.allow_quarantined = allow_quarantined
         self.uri = uri
         self.devices = devices
@@ -277,6 +298,7 @@ class HostdevBackend:
         self.warnings: list[str] = []
         self.assume_vfio: set[PciAddress] = set()
         self.check_mode = False
+        self.mdev_shared: dict[str, list[str]] = {}
 
     def _connection(self) -> Connection:
         if self._conn is None:
@@ -305,7 +327,7 @@ class HostdevBackend:
             persistent = dom.isPersistent()
         except libvirt.libvirtError as exc:
             raise self._fail('cannot read the domain', exc) from None
-        if not persistent and req.where != 'live' and req.devices:
+        if not persistent and req.where != 'live' and (req.devices or req.mdevs):
             raise DomainNotPersistent('domain %r at %s is transient (it has no persistent definition): '
                                       'use where=live, or define it first' % (req.domain, req.uri))
         before_xml = persistent_xml(dom)
@@ -313,13 +335,15 @@ class HostdevBackend:
         slots = slot_requests(req.devices, req.companions, self.sysfs if req.state == 'present' else None,
                               defn.sources())
         wanted = sorted({a for s in slots for a in s.functions})
-        shared = assignments(conn, req.uri)
+        shared, self.mdev_shared = all_assignments(conn, req.uri)
 
-        changes: list[HostdevChange] = []
+        changes: list[HostdevChange | MdevChange] = []
         if req.state == 'present':
             changes += self._plan_present(defn, slots, wanted, shared)
+            changes += self._plan_mdevs_present(defn)
         else:
             changes += defn.plan_absent(wanted)
+            changes += defn.plan_mdev_absent([m.uuid for m in req.mdevs])
         wiring = self._wire(defn, dom)
 
         config_changed = req.where in ('config', 'both') and (
@@ -339,7 +363,8 @@ class HostdevBackend:
 
         if req.where == 'live':
             # The persistent definition is not touched: report what the live plan did.
-            changes = [HostdevChange(PciAddress.parse(str(c['address'])), str(c['action'])) for c in live]
+            changes = [MdevChange(str(c['mdev']), str(c['action'])) if c.get('mdev')
+                       else HostdevChange(PciAddress.parse(str(c['address'])), str(c['action'])) for c in live]
             after_xml = canonical_xml(before_xml)
         result.update({
             'unplug_pending': False,
@@ -349,8 +374,10 @@ class HostdevBackend:
             'live': live,
             'power': power,
             'hostdevs': [h.to_dict() for h in DomainDefinition(after_xml).hostdevs()],
+            'mdevs': [h.to_dict() for h in DomainDefinition(after_xml).mdev_hostdevs()],
             'numa_nodes': DomainDefinition(after_xml).numa_nodes(),
             'assignments': shared,
+            'mdev_assignments': self.mdev_shared,
             'diff': {
                 'before': canonical_xml(before_xml),
                 'after': after_xml,
@@ -381,11 +408,12 @@ class HostdevBackend:
         defn = self._checked_define_xml()
         slots = slot_requests(req.devices, req.companions, self.sysfs if req.state == 'present' else None, [])
         wanted = sorted({a for s in slots for a in s.functions})
-        shared = assignments(conn, req.uri)
-        changes: list[HostdevChange] = []
+        shared, self.mdev_shared = all_assignments(conn, req.uri)
+        changes: list[HostdevChange | MdevChange] = []
         if req.state == 'present':
             # the same plan, and the same warnings, as the real run makes after defining the domain
             changes += self._plan_present(defn, slots, wanted, shared)
+            changes += self._plan_mdevs_present(defn)
         wiring = self._wire(defn, None)
         after = defn.to_xml()
         self.warnings.append('domain %r does not exist at %s yet: it would be defined from define_xml' % (req.domain, req.uri))
@@ -394,7 +422,9 @@ class HostdevBackend:
             'devices': [c.to_dict() for c in changes], 'live': [], 'unplug_pending': False,
             'power': 'started' if req.start and req.state == 'present' else None,
             'hostdevs': [h.to_dict() for h in DomainDefinition(after).hostdevs()],
-            'numa_nodes': DomainDefinition(after).numa_nodes(), 'assignments': shared, 'wiring': wiring,
+            'mdevs': [h.to_dict() for h in DomainDefinition(after).mdev_hostdevs()],
+            'numa_nodes': DomainDefinition(after).numa_nodes(), 'assignments': shared,
+            'mdev_assignments': self.mdev_shared, 'wiring': wiring,
             'diff': {'before': '', 'after': canonical_xml(after), 'before_header': '%s (not defined)' % req.domain,
                      'after_header': '%s (persistent definition)' % req.domain},
         }
@@ -432,6 +462,32 @@ class HostdevBackend:
         for slot in slots:
             changes += defn.plan_present(slot, req.managed, req.rom, req.guest_address)
         self.warnings += driver_warnings(self.sysfs, wanted, req.managed, self.assume_vfio)
+        return changes
+
+    def _plan_mdevs_present(self, defn: DomainDefinition) -> list[MdevChange]:
+        """Changes that give the requested mediated devices to the domain.
+
+        An mdev in another domain's definition is refused (unless allow_shared), as a PCI device
+        is; one that does not exist on the host now is planned with a warning (libvirt accepts
+        the definition, the domain only starts once the mdev is created, e.g. by gpu_partition).
+        """
+        req = self.req
+        mine = set(defn.mdev_uuids())
+        problems = []
+        for spec in req.mdevs:
+            others = [d for d in self.mdev_shared.get(spec.uuid, []) if d != req.domain]
+            if others and spec.uuid not in mine and not req.allow_shared:
+                problems.append('mdev %s is already assigned to domain %s' % (spec.uuid, ', '.join(repr(o) for o in others)))
+        if problems:
+            raise DeviceShared('; '.join(problems) + ': a mediated device can only be given to one domain at a time; '
+                               'set allow_shared=true if these domains never run at the same time')
+        changes = [defn.plan_mdev_present(spec) for spec in req.mdevs]
+        if self.sysfs is not None:
+            for spec in req.mdevs:
+                path = self.sysfs.sys('bus', 'mdev', 'devices', spec.uuid)
+                if not self.sysfs.exists(path):
+                    self.warnings.append('mdev %s does not exist on this host now (no %s): domain %r cannot start until '
+                                         'it is created (module gpu_partition)' % (spec.uuid, path, req.domain))
         return changes
 
     def _health_gate(self, adding: list[PciAddress]) -> None:
@@ -493,7 +549,7 @@ class HostdevBackend:
             return []
         live_defn = DomainDefinition(dom.XMLDesc(0))
         out: list[dict[str, object]] = []
-        detached: list[PciAddress] = []
+        detached: list[PciAddress | str] = []
         for addr in wanted:
             present = live_defn.find(addr)
             if req.state == 'present' and present is None:
@@ -507,11 +563,24 @@ class HostdevBackend:
                     detached.append(addr)
             else:
                 out.append({'address': str(addr), 'action': 'unchanged'})
+        for spec in req.mdevs:
+            dev = live_defn.find_mdev(spec.uuid)
+            if req.state == 'present' and dev is None:
+                out.append({'address': None, 'mdev': spec.uuid, 'action': 'added'})
+                if not check_mode:
+                    self._attach_live(dom, mdev_hostdev_xml(spec), 'mdev %s' % spec.uuid)
+            elif req.state == 'absent' and dev is not None:
+                out.append({'address': None, 'mdev': spec.uuid, 'action': 'removed'})
+                if not check_mode:
+                    self._detach_live(dom, dev.xml(), 'mdev %s' % spec.uuid)
+                    detached.append(spec.uuid)
+            else:
+                out.append({'address': None, 'mdev': spec.uuid, 'action': 'unchanged'})
         if detached:
             self._wait_unplugged(dom, detached, out)
         return out
 
-    def _detach_live(self, dom: Domain, xml: str, addr: PciAddress) -> None:
+    def _detach_live(self, dom: Domain, xml: str, addr: PciAddress | str) -> None:
         """Ask for the unplug; the guest releases the device later (see _wait_unplugged)."""
         try:
             dom.detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
@@ -520,7 +589,7 @@ class HostdevBackend:
                 return  # asked before (an earlier run): wait for the same unplug
             raise self._fail('live detach of %s failed' % addr, exc) from None
 
-    def _wait_unplugged(self, dom: Domain, addresses: list[PciAddress], live: list[dict[str, object]]) -> None:
+    def _wait_unplugged(self, dom: Domain, addresses: list[PciAddress | str], live: list[dict[str, object]]) -> None:
         """Wait until the running domain's XML no longer holds ``addresses``, up to unplug_timeout seconds.
 
         A live detach of a PCI device is asynchronous: libvirt passes the request to QEMU, the
@@ -535,7 +604,8 @@ class HostdevBackend:
                 live_defn = DomainDefinition(dom.XMLDesc(0))
             except libvirt.libvirtError as exc:
                 raise self._fail('cannot read the running domain after the live detach', exc) from None
-            pending = [a for a in addresses if live_defn.find(a) is not None]
+            pending = [a for a in addresses
+                       if (live_defn.find_mdev(a) if isinstance(a, str) else live_defn.find(a)) is not None]
             if not pending or time.monotonic() >= deadline:
                 break
             time.sleep(min(UNPLUG_POLL, max(0.0, deadline - time.monotonic())))
@@ -547,7 +617,7 @@ class HostdevBackend:
                 % (', '.join(str(a) for a in pending), req.domain, req.uri, req.unplug_timeout),
                 details={'unplug_pending': True, 'pending': [str(a) for a in pending], 'live': live, 'changed': True})
 
-    def _attach_live(self, dom: Domain, xml: str, addr: PciAddress) -> None:
+    def _attach_live(self, dom: Domain, xml: str, addr: PciAddress | str) -> None:
         try:
             dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
         except libvirt.libvirtError as exc:
@@ -594,10 +664,11 @@ class HostdevBackend:
 
 def build_request(params: dict) -> Request:
     """Validate the parameters (raises PciAddressError / HostdevError with the input named)."""
-    devices = []
-    for text in params['devices']:
-        devices.append(PciAddress.parse(text))
+    devices, mdevs = parse_devices(params['devices'])
     guest = PciAddress.parse(params['guest_address']) if params['guest_address'] else None
+    if guest is not None and not devices:
+        raise HostdevError('guest_address %s places PCI devices; libvirt places mediated devices itself'
+                           % params['guest_address'])
     if guest is not None and len({d.slot_key for d in devices}) > 1:
         raise HostdevError('guest_address %s can only place devices of one host slot, got %s'
                            % (params['guest_address'], ', '.join(str(d) for d in devices)))
@@ -612,7 +683,45 @@ def build_request(params: dict) -> Request:
         restart=params['restart'], shutdown_timeout=params['shutdown_timeout'], define_xml=params['define_xml'],
         wiring=options(params['wiring']) if params['wiring'] is not None else None,
         allow_quarantined=bool(params.get('allow_quarantined')),
-        unplug_timeout=params['unplug_timeout'])
+        unplug_timeout=params['unplug_timeout'], mdevs=mdevs)
+
+
+MDEV_PREFIX = 'mdev:'
+MDEV_KEYS = {'mdev', 'display'}
+
+
+def parse_devices(entries: list) -> tuple[list[PciAddress], list[MdevSpec]]:
+    """Split ``devices`` into PCI addresses and mediated devices; errors name the entry.
+
+    An entry is a PCI address (``0000:41:00.0`` or ``41:00.0``; an SR-IOV virtual function is
+    one too), the string ``mdev:<uuid>``, or a dict ``{mdev: <uuid>, display: <bool>}``.
+    """
+    devices: list[PciAddress] = []
+    mdevs: dict[str, MdevSpec] = {}
+    for index, entry in enumerate(entries or []):
+        if isinstance(entry, dict):
+            unknown = sorted(str(k) for k in entry if k not in MDEV_KEYS)
+            if unknown or 'mdev' not in entry:
+                raise MdevSpecError('devices[%d] %r: a dict entry is a mediated device, {mdev: <uuid>, display: <bool>}%s'
+                                    % (index, entry, (' (unknown keys: %s)' % ', '.join(unknown)) if unknown else ''))
+            display = entry.get('display')
+            if display is not None and not isinstance(display, bool):
+                raise MdevSpecError('devices[%d] %r: display must be true or false' % (index, entry))
+            spec = MdevSpec(parse_mdev_uuid(entry['mdev'], 'devices[%d] mdev' % index), display)
+        elif isinstance(entry, str) and entry.strip().lower().startswith(MDEV_PREFIX):
+            spec = MdevSpec(parse_mdev_uuid(entry.strip()[len(MDEV_PREFIX):].strip(), 'devices[%d] mdev' % index))
+        elif isinstance(entry, str):
+            devices.append(PciAddress.parse(entry))
+            continue
+        else:
+            raise MdevSpecError('devices[%d] %r: expected a PCI address, mdev:<uuid> or {mdev: <uuid>}' % (index, entry))
+        earlier = mdevs.get(spec.uuid)
+        if earlier is not None and earlier.display is not None and spec.display is not None \
+                and earlier.display != spec.display:
+            raise MdevSpecError('mdev %s is listed twice with different display settings' % spec.uuid)
+        if earlier is None or spec.display is not None:
+            mdevs[spec.uuid] = spec
+    return devices, list(mdevs.values())
 
 
 def backend_for(params: dict, sysfs: Sysfs) -> HostdevBackend:

@@ -5,7 +5,10 @@
 #   roles/testbed/files/build_image.sh --path    print the image directory only (no build)
 #
 # The image: Debian 12 (debootstrap, minbase) with the kernel, systemd, openssh, python3,
-# initramfs-tools, GRUB on the disk, pciutils, and qemu + libvirt inside for the VM step.
+# initramfs-tools, GRUB on the disk, pciutils, and qemu + libvirt inside for the VM step,
+# mdevctl, and the kernel's sample mediated-device driver mbochs (samples/vfio-mdev/mbochs.c of
+# Debian's linux-source-6.1) built out of tree against the image's own kernel headers, installed
+# in /lib/modules/<release>/extra (not loaded at boot: a test that wants it loads it).
 # It lives OUTSIDE the repository in ${FLEETGPU_TESTBED_CACHE:-/var/cache/fleetgpu-testbed},
 # in a directory named after a hash of the recipe (this script and roles/testbed/files/guest/*),
 # so a recipe change builds a new image. Test hosts boot from qcow2 overlays of it, so
@@ -138,10 +141,33 @@ timeout 1800 chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive LC_ALL=C sh -c 
   > "$work/apt.log" 2>&1 || {
     tail -30 "$work/apt.log" >&2; log "package installation failed"; exit 1; }
 install -m 0644 "$here/guest/grub" "$rootfs/etc/default/grub"
+log "packages done after $((SECONDS - t0)) s; building mbochs against the image's kernel headers"
+# mbochs: the kernel's sample mediated display device, built in the chroot against the headers
+# of the exact kernel release the image installed; the compiler, the headers and the source
+# are removed again, only the module and mdevctl stay.
+kver=$(find "$rootfs/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -1)
+timeout 1800 chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive LC_ALL=C KVER="$kver" sh -euc '
+  build="linux-headers-$KVER linux-source-6.1 gcc make libc6-dev"
+  apt-get install -y -q --no-install-recommends mdevctl $build
+  rm -rf /tmp/mbochs && mkdir -p /tmp/mbochs
+  tar -xJf /usr/src/linux-source-6.1.tar.xz -C /tmp/mbochs --strip-components=3 \
+    linux-source-6.1/samples/vfio-mdev/mbochs.c
+  echo "obj-m := mbochs.o" > /tmp/mbochs/Makefile
+  make -s -C "/lib/modules/$KVER/build" M=/tmp/mbochs modules
+  install -D -m 0644 /tmp/mbochs/mbochs.ko "/lib/modules/$KVER/extra/mbochs.ko"
+  depmod "$KVER"
+  modinfo -k "$KVER" mbochs >/dev/null
+  rm -rf /tmp/mbochs
+  apt-get purge -y -q $build
+  apt-get autoremove --purge -y -q
+  find /var/cache/apt/archives -maxdepth 1 -name "*.deb" ! -name "python3-libvirt_*" ! -name "python3-lxml_*" -delete' \
+  > "$work/mbochs.log" 2>&1 || {
+    tail -30 "$work/mbochs.log" >&2; log "building mbochs failed"; exit 1; }
+[ -f "$rootfs/lib/modules/$kver/extra/mbochs.ko" ] || { log "mbochs.ko is missing after the build"; exit 1; }
 for ((i = ${#mounted[@]} - 1; i >= 0; i--)); do umount "${mounted[$i]}"; done
 mounted=()
 rm -f "$rootfs/usr/sbin/policy-rc.d"
-log "packages done after $((SECONDS - t0)) s"
+log "mbochs and mdevctl done after $((SECONDS - t0)) s"
 
 # Configuration.
 echo testbed > "$rootfs/etc/hostname"

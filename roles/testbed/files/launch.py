@@ -17,7 +17,7 @@ Command line (``python3 roles/testbed/files/launch.py ...``)::
     launch.py list                        # hosts of the run directory
     launch.py topologies                  # the named topologies and their QEMU devices
 
-Topologies (see ``TOPOLOGIES``): ``intel``, ``amd``, ``noiommu`` and ``radeon`` (an
+Topologies (see ``TOPOLOGIES``): ``intel`` (with an SR-IOV capable NVMe controller at 03:00.0), ``amd``, ``noiommu`` and ``radeon`` (an
 ``intel`` host booted with the IOMMU on, where radeon is loaded on purpose after boot: its
 probe of ``ati-vga`` never finishes under TCG and holds the device lock).
 """
@@ -62,6 +62,25 @@ GPU_DEVICES = [
     '-device', 'ati-vga,model=rv100,bus=rp2',
 ]
 
+# An SR-IOV capable PCI device on the intel topology: QEMU's emulated NVMe controller, linked
+# to an NVM subsystem (QEMU requires one for SR-IOV), with up to SRIOV_VFS virtual functions.
+# It is NOT a GPU: the partition tests select it by its address. QEMU's constraints: each VF
+# needs at least 2 flexible queues and 1 flexible interrupt (sriov_vq_flexible >= 2 * VFs,
+# sriov_vi_flexible >= VFs), and the PF keeps at least 2 queues and 1 interrupt of its own
+# (max_ioqpairs, default 64, and msix_qsize, default 65, stay above those). Its root port sits in
+# slot 7 of the root bus, after every other device (QEMU places the virtio disk of -drive last,
+# in the first free slot: 00:05.0), so it takes bus 03 and every other address (01:00.0, 01:00.1,
+# 02:00.0, the network card 00:04.0, the disk 00:05.0) stays what it was.
+#   03:00.0 1b36:0010 NVMe controller (PF), VFs at 03:00.1 ... 03:00.<SRIOV_VFS>
+SRIOV_VFS = 4
+SRIOV_PF = '0000:03:00.0'
+SRIOV_DEVICES = [
+    '-device', 'pcie-root-port,id=rp3,chassis=3,addr=0x7',
+    '-device', 'nvme-subsys,id=sriovsubsys,nqn=fleetgpu-sriov',
+    '-device', 'nvme,serial=fleetgpu-sriov,subsys=sriovsubsys,bus=rp3,sriov_max_vfs=%d,sriov_vq_flexible=%d,'
+               'sriov_vi_flexible=%d' % (SRIOV_VFS, 2 * SRIOV_VFS, SRIOV_VFS),
+]
+
 # TCG cannot emulate VT-x: QEMU drops "vmx" from any Intel model ("TCG doesn't support
 # requested feature: CPUID.01H:ECX.vmx"), but it does emulate AMD-V. An Intel test host
 # therefore reports GenuineIntel with the svm flag: the hardware-virtualization check has a
@@ -70,12 +89,13 @@ INTEL_CPU = 'Skylake-Client,svm=on'
 
 TOPOLOGIES: Dict[str, Dict[str, object]] = {
     'intel': {
-        'description': 'Intel CPU and Intel IOMMU with interrupt remapping',
+        'description': 'Intel CPU and Intel IOMMU with interrupt remapping; an SR-IOV NVMe controller (not a GPU) at 03:00.0',
         'machine': 'q35,kernel-irqchip=split',
         'cpu': INTEL_CPU,
         'iommu': ['-device', 'intel-iommu,intremap=on,caching-mode=on'],
         'kernel_args': None,
         'load_radeon': False,
+        'sriov': True,
     },
     'amd': {
         'description': 'AMD CPU (svm) and AMD IOMMU with interrupt remapping',
@@ -226,6 +246,8 @@ class TestHost:
             '-netdev', 'user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22' % self.port,
             '-device', 'virtio-net-pci,netdev=n0',
         ]
+        if spec.get('sriov'):
+            cmd += SRIOV_DEVICES
         if self.kernel_args:
             # Direct kernel boot with extra arguments (the host's GRUB is bypassed).
             cmd += ['-kernel', str(self.image / 'vmlinuz'), '-initrd', str(self.image / 'initrd.img'),
