@@ -238,7 +238,7 @@ class SriovState:
         return out
 
 
-def read_sriov(sysfs: Sysfs, address: PciAddress, timeout: float | None = None) -> SriovState | None:
+def read_sriov(sysfs: Sysfs, address: PciAddress, timeout: float | None = None, strict: bool = True) -> SriovState | None:
     """The SR-IOV state of a PCI function, None when it has no SR-IOV capability (or sriov_totalvfs is 0).
 
     Raises :class:`PartitionError` when the function does not exist or ``sriov_numvfs`` does not answer.
@@ -250,7 +250,7 @@ def read_sriov(sysfs: Sysfs, address: PciAddress, timeout: float | None = None) 
     if not dev.sriov_totalvfs:
         return None
     values, stuck = read_locked_attributes(sysfs, [dev], ('sriov_numvfs',), timeout=timeout)
-    if stuck:
+    if stuck and strict:
         raise PartitionError('%s: reading sriov_numvfs did not return within the time bound (the device lock is held, '
                              'probably by a driver stuck in its probe); nothing was changed' % address)
     text = values.get((address, 'sriov_numvfs'))
@@ -316,3 +316,63 @@ def load_record(path: str) -> dict[str, dict]:
 
 def record_text(mdevs: dict[str, dict]) -> str:
     return json.dumps({'version': RECORD_VERSION, 'mdevs': mdevs}, indent=1, sort_keys=True) + '\n'
+
+
+# ----------------------------------------------------------------------------- facts
+def _holder(sysfs: Sysfs, group: int | None, open_devices: dict[str, list[tuple[int, str]]]) -> str | None:
+    users = group_holders(sysfs, group, open_devices)
+    return ', '.join(users) if users else None
+
+
+def mdev_parents_facts(sysfs: Sysfs, open_devices: dict[str, list[tuple[int, str]]]) -> list[dict]:
+    """gpu_facts' ``mdev_parents``: every parent in /sys/class/mdev_bus, its types and its mediated devices.
+
+    ``persistent`` is true when mdevctl has a definition of the device, ``collection`` when the collection's
+    record lists it (both read below the host root, the parent of ``sysfs_root``); ``held_by`` names who has the
+    device's ``/dev/vfio/<group>`` open (the libvirt domain of a QEMU process, from its ``-name guest=``).
+    """
+    defined = mdevctl_definitions(sysfs.host())
+    try:
+        record = load_record(record_path(sysfs.host()))
+    except PartitionError:
+        record = {}
+    by_parent: dict[str, list[Mdev]] = {}
+    for mdev in list_mdevs(sysfs):
+        by_parent.setdefault(mdev.parent, []).append(mdev)
+    out = []
+    for name in mdev_parent_names(sysfs):
+        parent = MdevParent(sysfs, name)
+        out.append({
+            'parent': name,
+            'types': [t.as_dict() for t in parent.types.values()],
+            'mdevs': [{'uuid': m.uuid, 'type': m.type_id, 'type_name': m.type_name, 'parent': name,
+                       'iommu_group': m.iommu_group, 'held_by': _holder(sysfs, m.iommu_group, open_devices),
+                       'persistent': m.uuid in defined, 'collection': m.uuid in record}
+                      for m in sorted(by_parent.get(name, []), key=lambda m: m.uuid)],
+        })
+    return out
+
+
+def sriov_parents_facts(sysfs: Sysfs, open_devices: dict[str, list[tuple[int, str]]],
+                        timeout: float | None = None) -> list[dict]:
+    """gpu_facts' ``sriov_parents``: every PCI function with sriov_totalvfs > 0 (GPU or not), its VFs and who
+    holds them, and the VF count the collection's udev rule applies at boot (``persisted``, null without one)."""
+    out = []
+    for address in sriov_addresses(sysfs):
+        try:
+            state = read_sriov(sysfs, address, timeout, strict=False)   # numvfs None when it does not answer
+        except PartitionError:
+            state = None
+        if state is None:
+            continue
+        vfs = []
+        for vf in state.vfs:
+            dev_path = sysfs.sys('bus', 'pci', 'devices', str(vf))
+            group_name = sysfs.link_name(os.path.join(dev_path, 'iommu_group'))
+            group = int(group_name) if group_name and group_name.isdigit() else None
+            vfs.append({'address': str(vf), 'driver': sysfs.link_name(os.path.join(dev_path, 'driver')),
+                        'iommu_group': group, 'held_by': _holder(sysfs, group, open_devices)})
+        rule = sysfs.read(sysfs.host(udev_rule_path(address).lstrip('/')), default='')
+        out.append({'address': str(address), 'totalvfs': state.totalvfs, 'numvfs': state.numvfs,
+                    'driver': state.driver, 'vfs': vfs, 'persisted': udev_rule_count(rule)})
+    return out

@@ -162,6 +162,48 @@ ansible_facts:
               state_reasons: ["0000:01:00.0 is on nvidia and its group can be handed to a VM"]
               stuck: []
               quarantined: false
+        mdev_parents:
+          description:
+            - Every parent of mediated devices (C(/sys/class/mdev_bus)), GPU or not (the kernel's sample C(mbochs)),
+              with C(parent) (a PCI address or the parent's name), C(types) (C(type) id, C(type_name) the human
+              name such as C(GRID T4-4Q), C(description), C(device_api), C(available_instances)) and C(mdevs), the
+              mediated devices that exist now (C(uuid), C(type), C(type_name), C(parent), C(iommu_group),
+              C(held_by), C(persistent), C(collection)).
+            - C(persistent) is true when mdevctl has a definition of the device (C(/etc/mdevctl.d)), C(collection)
+              when P(fleetgpu.passthrough.gpu_partition#module) created it (its record in
+              C(/var/lib/fleetgpu-passthrough/partition.json)); both are read below the parent of O(sysfs_root).
+            - C(held_by) is who has the device's C(/dev/vfio/<group>) open - the libvirt domain name of a QEMU
+              process (from its C(-name guest=) argument), or C(PID (command)) for another process - or null.
+              This module does not ask libvirt; a domain that is defined but not running holds nothing here.
+          type: list
+          elements: dict
+          returned: always
+          sample:
+            - parent: "0000:04:00.0"
+              types:
+                - {type: nvidia-224, type_name: GRID T4-4Q, description: "framebuffer=4096M", device_api: vfio-pci,
+                   available_instances: 3}
+              mdevs:
+                - {uuid: "5b4f1c9e-2f0a-5e1c-9d41-3b8e0b8a2c11", type: nvidia-224, type_name: GRID T4-4Q,
+                   parent: "0000:04:00.0", iommu_group: 31, held_by: vdi01, persistent: true, collection: true}
+        sriov_parents:
+          description:
+            - Every PCI function with C(sriov_totalvfs) greater than 0, GPU or not, with C(address), C(totalvfs),
+              C(numvfs) (null when it did not answer within O(timeout)), C(driver), C(vfs) (C(address), C(driver),
+              C(iommu_group), C(held_by) as for C(mdev_parents)) and C(persisted), the VF count the collection's
+              udev rule applies when the PF's driver binds (null without such a rule).
+          type: list
+          elements: dict
+          returned: always
+          sample:
+            - address: "0000:03:00.0"
+              totalvfs: 8
+              numvfs: 2
+              driver: i915
+              vfs:
+                - {address: "0000:03:00.1", driver: vfio-pci, iommu_group: 40, held_by: null}
+                - {address: "0000:03:00.2", driver: vfio-pci, iommu_group: 41, held_by: vm7}
+              persisted: 2
 '''
 
 import platform

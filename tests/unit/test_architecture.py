@@ -32,6 +32,8 @@ ENGINE_MAY_IMPORT_ENGINE = {
     'vfio_bind': {'libvirt_gpu_info'},
     # the running domains that hold a device (libvirt_gpu_info), stopped over libvirt_hostdev's connection
     'libvirt_domain_drain': {'libvirt_gpu_info', 'libvirt_hostdev'},
+    # which running domain holds a VF (libvirt_gpu_info's reading) or an mdev (its libvirt binding)
+    'gpu_partition': {'libvirt_gpu_info'},
 }
 # the one adapter from an AnsibleModule to the rooms: _hostcmd.ModuleRunner
 ROOM_MAY_TAKE_A_MODULE = {'_hostcmd'}

@@ -6,7 +6,7 @@
 
 PRIVATE to the fleetgpu.passthrough collection: not a public API.
 
-:func:`gather` returns the ``gpu_passthrough`` fact (``host`` and ``gpus``)
+:func:`gather` returns the ``gpu_passthrough`` fact (``host``, ``gpus``, ``mdev_parents``, ``sriov_parents``)
 described in the collection's facts contract.  It reads only the class of
 every PCI function; the full read model is built for the selected GPUs, the
 members of their groups and the functions of their slots.  Attributes that
@@ -26,6 +26,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._iommu import
     member_view,
     offending_members,
 )
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._partition import mdev_parents_facts, sriov_parents_facts
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import (
     PciAddress,
     PciAddressError,
@@ -179,7 +180,7 @@ class GpuFacts:
         chosen = self.select()
         gpus = [self.device(a) for a in chosen]
         locked, stuck = read_locked_attributes(s, gpus, timeout=timeout)
-        holders = s.open_devices() if gpus else {}
+        holders = s.open_devices()
         slot_index: dict[tuple[int, int, int], list[PciAddress]] = {}
         if gpus:
             wanted = set(g.address.slot_key for g in gpus)
@@ -192,7 +193,8 @@ class GpuFacts:
             record = Quarantine.load(record_path(s))
             for row in out:
                 row['quarantined'] = record.get(row['address']) or False
-        return {'host': host, 'gpus': out}
+        return {'host': host, 'gpus': out, 'mdev_parents': mdev_parents_facts(s, holders),
+                'sriov_parents': sriov_parents_facts(s, holders, timeout)}
 
     def _one(self, dev: PciDevice, iommu: HostIommu, host: dict, locked: dict, stuck: list[str],
              holders: dict[str, list[tuple[int, str]]], slot_index: dict) -> dict:

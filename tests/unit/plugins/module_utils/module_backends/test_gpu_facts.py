@@ -53,7 +53,7 @@ HOST_KEYS = {'cpu_vendor', 'cpu_vendor_id', 'virtualization', 'iommu_enabled', '
 @pytest.mark.parametrize('name', [t for t in TOPOLOGIES if t != 'stuck'])
 def test_contract_shape(facts: dict, name: str) -> None:
     doc = facts[name]
-    assert set(doc) == {'host', 'gpus'}
+    assert set(doc) == {'host', 'gpus', 'mdev_parents', 'sriov_parents'}
     assert HOST_KEYS <= set(doc['host'])
     addresses = [g['address'] for g in doc['gpus']]
     assert addresses == sorted(addresses) and addresses
@@ -336,3 +336,41 @@ def test_unusable_lists_every_obstacle(facts: dict) -> None:
     reasons = gpu(facts['iommu_off'], '0000:01:00.0')['state_reasons']
     assert 'IOMMU is off' in reasons[0] and 'intel_iommu=on' in reasons[0]
     assert any('boot VGA' in r for r in reasons[1:])
+
+
+# ----------------------------------------------------------------------------- partitioned devices (issue 14)
+def test_sriov_parents_list_every_sr_iov_function_not_only_gpus(tmp_path: Path) -> None:
+    root = simkernel.materialize('partition', str(tmp_path / 'k'))
+    rules = tmp_path / 'k' / 'etc' / 'udev' / 'rules.d'
+    rules.mkdir(parents=True)
+    (rules / '70-fleetgpu-passthrough-sriov-0000:03:00.0.rules').write_text(
+        'ACTION=="bind", SUBSYSTEM=="pci", KERNEL=="0000:03:00.0", ATTR{sriov_numvfs}="3"\n')
+    doc = gather(Sysfs(root), timeout=2.0)
+    assert [(p['address'], p['totalvfs'], p['numvfs'], p['driver'], p['persisted']) for p in doc['sriov_parents']] == [
+        ('0000:00:05.0', 4, 0, 'nvme', None), ('0000:03:00.0', 8, 0, 'i915', 3)]
+
+
+def test_sriov_parents_vfs_with_their_groups_and_holders(roots: dict, facts: dict) -> None:
+    entry = [p for p in facts['sriov']['sriov_parents'] if p['address'] == '0000:01:00.0'][0]
+    assert entry['numvfs'] == 4 and len(entry['vfs']) == 4
+    assert all(v['driver'] == 'nvidia' and isinstance(v['iommu_group'], int) and v['held_by'] is None
+               for v in entry['vfs'])
+
+
+def test_a_stuck_pf_is_listed_with_numvfs_null(roots: dict) -> None:
+    doc = gather(Sysfs(roots['stuck']), timeout=0.5)
+    assert all(p['numvfs'] is None for p in doc['sriov_parents'] if p['address'] in
+               [g['address'] for g in doc['gpus'] if g['stuck']])
+
+
+def test_mdev_parents_types_names_and_mdevs(tmp_path: Path) -> None:
+    root = simkernel.materialize('partition', str(tmp_path / 'k'))
+    doc = gather(Sysfs(root), timeout=2.0)
+    parents = {p['parent']: p for p in doc['mdev_parents']}
+    assert sorted(parents) == ['0000:04:00.0', 'mbochs']
+    t4 = {t['type']: t for t in parents['0000:04:00.0']['types']}
+    assert t4['nvidia-224'] == {'type': 'nvidia-224', 'type_name': 'GRID T4-4Q', 'description':
+                                'num_heads=4, frl_config=60, framebuffer=4096M', 'device_api': 'vfio-pci',
+                                'available_instances': 4}
+    assert [t['type_name'] for t in parents['mbochs']['types']] == ['mbochs-small', 'mbochs-medium', 'mbochs-large']
+    assert parents['mbochs']['mdevs'] == []
