@@ -94,7 +94,7 @@ def _changed(doc: dict) -> int:
 
 
 def _plan(doc: dict) -> dict:
-    return [t for t in doc['tasks'] if t['task'].startswith('Validate the GPU models')][0]['hosts']['localhost']
+    return [t for t in doc['tasks'] if t['task'].startswith('Validate the GPU models')][0]['result']
 
 
 def test_profiles_are_placed_created_attached_stable_and_restored(run_playbook, pfleet: PartitionFleet) -> None:
@@ -119,19 +119,20 @@ def test_profiles_are_placed_created_attached_stable_and_restored(run_playbook, 
     assert pfleet.mdev_hostdevs('nodeB') == {'vdi2': sorted(want[('vdi2', 'nodeB')])}
     report = json.loads((pfleet.report_dir / 'fleet-report.json').read_text())
     rows = {h['name']: sorted((x['uuid'], x['vm'], x['status']) for x in h['partitions']) for h in report['hosts']}
-    assert rows['nodeB'] == sorted((u, 'vdi2', 'placed') for u in want[('vdi2', 'nodeB')])
+    # the report of the end state (after the converge): the VM's mdevs exist and are kept
+    assert rows['nodeB'] == sorted((u, 'vdi2', 'assigned') for u in want[('vdi2', 'nodeB')])
 
     # second run and second check run: nothing changes, the same UUIDs
     for args in ((), ('--check',)):
         proc, doc = _run(run_playbook, pfleet, SITE, vms, args)
         assert proc.returncode == 0, proc.stdout[-4000:]
-        assert _changed(doc) == 0, [t['task'] for t in doc['tasks'] if any(r.get('changed') for r in t['hosts'].values())]
+        assert _changed(doc) == 0, [t['task'] for t in doc['tasks'] if t['result'].get('changed')]
         assert {(p['vm'], p['host']): p['devices'] for p in _plan(doc)['placement']} == want
 
     # capacity exhaustion: 3 more of mbochs-3 fit on no host (1 free on nodeA, 2 on nodeB); nothing changes
     proc, doc = _run(run_playbook, pfleet, SITE, vms + [pvm('vdi3', 3)])
     assert proc.returncode != 0
-    msg = [t for t in doc['tasks'] if t['task'].startswith('Validate the GPU models')][0]['hosts']['localhost']['msg']
+    msg = _plan(doc)['msg']
     assert "VM 'vdi3' asks for 3 x profile mbochs-3" in msg, msg
     assert 'capacity: needs 3 x profile mbochs-3, 1 free (mbochs mbochs-3: 1)' in msg, msg
     assert 'capacity: needs 3 x profile mbochs-3, 2 free (mbochs mbochs-3: 2)' in msg, msg
