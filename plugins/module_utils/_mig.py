@@ -37,7 +37,6 @@ class MigError(FleetGpuError):
     """nvidia-smi is missing, a GPU cannot do MIG, or a layout cannot be made."""
 
 
-
 @dataclass
 class GpuRow:
     index: int

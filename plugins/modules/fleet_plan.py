@@ -129,8 +129,6 @@ EXAMPLES = r'''
     vms:
       - {name: train01, gpus: [{model: a100, count: 2}], numa: required, start: true}
       - {name: infer01, gpus: [{model: p4, count: 1}], domain_xml: "{{ lookup('template', 'infer01.xml.j2') }}"}
-      # two mediated devices (vGPU) of one type, by its human name
-      - {name: vdi01, gpus: [{profile: "GRID T4-2Q", count: 2}]}
     policy: spread
     report_dir: "{{ playbook_dir }}/reports"
   run_once: true

@@ -107,7 +107,7 @@ EXAMPLES = r'''
       - gpu: 0
         instances:
           - {profile: 3g.40gb, count: 2}
-      - gpu: "0000:41:00.0"
+      - gpu: "0000:c1:00.0"
         instances:
           - {profile: 1g.10gb, count: 7}
   register: mig

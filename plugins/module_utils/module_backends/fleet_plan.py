@@ -603,7 +603,7 @@ class FleetPlan:
 
     # -- what the converge play needs -------------------------------------------------------
     def artifact(self) -> list[dict]:
-        out = []
+        out: list[dict] = []
         for p in self.placements:
             for model in sorted(p.devices):
                 out.append({'vm': p.vm.name, 'host': p.host, 'model': model, 'devices': p.devices[model]})

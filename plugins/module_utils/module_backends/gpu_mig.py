@@ -69,7 +69,7 @@ def check_layout(gpus: object) -> list[tuple[str | int, list[tuple[str, int]]]]:
     """The option ``gpus`` checked: (GPU key, [(profile, count)])."""
     if not isinstance(gpus, list) or not gpus:
         raise MigError('gpus must be a non-empty list of {gpu, instances}')
-    out = []
+    out: list[tuple[str | int, list[tuple[str, int]]]] = []
     for i, entry in enumerate(gpus):
         where = 'gpus[%d]' % i
         if not isinstance(entry, dict) or entry.get('gpu') is None:
