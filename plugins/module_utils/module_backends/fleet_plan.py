@@ -462,7 +462,7 @@ class Partition:
 
 
 @dataclass(eq=False)
-class MdevParent:
+class ParentCapacity:
     """One mdev parent of one host (gpu_facts' ``mdev_parents``): its types' capacity, its mdevs, what the plan gives."""
 
     host: str
@@ -492,7 +492,7 @@ class MdevParent:
         return max(0, int(self.types.get(type_id, {}).get('available') or 0) - given.get(type_id, 0))
 
 
-def _mdev_parents(facts: dict | None, host: str) -> list[MdevParent]:
+def _mdev_parents(facts: dict | None, host: str) -> list[ParentCapacity]:
     raw = facts.get('mdev_parents') if isinstance(facts, dict) else None
     if raw is None:
         return []
@@ -509,11 +509,11 @@ def _mdev_parents(facts: dict | None, host: str) -> list[MdevParent]:
                 types[t['type']] = {'type_name': t.get('type_name'),
                                     'available': avail if isinstance(avail, int) and not isinstance(avail, bool) else 0}
         mdevs = [m for m in entry.get('mdevs') or [] if isinstance(m, dict) and isinstance(m.get('uuid'), str)]
-        out.append(MdevParent(host=host, parent=entry['parent'], types=types, mdevs=mdevs))
+        out.append(ParentCapacity(host=host, parent=entry['parent'], types=types, mdevs=mdevs))
     return sorted(out, key=lambda p: p.parent)
 
 
-def _vm_mdevs(vm: VmRequest, parents: list[MdevParent]) -> list[Partition]:
+def _vm_mdevs(vm: VmRequest, parents: list[ParentCapacity]) -> list[Partition]:
     """The mdevs of ``parents`` that are ``vm``'s: a domain holds it, or its UUID is one the plan gives the VM."""
     out = []
     limit = sum(a.count for a in vm.profiles) + 16
@@ -533,7 +533,7 @@ def _vm_mdevs(vm: VmRequest, parents: list[MdevParent]) -> list[Partition]:
     return out
 
 
-def _choose_partitions(vm: VmRequest, parents: list[MdevParent], need: dict[str, int], taken_labels: set[str],
+def _choose_partitions(vm: VmRequest, parents: list[ParentCapacity], need: dict[str, int], taken_labels: set[str],
                        policy: str) -> tuple[list[Partition] | None, str]:
     """New mdevs on one host's parents for the VM's profile asks, or (None, why not). Commits nothing."""
     given = {id(p): dict(p.given) for p in parents}
@@ -567,7 +567,7 @@ def _choose_partitions(vm: VmRequest, parents: list[MdevParent], need: dict[str,
     return chosen, ''
 
 
-def _profile_free(parents: list[MdevParent], profile: str) -> int:
+def _profile_free(parents: list[ParentCapacity], profile: str) -> int:
     return sum(p.free(tid) for p in parents for tid in [p.resolve(profile)] if tid is not None)
 
 
@@ -599,7 +599,7 @@ class FleetPlan:
     unplaced: list[Unplaced] = field(default_factory=list)
     drift: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
-    parents: dict[str, list[MdevParent]] = field(default_factory=dict)   # host -> its mdev parents
+    parents: dict[str, list[ParentCapacity]] = field(default_factory=dict)   # host -> its mdev parents
 
     # -- what the converge play needs -------------------------------------------------------
     def artifact(self) -> list[dict]:
@@ -702,7 +702,7 @@ def _has_libvirt(host: HostInput) -> bool:
 
 def _rejection(vm: VmRequest, host: HostInput, candidates: list[str] | None, drifted: dict[str, set[str]],
                drift: dict[str, list[str]], free: dict[str, list[Gpu]], free_count: dict[str, int],
-               policy: str, quarantined: list[Gpu] | None = None, parents: list[MdevParent] | None = None) -> Rejection:
+               policy: str, quarantined: list[Gpu] | None = None, parents: list[ParentCapacity] | None = None) -> Rejection:
     """Why ``host`` cannot take ``vm`` (only computed for a request that fits nowhere)."""
     quarantined = quarantined or []
     hname = host.name
@@ -751,7 +751,7 @@ def _partition_refusal(vm: VmRequest, gpus: dict[str, list[Gpu]]) -> str:
             % ', '.join(sorted({a.model for a in vm.whole})))
 
 
-def _keep_partitions(vm: VmRequest, parents: list[MdevParent], mine: list[Partition]) -> list[Partition]:
+def _keep_partitions(vm: VmRequest, parents: list[ParentCapacity], mine: list[Partition]) -> list[Partition]:
     """Of the VM's existing mdevs on its host, those its profile asks still want (up to each count)."""
     by_parent = {p.parent: p for p in parents}
     kept: list[Partition] = []
