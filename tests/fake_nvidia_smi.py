@@ -171,8 +171,8 @@ def _run(argv: list[str], gpus: list[dict]) -> str:
         return _table('GPU instances:', ['GPU   Name             Profile  Instance   Placement',
                                          '                         ID       ID       Start:Size'], rows)
     if '-lci' in args:
-        rows = ['%3d    %3d       MIG %-14s %3d       %3d          0:%d' % (idx, i['gi_id'], i['name'], CI_PROFILE[i['slices']],
-                                                                      ci, i['slices'])
+        line = '%3d    %3d       MIG %-14s %3d       %3d          0:%d'
+        rows = [line % (idx, i['gi_id'], i['name'], CI_PROFILE[i['slices']], ci, i['slices'])
                 for i in gpu['instances'] for ci in i['ci']]
         if not rows:
             raise _Exit(6, 'No compute instances found: Not Found')

@@ -110,8 +110,10 @@ def _read_instances(run: RunFn, smi: str, index: int) -> list[_mig.Instance]:
         raise MigError('%s failed with exit code %d: %s' % (' '.join(_mig.list_argv(smi, index, '-lgi')), rc, (err or out).strip()))
     instances = _mig.parse_instances(out)
     rc, out, err = _run(run, _mig.list_argv(smi, index, '-lci'))
-    compute = {} if _mig.not_found(rc, out, err) else _mig.parse_compute(_checked(run, _mig.list_argv(smi, index, '-lci'))
-                                                                          if rc != 0 else out)
+    if _mig.not_found(rc, out, err):
+        compute: dict[int, list[int]] = {}
+    else:
+        compute = _mig.parse_compute(_checked(run, _mig.list_argv(smi, index, '-lci')) if rc != 0 else out)
     for inst in instances:
         inst.compute = sorted(compute.get(inst.gi_id, []))
     return instances
@@ -228,6 +230,10 @@ def _read_layout(path: str) -> dict[str, list[str]]:
     return {str(k): [str(p) for p in v] for k, v in gpus.items() if isinstance(v, list)}
 
 
+def _layout_text(p: GpuPlan) -> str:
+    return 'MIG off' if p.wanted is None else ', '.join(p.wanted) or 'no instance'
+
+
 def _files(plans: list[GpuPlan], state: str, persist: bool, root: str, smi: str) -> tuple[list[FileChange], bool, bool]:
     """The layout file and the unit after this run, and whether the unit's wants link is there before and after."""
     if not persist:
@@ -309,9 +315,7 @@ def run(run_cmd: RunFn, smi: str | None, gpus: object, state: str, persist: bool
     if diff:
         before_text = ''.join('GPU %d %s: %s\n' % (p.row.index, p.row.bus_id, ', '.join(p.before) or 'no instance')
                               for p in plans)
-        after_text = ''.join('GPU %d %s: %s\n' % (p.row.index, p.row.bus_id,
-                                                   ('MIG off' if p.wanted is None else ', '.join(p.wanted) or 'no instance'))
-                             for p in plans)
+        after_text = ''.join('GPU %d %s: %s\n' % (p.row.index, p.row.bus_id, _layout_text(p)) for p in plans)
         result['diff'] = [{'before_header': 'MIG layout', 'after_header': 'MIG layout', 'before': before_text,
                            'after': after_text}] + [f.diff() for f in files if f.changed]
     pending: list[int] = []

@@ -95,8 +95,8 @@ def test_profile_is_placed_with_stable_uuids_and_published_to_the_host() -> None
 
 
 def test_profile_by_human_name_resolves_to_the_type_id() -> None:
-    p = prun([phost('n1', [parent('0000:41:00.0', {'nvidia-222': 4}, names={'nvidia-222': 'GRID T4-4Q'})])],
-            [pvm('v1', profile='grid t4-4q')])
+    hosts = [phost('n1', [parent('0000:41:00.0', {'nvidia-222': 4}, names={'nvidia-222': 'GRID T4-4Q'})])]
+    p = prun(hosts, [pvm('v1', profile='grid t4-4q')])
     assert parts(p) == {'v1': ('n1', [('0000:41:00.0', 'nvidia-222', 'v1-1')])}
 
 
@@ -139,8 +139,8 @@ def test_within_a_host_spread_and_pack_choose_parents(policy: str, expected: lis
 
 
 def test_second_run_keeps_the_vms_mdevs_and_changes_nothing() -> None:
-    first = prun([phost('n1', [parent('mbochs', {'mbochs-2': 3})]), phost('n2', [parent('mbochs', {'mbochs-2': 3})])],
-                [pvm('v1', count=2)])
+    hosts = [phost('n1', [parent('mbochs', {'mbochs-2': 3})]), phost('n2', [parent('mbochs', {'mbochs-2': 3})])]
+    first = prun(hosts, [pvm('v1', count=2)])
     h, created = first.placements[0].host, first.placements[0].partitions
     # the kernel after the converge: the two mdevs exist, one instance is left on that parent
     existing = [{'uuid': x.uuid, 'type': x.type, 'type_name': None, 'parent': x.parent, 'held_by': None,
