@@ -95,9 +95,13 @@ options:
   root:
     description:
       - The root of the host's file system, for the udev rule, mdevctl's definitions and the record. For tests,
-        chroots and images; with another root than C(/), C(mdevctl) runs inside it through C(chroot) or not at all.
+        chroots, images and containers; with another root than C(/), C(mdevctl) runs inside it through C(chroot)
+        or not at all.
+      - Default, the parent of O(sysfs_root) (C(/) for C(/sys), C(/host) for C(/host/sys)), where
+        P(fleetgpu.passthrough.gpu_facts#module) reads the rule and the record.
+      - C(/) with another O(sysfs_root) than C(/sys) is refused where mdevctl would run (it would act on the
+        running host's kernel).
     type: path
-    default: /
 extends_documentation_fragment:
   - fleetgpu.passthrough.sysfs
   - fleetgpu.passthrough.sysfs.ACTION_MODULE
@@ -115,12 +119,12 @@ seealso:
 EXAMPLES = r'''
 - name: Enable 4 SR-IOV VFs on a GPU, applied again at every boot when its driver binds
   fleetgpu.passthrough.gpu_partition:
-    parent: "0000:01:00.0"
+    parent: "0000:03:00.0"
     sriov_numvfs: 4
 
 - name: Two vGPUs of a type named by its human name, with stable UUIDs, persisted with mdevctl
   fleetgpu.passthrough.gpu_partition:
-    parent: "0000:02:00.0"
+    parent: "0000:04:00.0"
     mdevs:
       - type: GRID T4-4Q
         name: vdi01-0
@@ -142,12 +146,12 @@ EXAMPLES = r'''
 
 - name: Remove the mediated devices the collection created on the GPU
   fleetgpu.passthrough.gpu_partition:
-    parent: "0000:02:00.0"
+    parent: "0000:04:00.0"
     state: absent
 
 - name: Disable the VFs the collection enabled and drop the udev rule
   fleetgpu.passthrough.gpu_partition:
-    parent: "0000:01:00.0"
+    parent: "0000:03:00.0"
     state: absent
 '''
 
@@ -178,7 +182,7 @@ mdevs:
     - uuid: "5b4f1c9e-2f0a-5e1c-9d41-3b8e0b8a2c11"
       type: nvidia-63
       type_name: GRID T4-4Q
-      parent: "0000:02:00.0"
+      parent: "0000:04:00.0"
       name: vdi01-0
       state: created
       persistent: true
@@ -216,7 +220,7 @@ def main() -> None:
             )),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             persist=dict(type='bool', default=True),
-            root=dict(type='path', default='/'),
+            root=dict(type='path'),
             **common_argspec()
         ),
         supports_check_mode=True,

@@ -87,6 +87,41 @@ options:
       - Cannot be combined with O(add).
     type: bool
     default: false
+  trial:
+    description:
+      - Boot the new command line once before it is made permanent (a boot-once trial with automatic fallback).
+      - V(off) writes the change permanently, as without this option.
+      - V(stage) leaves the permanent configuration as it is and adds a one-time boot entry, the default entry's
+        arguments with the change and C(panic=N) (O(panic_timeout)), selected for the next boot only (GRUB through
+        the managed script C(/etc/grub.d/42_fleetgpu-passthrough-trial) and C(grub-reboot), systemd-boot through
+        the loader entry C(fleetgpu-passthrough-trial.conf) and C(bootctl set-oneshot)). A kernel that panics
+        reboots by itself after O(panic_timeout) seconds, into the old default entry. When the running kernel
+        already has the change and the trial entry is there, the host runs the trial now, RV(trial.state) is
+        C(booted) and nothing is written. When the configuration already holds the change, nothing is staged.
+      - V(commit) makes the change permanent and removes the trial entry, once the host came up on it. When the
+        running kernel lacks the change, the host fell back to its previous command line; the task fails, nothing
+        permanent is written and the trial entry is removed. Check mode predicts the commit of a trial that came up.
+      - V(discard) removes the trial entry and its one-time selection, nothing else.
+      - C(grubby), C(kernelstub) and C(proxmox-boot-tool) have no one-time boot entry here; with V(stage) the
+        change is written permanently, with a warning, unless O(trial_required) is true.
+    type: str
+    default: 'off'
+    choices: ['off', stage, commit, discard]
+    version_added: 0.2.0
+  trial_required:
+    description:
+      - With O(trial=stage), fail (writing nothing) on a bootloader that has no one-time boot entry instead of
+        writing the change permanently.
+    type: bool
+    default: false
+    version_added: 0.2.0
+  panic_timeout:
+    description:
+      - Seconds after which a trial boot that panics reboots by itself (C(panic=N) on the trial entry only).
+      - A hang that does not panic is not caught by it; a hardware watchdog is.
+    type: int
+    default: 10
+    version_added: 0.2.0
 extends_documentation_fragment:
   - fleetgpu.passthrough.sysfs
   - fleetgpu.passthrough.sysfs.ACTION_MODULE
@@ -108,6 +143,23 @@ EXAMPLES = r'''
 - name: Reboot when the running kernel does not have them yet
   ansible.builtin.reboot:
   when: cmdline.reboot_required
+
+- name: Try the IOMMU arguments for one boot first (the permanent configuration stays as it is)
+  fleetgpu.passthrough.kernel_cmdline:
+    add:
+      - intel_iommu=on
+    trial: stage
+  register: trial
+
+- name: Reboot into the trial entry (a panic there reboots into the old entry by itself)
+  ansible.builtin.reboot:
+  when: trial.trial.state == 'staged'
+
+- name: Make them permanent once the host came up with them (fails when it fell back)
+  fleetgpu.passthrough.kernel_cmdline:
+    add:
+      - intel_iommu=on
+    trial: commit
 
 - name: Drop a vfio-pci ids argument, whatever its value
   fleetgpu.passthrough.kernel_cmdline:
@@ -181,6 +233,19 @@ skipped_commands:
   type: list
   elements: list
   sample: [[update-grub]]
+trial:
+  description:
+    - The boot-once trial (O(trial)). C(state) is C(none) (nothing to try or nothing done), C(staged) (the trial
+      entry is selected for the next boot), C(booted) (the running kernel is the trial; verify, then commit),
+      C(committed), C(discarded) or C(unsupported) (the bootloader has no one-time boot entry).
+    - C(entry) is the trial entry's identifier, C(cmdline) its command line (when staged), C(arguments) what the
+      trial changes against the configuration (a removed argument with a leading C(-)), C(supported) whether the
+      bootloader has a one-time boot entry.
+  returned: always
+  type: dict
+  sample: {mode: stage, state: staged, entry: fleetgpu-passthrough-trial, supported: true,
+           cmdline: "root=UUID=0a1b ro quiet intel_iommu=on panic=10", arguments: [intel_iommu=on]}
+  version_added: 0.2.0
 recorded:
   description:
     - The record after this run (predicted in check mode) of what this collection changed on the command line.
@@ -207,6 +272,9 @@ def main() -> None:
             root=dict(type='path', default='/'),
             update=dict(type='bool', default=True),
             undo=dict(type='bool', default=False),
+            trial=dict(type='str', default='off', choices=['off', 'stage', 'commit', 'discard']),
+            trial_required=dict(type='bool', default=False),
+            panic_timeout=dict(type='int', default=10),
             **common_argspec()
         ),
         supports_check_mode=True,

@@ -61,6 +61,53 @@ FACTS = '''
 '''
 
 
+FAKE_CHROOT = '#!/bin/sh\nroot="$1"; shift\nprog="$1"; shift\nexec "$root$prog" "$@"\n'
+
+# mdevctl as far as gpu_partition uses it: definitions in ROOT/etc/mdevctl.d/PARENT/UUID, start and stop
+# through the simulated kernel's sysfs, every call logged to ROOT/mdevctl.log
+FAKE_MDEVCTL = """#!%(python)s
+import json, os, sys
+ROOT, SYS = %(root)r, %(sysfs)r
+args = sys.argv[1:]
+with open(os.path.join(ROOT, 'mdevctl.log'), 'a') as log:
+    log.write(' '.join(args) + '\\n')
+opts = dict(zip(args[1::2], args[2::2]))
+uid = opts['--uuid']
+defs = os.path.join(ROOT, 'etc/mdevctl.d')
+def find():
+    for parent in os.listdir(defs):
+        if os.path.exists(os.path.join(defs, parent, uid)):
+            return parent, json.load(open(os.path.join(defs, parent, uid)))
+    sys.exit('mdevctl: no definition of ' + uid)
+if args[0] == 'define':
+    os.makedirs(os.path.join(defs, opts['--parent']), exist_ok=True)
+    with open(os.path.join(defs, opts['--parent'], uid), 'w') as out:
+        json.dump({'mdev_type': opts['--type'], 'start': 'auto' if '--auto' in args else 'manual', 'attrs': []}, out)
+elif args[0] == 'start':
+    parent, conf = find()
+    with open(os.path.join(SYS, 'class/mdev_bus', parent, 'mdev_supported_types', conf['mdev_type'], 'create'), 'w') as f:
+        f.write(uid)
+elif args[0] == 'stop':
+    with open(os.path.join(SYS, 'bus/mdev/devices', uid, 'remove'), 'w') as f:
+        f.write('1')
+elif args[0] == 'undefine':
+    parent, _conf = find()
+    os.unlink(os.path.join(defs, parent, uid))
+"""
+
+
+def fake_mdevctl(root: Path, sysfs_root: str, bindir: Path) -> dict[str, str]:
+    """A stand-in mdevctl inside ``root`` and a stand-in chroot in ``bindir``; the environment that finds them."""
+    (root / 'usr/sbin').mkdir(parents=True, exist_ok=True)
+    tool = root / 'usr/sbin/mdevctl'
+    tool.write_text(FAKE_MDEVCTL % {'python': sys.executable, 'root': str(root), 'sysfs': sysfs_root})
+    tool.chmod(0o755)
+    bindir.mkdir(parents=True, exist_ok=True)
+    (bindir / 'chroot').write_text(FAKE_CHROOT)
+    (bindir / 'chroot').chmod(0o755)
+    return {'PATH': '%s:%s' % (bindir, os.environ.get('PATH', ''))}
+
+
 @pytest.fixture()
 def kernel(tmp_path: Path) -> Iterator[dict]:
     if not os.path.exists('/dev/fuse'):
@@ -155,8 +202,8 @@ def test_check_apply_repeat_facts_restore(run_playbook, kernel: dict) -> None:  
     ({'persist': True}, 'Mediated devices', ['install the package mdevctl', 'persist=false']),
     ({'numvfs': 9}, 'VFs', ['sriov_numvfs 9 is over the capacity of 0000:03:00.0: sriov_totalvfs is 8']),
 ])
-def test_bad_input_fails_naming_it_and_changes_nothing(run_playbook, kernel: dict, extra: dict, task: str,
-                                                        words: list[str]) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_fails_naming_it_and_changes_nothing(run_playbook, kernel: dict, extra: dict,  # type: ignore[no-untyped-def]
+                                                       task: str, words: list[str]) -> None:
     backing = fusekernel.backing_of(kernel['sysfs_root'])
     play = PLAY
     if task == 'Mediated devices':   # only the failing task: the VFs task would change the kernel
@@ -171,3 +218,25 @@ def test_bad_input_fails_naming_it_and_changes_nothing(run_playbook, kernel: dic
     assert 'Traceback' not in json.dumps(res['result'])
     assert fusekernel.snapshot(backing) == before
     assert not os.path.exists(os.path.join(kernel['host_root'], RULE))
+
+
+def test_persisted_mdevs_through_mdevctl_inside_the_root(run_playbook, kernel: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / 'hostroot'
+    env = fake_mdevctl(root, kernel['sysfs_root'], tmp_path / 'bin')
+    ev = dict(kernel, host_root=str(root), persist=True, mdevs=[{'type': 'mbochs-large', 'name': 'vm1-0'}])
+    play = PLAY.replace('    - name: VFs\n', '    - name: VFs\n      when: false\n')
+    proc = run_playbook(play, extra_vars=ev, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    res = results(proc)['Mediated devices']['result']
+    uid = res['mdevs'][0]['uuid']
+    assert res['commands'] == [['mdevctl', 'define', '--uuid', uid, '--parent', 'mbochs', '--type', 'mbochs-3', '--auto'],
+                               ['mdevctl', 'start', '--uuid', uid]]
+    assert res['mdevs'][0]['persistent'] and os.path.exists(root / 'etc/mdevctl.d/mbochs' / uid)
+    assert os.listdir(os.path.join(kernel['sysfs_root'], 'bus/mdev/devices')) == [uid]
+    proc = run_playbook(play, extra_vars=ev, env=env)
+    assert playbook_json(proc)['stats']['localhost']['changed'] == 0
+    proc = run_playbook(play, extra_vars=dict(ev, part_state='absent'), env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (root / 'mdevctl.log').read_text().splitlines()[-2:] == ['stop --uuid %s' % uid, 'undefine --uuid %s' % uid]
+    assert os.listdir(os.path.join(kernel['sysfs_root'], 'bus/mdev/devices')) == []
+    assert not os.path.exists(root / 'etc/mdevctl.d/mbochs' / uid)

@@ -234,3 +234,33 @@ def test_role_with_nothing_selected_is_skipped_with_a_message(run_playbook, host
     assert said and 'no GPU selected for this host; nothing to do' in said[0], said
     assert _changed(doc) == 0
     assert host_pair.snapshot() == before and host_pair.commands() == []
+
+
+# 6. the host's own extra kernel arguments (vfio_host_kernel_args) ----------------------------------
+@pytest.mark.parametrize('arg', ['pcie_acs_override=downstream,multifunction', 'vfio_iommu_type1.allow_unsafe_interrupts=1'])
+def test_kernel_args_may_not_carry_what_is_gated_by_a_named_option(run_playbook, tmp_path: Path, arg: str) -> None:
+    host = Host(tmp_path, 'identical_pair')
+    before = host.snapshot()
+    proc = run_playbook(PLAY, extra_vars=host.vars(vfio_host_kernel_args=['video=efifb:off', arg]), env=host.env())
+    assert proc.returncode != 0
+    failed = _failed(proc)
+    assert failed and failed[0]['task'].endswith('that the collection only sets behind a named option'), failed
+    msg = failed[0]['result']['msg']
+    assert arg in msg and 'video=efifb:off' not in msg and 'nothing was written' in msg, msg
+    assert host.snapshot() == before and host.commands() == []
+
+
+def test_kernel_args_are_added_with_the_iommu_ones_and_given_back(run_playbook, tmp_path: Path) -> None:
+    host = Host(tmp_path, 'identical_pair')
+    before = host.snapshot()
+    _run(run_playbook, host, (), vfio_host_kernel_args=['video=efifb:off'])
+    dropin = (host.root / 'etc/default/grub.d/zz-fleetgpu-passthrough.cfg').read_text()
+    assert 'video=efifb:off' in dropin and 'intel_iommu=on' in dropin, dropin
+    # a prefix root is never rebooted, so there is no trial: the arguments are written as before
+    assert not (host.root / 'etc/grub.d/42_fleetgpu-passthrough-trial').exists()
+    again = _run(run_playbook, host, (), vfio_host_kernel_args=['video=efifb:off'])
+    assert not _changed(again)
+    _run(run_playbook, host, (), vfio_host_kernel_args=['video=efifb:off'], vfio_host_state='absent')
+    # every file is as before (the directories the role created for its own files may stay, empty)
+    after = host.snapshot()
+    assert {k: v for k, v in after.items() if v != '<dir>'} == {k: v for k, v in before.items() if v != '<dir>'}

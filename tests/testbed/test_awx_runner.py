@@ -2,8 +2,10 @@
 (real kernel, emulated Intel IOMMU, emulated GPUs: see roles/testbed/files/launch.py), over SSH.
 
 The host is the runtime phase's intel host (session fixture ``testbed_hosts``), after
-test_real_kernel.py has bound and given back its GPU at runtime. Jobs: facts.yml, then the
-"check, approve, run" pair: site.yml in check + diff mode, then for real with its one reboot.
+test_real_kernel.py has bound and given back its GPU at runtime. Jobs: facts.yml; site.yml with a
+kernel argument that makes the trial boot panic (the host falls back by itself, the job fails, nothing
+permanent is written); then the "check, approve, run" pair: site.yml in check + diff mode, then for real with
+its one reboot, a trial boot that comes up and is made permanent.
 Run by tests/testbed/e2e.sh (needs root, qemu and the test-host image, which it builds).
 """
 from __future__ import annotations
@@ -119,16 +121,63 @@ def _changed_tasks(r: 'ansible_runner.Runner', host: str) -> list:
     return out
 
 
+# -- the boot-once trial: a job whose new kernel arguments do not boot -------------------
+
+# With rdinit= naming no file, the kernel finds no init in the initramfs, mounts the root itself, cannot
+# (root=UUID= needs the initramfs) and panics: a real panic at boot, as firmware with a broken IOMMU gives.
+# (init= would not do: Debian's initramfs falls back to /sbin/init when the init it is given is missing.)
+PANIC_ARG = 'rdinit=/fleetgpu-no-such-init'
+TRIAL_SCRIPT = '/etc/grub.d/42_fleetgpu-passthrough-trial'
+DROPIN = '/etc/default/grub.d/zz-fleetgpu-passthrough.cfg'
+BOOT_CONFIG = ('cat /proc/cmdline; cat %s %s /var/lib/fleetgpu-passthrough/kernel_cmdline.json 2>/dev/null; '
+               'grep -c fleetgpu-passthrough-trial /boot/grub/grub.cfg; grep ^next_entry= /boot/grub/grubenv; true'
+               % (DROPIN, TRIAL_SCRIPT))
+
+
+def _testbed_group_vars(pdd: Path) -> str:
+    group_vars = pdd / 'inventory' / 'group_vars'
+    group_vars.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / 'inventories' / 'testbed' / 'group_vars' / 'gpu_hosts.yml', group_vars / 'gpu_hosts.yml')
+    return str(pdd / 'inventory')
+
+
+def _serial(host: launch.TestHost) -> str:
+    return host.serial_log.read_text(errors='replace')
+
+
+def test_trial_boot_that_panics_falls_back_and_fails_the_job(pdd: Path, testhost: launch.TestHost) -> None:
+    """The one reboot boots the new command line once: a trial whose arguments make the kernel panic comes back
+    by itself on the old entry, the job fails saying so, and nothing permanent was written (issue 15)."""
+    inventory = _testbed_group_vars(pdd)
+    config = testhost.ssh(['sh', '-c', BOOT_CONFIG]).stdout
+    assert PANIC_ARG not in config and 'panic=' not in config, config
+    boots = _boots(_host_state(testhost))
+    serial = len(_serial(testhost))
+    (pdd / 'env' / 'extravars').write_text(yaml.safe_dump({'vfio_host_kernel_args': [PANIC_ARG]}))
+    job = ansible_runner.run(private_data_dir=str(pdd), playbook='playbooks/site.yml', inventory=inventory, quiet=True)
+    out = job.stdout.read() if job.stdout else ''
+    assert job.status == 'failed' and job.rc != 0, out[-4000:]
+    failures = [e['event_data']['res'].get('msg', '') for e in job.events if e.get('event') == 'runner_on_failed']
+    assert len(failures) == 1, failures
+    assert 'did not come up' in failures[0] and 'fell back to its previous command line' in failures[0], failures
+    assert PANIC_ARG in failures[0] and 'Nothing permanent was written' in failures[0], failures
+    # the kernel really booted the trial entry once, panicked, and rebooted by itself into the old entry
+    console = _serial(testhost)[serial:]
+    assert console.count('Kernel panic - not syncing') == 1, console[-3000:]
+    trial_lines = [line for line in console.splitlines() if 'Kernel command line:' in line and PANIC_ARG in line]
+    assert len(trial_lines) == 1 and 'panic=10' in trial_lines[0], trial_lines
+    # the boot configuration and the running command line are exactly as before; one boot reached user space
+    assert testhost.ssh(['sh', '-c', BOOT_CONFIG]).stdout == config
+    assert _boots(_host_state(testhost)) == boots + 1
+
+
 def test_check_job_predicts_the_converge_job(pdd: Path, testhost: launch.TestHost) -> None:
     """site.yml in check + diff mode writes nothing and names exactly the tasks the real job
     then changes (the reboot included); the real job reboots the host once."""
     define = subprocess.run(testhost.ssh_command(['virsh', '-q', '-c', 'qemu:///system', 'define', '/dev/stdin']),
                             input=VM_XML.read_text(), capture_output=True, text=True, timeout=300, check=False)
     assert define.returncode == 0, define.stderr
-    group_vars = pdd / 'inventory' / 'group_vars'
-    group_vars.mkdir(parents=True)
-    shutil.copy(REPO / 'inventories' / 'testbed' / 'group_vars' / 'gpu_hosts.yml', group_vars / 'gpu_hosts.yml')
-    inventory = str(pdd / 'inventory')
+    inventory = _testbed_group_vars(pdd)
     # the job also reserves hugepages at boot, through the same kernel arguments and the same one reboot
     (pdd / 'env' / 'extravars').write_text(yaml.safe_dump({'vfio_host_hugepages': [{'size': '2M', 'count': HUGEPAGES}]}))
     before = _host_state(testhost)
@@ -141,6 +190,9 @@ def test_check_job_predicts_the_converge_job(pdd: Path, testhost: launch.TestHos
     assert _host_state(testhost) == before, 'check mode changed the host'
     predicted = _changed_tasks(check, testhost.name)
     assert any('reboot' in task.lower() for _play, _role, task in predicted), predicted
+    # the new command line is tried once before it is made permanent: check mode predicts the commit too
+    assert any(task.endswith('Make the kernel arguments permanent and remove the trial entry')
+               for _play, _role, task in predicted), predicted
     diffs = [e['event_data']['res']['diff'] for e in check.events
              if e.get('event') == 'runner_on_ok' and e['event_data'].get('res', {}).get('diff')]
     assert any('iommu' in str(d) for d in diffs), 'diff mode did not show the kernel command line'
@@ -163,6 +215,15 @@ def test_check_job_predicts_the_converge_job(pdd: Path, testhost: launch.TestHos
     done = _changed_tasks(real, testhost.name)
     assert done == predicted, 'check mode predicted %s, the job changed %s' % (predicted, done)
     assert _boots(_host_state(testhost)) == _boots(before) + 1, 'the job did not reboot the host exactly once'
+    # the host runs its trial boot (panic=10 is on the trial entry only), and the arguments are permanent now
+    boot = testhost.ssh(['sh', '-c', BOOT_CONFIG]).stdout
+    assert 'panic=10' in boot.splitlines()[0] and 'intel_iommu=on' in boot.splitlines()[0], boot
+    assert 'intel_iommu=on' in testhost.ssh(['cat', DROPIN]).stdout and TRIAL_SCRIPT not in boot
+    assert testhost.ssh(['test', '-e', TRIAL_SCRIPT], check=False).returncode == 1
+    assert '\n0\nnext_entry=\n' in boot, boot
+    summary = [e['event_data']['res'].get('msg', {}) for e in real.events if e.get('event') == 'runner_on_ok'
+               and e['event_data'].get('task', '').startswith('Print which hosts still need a reboot')]
+    assert summary and summary[0]['fleetgpu_boot_trials'] == {testhost.name: 'committed'}, summary
     # the kernel reserved the pages at boot (the test host has one NUMA node: all of them on node 0)
     running = testhost.ssh(['cat', '/proc/cmdline']).stdout.split()
     assert 'hugepagesz=2M' in running and running.index('hugepagesz=2M') + 1 == running.index('hugepages=%d' % HUGEPAGES), \

@@ -264,3 +264,67 @@ def test_mounted_refuses_a_backing_without_a_tree(tmp_path: Path) -> None:
             pass
     assert 'missing' in str(info.value)
     assert not fusekernel.is_mounted(str(tmp_path / 'mnt'))
+
+
+# ----------------------------------------------------------------------------- SR-IOV and mediated devices
+PF, NVME = '0000:03:00.0', '0000:00:05.0'
+
+
+@pytest.fixture()
+def part(tmp_path: Path) -> Iterator[K]:
+    with fusekernel.simulated('partition', tmp_path) as root:
+        yield K(root)
+
+
+def test_sriov_numvfs_creates_and_removes_vfs_like_the_kernel(part: K) -> None:
+    numvfs = part.dev(PF, 'sriov_numvfs')
+    for value, err in (('9', errno.ERANGE), ('two', errno.EINVAL)):
+        with pytest.raises(OSError) as info:
+            part.write(numvfs, value)
+        assert info.value.errno == err
+    part.write(numvfs, '3')
+    vfs = ['0000:03:00.1', '0000:03:00.2', '0000:03:00.3']
+    assert [os.path.basename(os.readlink(part.dev(PF, 'virtfn%d' % i))) for i in range(3)] == vfs
+    assert all(os.path.basename(os.readlink(part.dev(v, 'physfn'))) == PF for v in vfs)
+    assert [part.driver(v) for v in vfs] == ['vfio-pci'] * 3          # autoprobe with the PF's VF driver
+    groups = [part.group(v) for v in vfs]
+    assert len(set(groups)) == 3 and all(part.vfio(g) for g in groups)
+    assert part.read(part.dev(PF, 'sriov_numvfs')) == '3' and part.read(part.dev(vfs[0], 'device')) == '0x56c0'
+    with pytest.raises(OSError) as info:
+        part.write(numvfs, '4')
+    assert info.value.errno == errno.EBUSY
+    part.write(numvfs, '3')                                               # the same count: nothing to do
+    part.write(numvfs, '0')
+    assert not any(os.path.lexists(part.dev(v)) for v in vfs) and not any(part.vfio(g) for g in groups)
+    assert not any(n.startswith('virtfn') for n in os.listdir(part.dev(PF)))
+    assert not any(os.path.exists(part.p('kernel/iommu_groups', g)) for g in groups)
+
+
+def test_sriov_numvfs_without_a_pf_driver_is_enoent(part: K) -> None:
+    part.write(part.p('bus/pci/drivers/nvme/unbind'), NVME)
+    with pytest.raises(OSError) as info:
+        part.write(part.dev(NVME, 'sriov_numvfs'), '1')
+    assert info.value.errno == errno.ENOENT
+
+
+def test_mdev_create_and_remove_count_instances(part: K) -> None:
+    tdir = part.p('class/mdev_bus/mbochs/mdev_supported_types/mbochs-3')
+    uids = ['00000000-0000-4000-8000-00000000000%d' % i for i in range(5)]
+    with pytest.raises(OSError) as info:
+        part.write(os.path.join(tdir, 'create'), 'not-a-uuid')
+    assert info.value.errno == errno.EINVAL
+    for uid in uids[:4]:
+        part.write(os.path.join(tdir, 'create'), uid)
+    assert part.read(os.path.join(tdir, 'available_instances')) == '0'
+    with pytest.raises(OSError) as info:
+        part.write(os.path.join(tdir, 'create'), uids[4])
+    assert info.value.errno == errno.ENOSPC
+    mdev = part.p('bus/mdev/devices', uids[0])
+    assert os.path.basename(os.path.realpath(os.path.join(mdev, 'mdev_type'))) == 'mbochs-3'
+    assert os.path.basename(os.path.dirname(os.path.realpath(mdev))) == 'mbochs'
+    group = os.path.basename(os.readlink(os.path.join(mdev, 'iommu_group')))
+    assert part.vfio(group) and sorted(os.listdir(os.path.join(tdir, 'devices'))) == uids[:4]
+    part.write(os.path.join(mdev, 'remove'), '1')
+    assert not os.path.lexists(mdev) and not part.vfio(group)
+    assert part.read(os.path.join(tdir, 'available_instances')) == '1'
+    assert [o['op'] for o in fusekernel.ops(part.backing)][-1] == 'mdev_remove'

@@ -78,6 +78,23 @@ class Bootloader(metaclass=abc.ABCMeta):
     def plan(self, change: CmdlineChange) -> CmdlinePlan:
         """What applying ``change`` would do; reads only."""
 
+    # --- boot-once trial: a one-time boot entry with the new command line (see stage_trial)
+    # backends with a one-time boot set this and implement the three methods below
+    supports_trial = False
+
+    def trial_plan(self, change: CmdlineChange, panic: int) -> CmdlinePlan:
+        """Files and commands that add the trial entry (the default entry's arguments after ``change``, plus
+        ``panic=N``) and select it for the next boot only; ``plan.after`` is the trial's command line."""
+        raise BootloaderError('%s has no one-time boot entry: a trial boot is not possible with it' % self.name)
+
+    def trial_exists(self) -> bool:
+        """Whether the collection's trial entry is there."""
+        return False
+
+    def trial_discard_plan(self) -> CmdlinePlan:
+        """Files and commands that remove the trial entry and its one-time selection (nothing when absent)."""
+        return CmdlinePlan([], [])
+
     def managed_difference(self) -> tuple[list[str], list[str]] | None:
         """(added, displaced) by a file only this collection writes, for a host changed before records
         were kept; None when the backend has no such file (or it is absent)."""
@@ -240,6 +257,30 @@ class Record:
                 add.append(token)
         remove = [t for t in self.added if wanted(t) and t not in add]
         return CmdlineChange(add, remove)
+
+
+# The one-time boot entry of a trial (GRUB menu entry id, systemd-boot entry file name without .conf).
+TRIAL_ID = 'fleetgpu-passthrough-trial'
+
+
+def trial_tokens(change: CmdlineChange, tokens: list[str], panic: int) -> list[str]:
+    """The trial entry's arguments: ``change`` applied to the default entry's ``tokens``, and ``panic=N``
+    (the user's own panic= is replaced in the trial entry only: a trial must never wait at a panic)."""
+    out = [t for t in change.apply(tokens) if key_of(t) != 'panic']
+    return out + ['panic=%d' % panic]
+
+
+def merge_plans(before: list[str], after: list[str], *plans: CmdlinePlan) -> CmdlinePlan:
+    """One plan doing the files and commands of ``plans`` in order (a command is run once)."""
+    merged = CmdlinePlan(before, after)
+    for part in plans:
+        merged.files.extend(part.files)
+        for argv in part.commands:
+            if argv not in merged.commands:
+                merged.commands.append(argv)
+        merged.undo.extend(part.undo)
+        merged.rerun_on_rollback = merged.rerun_on_rollback or part.rerun_on_rollback
+    return merged
 
 
 def from_running(running: list[str]) -> list[str]:

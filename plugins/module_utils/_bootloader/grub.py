@@ -21,12 +21,46 @@ from __future__ import annotations
 import os
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import Bootloader, BootloaderError, CmdlinePlan, there
-from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, split
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._bootloader import (
+    TRIAL_ID, Bootloader, BootloaderError, CmdlinePlan, there, trial_tokens)
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._cmdline import CmdlineChange, check_length, join, split
 
 DROPIN = '/etc/default/grub.d/zz-fleetgpu-passthrough.cfg'
 LINUX = 'GRUB_CMDLINE_LINUX'
 DEFAULT = 'GRUB_CMDLINE_LINUX_DEFAULT'
+# The trial entry: a grub.d script that prints one menu entry, sorted after 10_linux and 40_custom so
+# that it never becomes entry 0 (GRUB_DEFAULT=0 keeps booting the host's own default entry).
+TRIAL_SCRIPT = '/etc/grub.d/42_fleetgpu-passthrough-trial'
+GRUB_CFG = '/boot/grub/grub.cfg'
+GRUBENV = '/boot/grub/grubenv'
+
+
+def first_entry(cfg: str) -> list[str] | None:
+    """The lines of the first top-level ``menuentry`` block of a grub.cfg (the default with GRUB_DEFAULT=0),
+    not counting the collection's own trial entry; None when there is none."""
+    lines = cfg.splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if line.startswith('menuentry ') and TRIAL_ID not in line:
+            block = [line]
+            index += 1
+            while index < len(lines):
+                block.append(lines[index])
+                if lines[index] == '}':
+                    return block
+                index += 1
+            return None
+        index += 1
+    return None
+
+
+def next_entry(grubenv: str | None) -> str:
+    """The ``next_entry`` of a GRUB environment block ('' when unset)."""
+    for line in (grubenv or '').splitlines():
+        if line.startswith('next_entry='):
+            return line[len('next_entry='):]
+    return ''
 
 
 def _expand(text: str, env: dict[str, str]) -> tuple[str, int]:
@@ -212,4 +246,53 @@ class Grub(Bootloader):
         if file_change.changed:
             plan.files.append(file_change)
             plan.commands.append(['update-grub'])
+        return plan
+
+    # --- boot-once trial: a managed menu entry selected with grub-reboot
+
+    supports_trial = True
+
+    def trial_plan(self, change: CmdlineChange, panic: int) -> CmdlinePlan:
+        cfg = _files.read(self.path(GRUB_CFG))
+        block = first_entry(cfg or '')
+        if block is None:
+            raise BootloaderError('grub: no menu entry found in %s to base the trial boot on (run update-grub first)'
+                                  % self.path(GRUB_CFG))
+        body = block[1:-1]
+        found = [i for i, line in enumerate(body) if line.strip().split(None, 1)[:1] == ['linux']]
+        if len(found) != 1:
+            raise BootloaderError('grub: the first menu entry of %s has %d linux lines; cannot base the trial boot '
+                                  'on it' % (self.path(GRUB_CFG), len(found)))
+        line = body[found[0]]
+        indent = line[:len(line) - len(line.lstrip())]
+        words = line.strip().split(None, 2)
+        if len(words) < 2:
+            raise BootloaderError('grub: the linux line of the first menu entry of %s names no kernel' % self.path(GRUB_CFG))
+        tokens = split(words[2]) if len(words) > 2 else []
+        trial = trial_tokens(change, tokens, panic)
+        check_length(trial)
+        body[found[0]] = '%slinux\t%s %s' % (indent, words[1], join(trial))
+        entry = ["menuentry 'fleetgpu.passthrough trial boot (once)' --id %s {" % TRIAL_ID] + body + ['}']
+        head = _files.header() + ('# a one-time trial of new kernel arguments, selected for one boot with grub-reboot; '
+                                  'removed once the\n# new arguments are made permanent or the trial is given up\n')
+        script = '#!/bin/sh\n%sexec tail -n +%d "$0"\n' % (head, head.count('\n') + 3) + '\n'.join(entry) + '\n'
+        plan = CmdlinePlan(tokens, trial)
+        file_change = _files.plan(self.path(TRIAL_SCRIPT), script, mode=0o755, keep_backup=False)
+        if file_change.changed:
+            plan.files.append(file_change)
+            plan.commands.append(['update-grub'])
+        if file_change.changed or next_entry(_files.read(self.path(GRUBENV))) != TRIAL_ID:
+            plan.commands.append(['grub-reboot', TRIAL_ID])
+        return plan
+
+    def trial_exists(self) -> bool:
+        return os.path.lexists(self.path(TRIAL_SCRIPT))
+
+    def trial_discard_plan(self) -> CmdlinePlan:
+        plan = CmdlinePlan([], [])
+        if self.trial_exists():
+            plan.files.append(_files.plan(self.path(TRIAL_SCRIPT), None, mode=0o755, keep_backup=False))
+            plan.commands.append(['update-grub'])
+        if next_entry(_files.read(self.path(GRUBENV))) == TRIAL_ID:
+            plan.commands.append(['grub-editenv', GRUBENV, 'unset', 'next_entry'])
         return plan

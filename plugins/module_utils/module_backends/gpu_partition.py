@@ -80,6 +80,7 @@ class Plan:
         self.after_mdevs: list[str] = []
         self.record_before: dict[str, dict] = {}
         self.record_after: dict[str, dict] = {}
+        self.record_path: str | None = None
 
     @property
     def changed(self) -> bool:
@@ -150,6 +151,13 @@ class Partitioner:
     def have_mdevctl(self) -> bool:
         return self.runner is not None and self.runner.have('mdevctl')
 
+    def host_tools_refused(self) -> str | None:
+        """Why mdevctl must not run: the running host's tools act on its own kernel, not on a simulated sysfs_root."""
+        if _files.is_live(self.root) and not is_live_root(self.sysfs.sys_root, '/sys'):
+            return ('mdevctl would act on the running host\'s kernel, not on sysfs_root %s: give root (the file '
+                    'system of that host), or persist=false' % self.sysfs.sys_root)
+        return None
+
     # ------------------------------------------------------------------ plan
     def plan(self, parent: object, sriov_numvfs: Optional[int] = None, mdevs: Optional[list] = None,
              state: str = 'present', persist: bool = True) -> Plan:
@@ -205,7 +213,8 @@ class Partitioner:
                 want = 0
                 rule.after = None
         else:
-            assert want is not None
+            if want is None:
+                raise PartitionError('sriov_numvfs is needed with state=present')
             if want < 0:
                 raise PartitionError('sriov_numvfs must be 0 or more, got %d' % want)
             if want > sriov.totalvfs:
@@ -277,7 +286,7 @@ class Partitioner:
             else:
                 after[row['uuid']] = row['type']
         plan.after_mdevs = sorted('%s %s' % kv for kv in after.items())
-        plan.record_before, plan.record_after = record, new_record
+        plan.record_before, plan.record_after, plan.record_path = record, new_record, rpath
         if new_record != record:
             plan.files.append(_files.FileChange(rpath, _files.read(rpath), record_text(new_record) if new_record else None))
 
@@ -350,6 +359,9 @@ class Partitioner:
                                  'changed' % '; '.join(busy))
 
     def _need_mdevctl(self, why: str) -> None:
+        refused = self.host_tools_refused()
+        if refused:
+            raise PartitionError('cannot %s: %s' % (why, refused))
         if not self.have_mdevctl():
             where = '' if self.runner is None or not self.runner.skips('mdevctl') else ' in %s' % self.root
             raise PartitionError('mdevctl is needed to %s but is not installed%s: install the package %s, or set '
@@ -358,25 +370,54 @@ class Partitioner:
 
     # ------------------------------------------------------------------ apply
     def apply(self, plan: Plan) -> None:
+        """The VF count, the udev rule, the mediated devices, then the record of what was made.
+
+        When a mediated-device step fails, the record still gets the devices whose steps all ran (so a later
+        ``state: absent`` finds them), and the error propagates.
+        """
         for step in plan.sriov_steps:
             self._do(step)
+        record = [f for f in plan.files if f.path == plan.record_path]
+        self._apply_files([f for f in plan.files if f.path != plan.record_path])
+        done: list[Step] = []
+        try:
+            for step in plan.mdev_steps:
+                self._do(step)
+                done.append(step)
+        except FleetGpuError:
+            if record:
+                finished = {_uid(s) for s in done} - {_uid(s) for s in plan.mdev_steps if s not in done}
+                partial = dict(plan.record_before)
+                for uid in finished:
+                    if uid in plan.record_after:
+                        partial[uid] = plan.record_after[uid]
+                    else:
+                        partial.pop(uid, None)
+                if partial != plan.record_before:
+                    record[0].after = record_text(partial) if partial else None
+                    self._apply_files(record)
+            raise
+        self._apply_files(record)
+
+    @staticmethod
+    def _apply_files(changes: list[_files.FileChange]) -> None:
         done: list[_files.FileChange] = []
         try:
-            for change in plan.files:
+            for change in changes:
                 change.apply()
                 done.append(change)
         except FleetGpuError:
             _files.revert_all(done)
             raise
-        for step in plan.mdev_steps:
-            self._do(step)
 
     def _do(self, step: Step) -> None:
         if step.argv:
-            assert self.runner is not None
+            if self.runner is None:
+                raise PartitionError('%s needs a host command runner' % step.what)
             self.runner.run(step.argv)
             return
-        assert step.path is not None and step.value is not None
+        if step.path is None or step.value is None:
+            raise PartitionError('%s: nothing to write' % step.what)
         try:
             self.sysfs.write(step.path, step.value)
         except SysfsError as exc:
@@ -398,6 +439,11 @@ class Partitioner:
                 vfs.append({'address': addr, 'driver': self.sysfs.link_name(link)})
         return {'parent': self.parent, 'vfs': vfs, 'mdevs': plan.mdevs,
                 'files': [f.path for f in plan.files if f.changed], 'commands': plan.commands()}
+
+
+def _uid(step: Step) -> str:
+    """The UUID a mediated-device step acts on (the last word of what it does)."""
+    return step.what.rsplit(' ', 1)[-1]
 
 
 # the kernel's answers to a write of sriov_numvfs or create, in words
@@ -461,7 +507,8 @@ def run(module: AnsibleModule) -> dict[str, Any]:
                               'commands': []}
     try:
         sysfs = from_params(params)
-        root = _files.check_path(params['root'], 'root')
+        # the host's file system: given, else the parent of sysfs_root (/ for /sys, /host for /host/sys)
+        root = _files.check_path(params['root'] or sysfs.host_root, 'root')
         part = Partitioner(sysfs, root=root, runner=ModuleRunner(module, root))
         plan = part.plan(params['parent'], params['sriov_numvfs'], params['mdevs'], params['state'], params['persist'])
         if plan.changed and not module.check_mode:

@@ -287,3 +287,24 @@ def test_simulated_kernel_refuses_like_the_kernel(kernel: dict[str, Any]) -> Non
         s.write(create, uids[4])
     with pytest.raises(Exception, match='File exists'):
         s.write(s.sys('class/mdev_bus/mbochs/mdev_supported_types/mbochs-1/create'), uids[0])
+
+
+def test_mdevctl_never_runs_on_the_live_root_for_a_simulated_kernel(kernel: dict[str, Any]) -> None:
+    p = Partitioner(kernel['sysfs'], root='/', runner=kernel['runner'], libvirt_check=False)
+    with pytest.raises(PartitionError) as info:
+        p.plan('mbochs', mdevs=[{'type': 'mbochs-1'}])
+    assert "running host's kernel" in str(info.value) and kernel['runner'].calls == []
+
+
+def test_a_failed_create_keeps_the_record_of_what_was_made(kernel: dict[str, Any]) -> None:
+    s = kernel['sysfs']
+    fusekernel.set_faults(kernel['backing'], [{'op': 'mdev_create', 'error': 'EIO', 'skip': 1}])
+    p = part(kernel, runner=None)
+    plan = p.plan('mbochs', mdevs=[{'type': 'mbochs-1', 'name': 'a'}, {'type': 'mbochs-1', 'name': 'b'}], persist=False)
+    with pytest.raises(PartitionError) as info:
+        p.apply(plan)
+    assert 'create %s failed' % plan.mdevs[1]['uuid'] in str(info.value)
+    made = s.listdir(s.sys('bus/mdev/devices'))
+    assert made == [plan.mdevs[0]['uuid']]
+    with open(os.path.join(kernel['root'], 'var/lib/fleetgpu-passthrough/partition.json'), encoding='utf-8') as handle:
+        assert list(json.load(handle)['mdevs']) == made
