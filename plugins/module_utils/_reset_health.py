@@ -17,7 +17,10 @@ the next VM.  :func:`check` reads, for one device, without changing anything:
   failure: many GPUs lack FLR and rely on a bus reset, and the kernel hides
   the attribute of a device without any method.
 * ``config``: the device's config space must be readable and its vendor id
-  must not be ``ffff`` (what a device that fell off the bus answers).
+  must not be ``ffff`` (what a device that fell off the bus answers). An SR-IOV
+  virtual function is the exception: the PCIe specification has its vendor and
+  device id registers read ``ffff`` (the kernel takes them from the physical
+  function), so for a VF only the read itself is checked.
 * with ``expect_driver``: a driver must be bound (after a give-back).
 
 The check never triggers a reset itself: it reads ``reset_method``, it does not
@@ -143,7 +146,7 @@ def check(sysfs: Sysfs, devices: list[PciDevice], expect_driver: Collection[PciA
             health.config_readable = True
             vendor = int.from_bytes(data[0:2], 'little')
             health.config_vendor_id = '%04x' % vendor
-            if vendor == 0xffff:
+            if vendor == 0xffff and dev.physfn is None:
                 health.problems.append('its config space reads vendor id ffff: the device does not answer '
                                        '(it did not come back from a reset, or fell off the bus)')
         # (c) after a give-back: a driver came back

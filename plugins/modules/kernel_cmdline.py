@@ -96,7 +96,7 @@ options:
         the managed script C(/etc/grub.d/42_fleetgpu-passthrough-trial) and C(grub-reboot), systemd-boot through
         the loader entry C(fleetgpu-passthrough-trial.conf) and C(bootctl set-oneshot)). A kernel that panics
         reboots by itself after O(panic_timeout) seconds, into the old default entry. When the running kernel
-        already has the change and the trial entry is there, the host runs the trial now, RV(trial.state) is
+        already has the change and the trial entry is there, the host runs the trial now, C(trial.state) in RV(trial) is
         C(booted) and nothing is written. When the configuration already holds the change, nothing is staged.
       - V(commit) makes the change permanent and removes the trial entry, once the host came up on it. When the
         running kernel lacks the change, the host fell back to its previous command line; the task fails, nothing

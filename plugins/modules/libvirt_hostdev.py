@@ -47,14 +47,15 @@ options:
     description:
       - Host PCI addresses (C(0000:41:00.0) or C(41:00.0)) to attach or remove. An SR-IOV virtual
         function is given by its own address.
-      - A mediated device (an mdev of a vGPU type, created for example by
+      - "A mediated device (an mdev of a vGPU type, created for example by
         M(fleetgpu.passthrough.gpu_partition)) is given as the string C(mdev:<uuid>) or as a dict
         C({mdev: <uuid>, display: <bool>}). C(display=true) writes C(display='on') (the guest's
         display is the vGPU's; libvirt needs a C(<graphics>) device in the domain for it, and the
         module refuses it without one), V(false) C(display='off'); without C(display) an entry already
-        in the domain keeps its setting. libvirt places mdevs itself (O(guest_address), O(rom),
+        in the domain keeps its setting, and a new one gets libvirt's default (libvirt 9 turns it on in
+        a domain with a C(<graphics>) device). libvirt places mdevs itself (O(guest_address), O(rom),
         O(managed) and O(companions) apply to PCI devices only). A UUID that does not exist on the host
-        now is attached to the definition with a warning (the domain starts once the mdev exists).
+        now is attached to the definition with a warning (the domain starts once the mdev exists)."
       - May be empty; the module then changes nothing and reports the domain's hostdevs and the
         assignments of every domain at O(uri) (useful before choosing devices).
     type: list
@@ -272,13 +273,12 @@ EXAMPLES = r'''
       numa_mode: strict
       # hugepages: 1G   # with 1 GiB pages reserved on that node (role vfio_host, vfio_host_hugepages)
 
-- name: A vGPU (mediated device) with its display, and an SR-IOV virtual function, for the domain vdi01
+- name: A vGPU (mediated device, here a headless one) for the domain vdi01; an SR-IOV VF would be listed by its address
   fleetgpu.passthrough.libvirt_hostdev:
     domain: vdi01
     devices:
       - mdev: 9d5b7c2e-58a1-4f0e-9c1d-2b1f6f0e7a31
-        display: true
-      - "0000:41:00.4"
+        display: false
 
 - name: Take the vGPU away from vdi01 (the short form of an mdev entry)
   fleetgpu.passthrough.libvirt_hostdev:

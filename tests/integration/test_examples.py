@@ -282,6 +282,7 @@ def test_libvirt_hostdev_examples(installed_collection: Path, run_playbook, sims
                                   daemon: private.PrivateLibvirtd) -> None:
     daemon.define('train01')
     daemon.define('desktop')
+    daemon.define('vdi01')
     rom = tmp_path / 'gpu.rom'
     rom.write_bytes(b'\x55\xaa' + bytes(510))
     text = examples_of(installed_collection, 'libvirt_hostdev')
@@ -299,6 +300,12 @@ def test_libvirt_hostdev_examples(installed_collection: Path, run_playbook, sims
     assert not changed(tasks, 'Unplug it from the running domain too (where it is running), allowing the guest two minutes '
                               'to release it')
     assert '<hostdev' not in daemon.domain_xml('train01')
+    # the vGPU went in (a UUID this host does not have: a warning, the definition takes it) and out again
+    vgpu = tasks['A vGPU (mediated device, here a headless one) for the domain vdi01; an SR-IOV VF would be listed by its '
+                 'address'][0]['result']
+    assert vgpu['changed'] and [(m['uuid'], m['display']) for m in vgpu['mdevs']] == [('9d5b7c2e-58a1-4f0e-9c1d-2b1f6f0e7a31', False)]
+    assert changed(tasks, 'Take the vGPU away from vdi01 (the short form of an mdev entry)')
+    assert "type='mdev'" not in daemon.domain_xml('vdi01')
     assert "<memory mode='strict' nodeset='0'/>" in daemon.domain_xml('train01')   # the wiring stays with the VM
     desktop = daemon.domain_xml('desktop')
     assert "bus='0x81'" in desktop and str(rom) in desktop and "bus='0x06'" in desktop, desktop

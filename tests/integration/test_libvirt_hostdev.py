@@ -161,6 +161,46 @@ def test_device_of_this_machine_already_in_domain_is_no_change(run_playbook, dae
     assert [a for a, _g, _m in hostdevs(daemon, domain)] == [addr]
 
 
+MDEV = '9d5b7c2e-58a1-4f0e-9c1d-2b1f6f0e7a31'
+
+
+def test_mdev_check_real_repeat_absent_through_the_qemu_driver(run_playbook, daemon, domain, tmp_path) -> None:
+    """A mediated device (vGPU) into the definition and out again; the qemu driver keeps the entry
+    as written (model vfio-pci, display off) and turns it into QEMU's vfio-pci sysfsdev."""
+    args = {'domain': domain, 'uri': daemon.uri, 'devices': [{'mdev': MDEV.upper(), 'display': False}],
+            'sysfs_root': str(tmp_path / 'sys')}
+    absent = dict(args, devices=['mdev:%s' % MDEV], state='absent')
+    proc = run_playbook(play(
+        task_yaml('plan', args, check=True),
+        task_yaml('attach', args),
+        task_yaml('repeat', args),
+        task_yaml('repeat in check mode', args, check=True),
+        task_yaml('bad entry', dict(args, devices=[{'mdev': 'xyz'}]), ignore=True),
+    ), args=('--diff',))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    plan, attach, repeat, repeat_check, bad = [t['result'] for t in results(proc)]
+    assert [plan['changed'], attach['changed'], repeat['changed'], repeat_check['changed']] == [True, True, False, False]
+    assert [(d['mdev'], d['action'], d['display']) for d in plan['devices']] == [(MDEV, 'added', False)]
+    assert "type=\"mdev\"" in attach['diff']['after'] and "type=\"mdev\"" not in attach['diff']['before']
+    # this machine has no such mdev: the definition takes it, with a warning naming it
+    assert any('mdev %s does not exist on this host now' % MDEV in w for w in attach.get('warnings', []))
+    assert "devices[0] mdev 'xyz' is not a UUID" in bad['msg']
+    xml = daemon.domain_xml(domain)
+    assert "type='mdev'" in xml and "model='vfio-pci'" in xml and "display='off'" in xml and MDEV in xml
+    conn = daemon.connect()
+    try:
+        argv = conn.domainXMLToNative('qemu-argv', conn.lookupByName(domain).XMLDesc(0), 0)
+    finally:
+        conn.close()
+    assert '"sysfsdev":"/sys/bus/mdev/devices/%s"' % MDEV in argv, argv
+
+    proc = run_playbook(play(task_yaml('remove', absent), task_yaml('remove again', absent)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    remove, again = [t['result'] for t in results(proc)]
+    assert remove['changed'] is True and again['changed'] is False
+    assert "type='mdev'" not in daemon.domain_xml(domain)
+
+
 def test_refusals_and_errors_name_the_input(run_playbook, daemon, domain, workstation) -> None:
     other = domain + '-other'
     daemon.define(other)

@@ -14,9 +14,20 @@
 #                    boot GPU of the same vendor:device untouched (well under a minute)
 #                    test_noiommu.py: site.yml stops early on a host without an IOMMU and
 #                    changes nothing;
+#                    test_partition.py: on the intel host, gpu_partition enables 2 SR-IOV VFs
+#                    of the emulated NVMe controller (03:00.0, not a GPU) and creates 2 mdevs
+#                    of the kernel's sample driver mbochs, persisted (udev rule, mdevctl);
+#                    capacity exhaustion refused; a domain with a VF on
+#                    vfio-pci and an mdev starts (no guest OS); removing either while it runs
+#                    is refused naming it; the domain is stopped before the AWX job
 #                    test_awx_runner.py: AWX jobs (ansible-runner) over SSH on the intel host:
-#                    facts.yml, then site.yml in check + diff mode and for real (the check must
-#                    predict exactly the tasks the real job changes)
+#                    facts.yml; site.yml with a kernel argument whose trial boot panics (the
+#                    host falls back by itself, the job fails, nothing permanent is written);
+#                    then site.yml in check + diff mode and for real (the check must predict
+#                    exactly the tasks the real job changes; its trial boot is committed)
+#                    test_partition_after_reboot.py: after that job's reboots the VFs and mdevs
+#                    are back, the domain's hostdevs resolve and it starts again; gpu_partition
+#                    state=absent then leaves no VF, mdev, udev rule or mdevctl definition
 #                    test_guest_boot.py: a guest in a libvirt domain on the intel host (the
 #                    host's kernel, a busybox initramfs, nested TCG) lists the PCI devices it
 #                    sees: the GPU and its audio function on one guest slot, the 64-bit PCI
@@ -163,8 +174,9 @@ else
   if wants runtime; then
     # --durations: where the phase's time went, test by test (setup = the hosts' boot)
     phase runtime 1800 pytest -q -rs --durations=12 -p no:cacheprovider tests/testbed/test_real_kernel.py \
-      tests/testbed/test_dynamic.py tests/testbed/test_noiommu.py tests/testbed/test_awx_runner.py \
-      tests/testbed/test_guest_boot.py tests/testbed/test_drain.py tests/testbed/test_testbed_role.py
+      tests/testbed/test_dynamic.py tests/testbed/test_noiommu.py tests/testbed/test_partition.py \
+      tests/testbed/test_awx_runner.py tests/testbed/test_partition_after_reboot.py tests/testbed/test_guest_boot.py \
+      tests/testbed/test_drain.py tests/testbed/test_testbed_role.py
     if [ "${failed[*]}" != "${failed[*]/runtime/}" ]; then
       # pytest names the failed test and its play output; a time-out shows nothing more, so
       # the hosts' consoles are kept and their ends printed here

@@ -89,6 +89,13 @@ def test_cmdline_holds_iommu_arguments_once_for_the_cpu_vendor(converged):
     assert 'modprobe.blacklist=radeon' not in ' '.join(tokens)
 
 
+def test_the_trial_boot_entry_was_committed_and_removed(converged):
+    """The converge booted the new command line once (vfio_host_boot_once) and then made it permanent."""
+    assert not converged.file('/etc/grub.d/42_fleetgpu-passthrough-trial').exists
+    assert 'fleetgpu-passthrough-trial' not in converged.file('/boot/grub/grub.cfg').content_string
+    assert 'iommu=pt' in converged.file('/etc/default/grub.d/zz-fleetgpu-passthrough.cfg').content_string
+
+
 def test_discrete_gpu_and_audio_on_vfio_pci_bound_at_boot(converged):
     last = _boot_records(converged)[-1]
     assert last['boot_id'] == converged.file('/proc/sys/kernel/random/boot_id').content_string.strip()

@@ -71,6 +71,21 @@ def test_vendor_ffff_fails(tmp_path: Path) -> None:
     assert 'vendor id ffff' in health.reason
 
 
+def test_vendor_ffff_of_an_sriov_virtual_function_is_what_the_spec_says(tmp_path: Path) -> None:
+    # A VF's vendor and device id registers read ffff (PCIe SR-IOV; seen on the test host's NVMe
+    # VFs): the kernel takes the ids from the PF. Only a VF's config read itself is checked.
+    sysfs = Sysfs(simkernel.materialize('sriov', str(tmp_path / 'sriov')), timeout=1.0)
+    pci = sysfs.sys('bus/pci/devices')
+    vf = sorted(a for a in os.listdir(pci) if os.path.lexists(os.path.join(pci, a, 'physfn')))[0]
+    pf = os.path.basename(os.readlink(os.path.join(pci, vf, 'physfn')))
+    for address in (vf, pf):
+        with open(os.path.join(pci, address, 'config'), 'wb') as handle:
+            handle.write(b'\xff' * 64)
+    vf_health, pf_health = check(sysfs, devices(sysfs, vf, pf))
+    assert vf_health.healthy and vf_health.config_readable and vf_health.config_vendor_id == 'ffff', vf_health.reason
+    assert not pf_health.healthy and 'vendor id ffff' in pf_health.reason
+
+
 def test_missing_config_fails(tmp_path: Path) -> None:
     sysfs = tree(tmp_path)
     os.unlink(sysfs.sys('bus/pci/devices', GPU, 'config'))

@@ -34,22 +34,22 @@ fi
 ### END /etc/grub.d/00_header ###
 ### BEGIN /etc/grub.d/10_linux ###
 function gfxmode {
-	set gfxpayload="${1}"
+\tset gfxpayload="${1}"
 }
 menuentry 'Debian GNU/Linux' --class debian --class gnu-linux --class os $menuentry_id_option 'gnulinux-simple-0a1b' {
-	load_video
-	insmod ext2
-	search --no-floppy --fs-uuid --set=root 0a1b
-	echo	'Loading Linux %(k)s ...'
-	linux	/boot/vmlinuz-%(k)s root=UUID=0a1b ro iommu=pt quiet
-	echo	'Loading initial ramdisk ...'
-	initrd	/boot/initrd.img-%(k)s
+\tload_video
+\tinsmod ext2
+\tsearch --no-floppy --fs-uuid --set=root 0a1b
+\techo\t'Loading Linux %(k)s ...'
+\tlinux\t/boot/vmlinuz-%(k)s root=UUID=0a1b ro iommu=pt quiet
+\techo\t'Loading initial ramdisk ...'
+\tinitrd\t/boot/initrd.img-%(k)s
 }
 submenu 'Advanced options for Debian GNU/Linux' $menuentry_id_option 'gnulinux-advanced-0a1b' {
-	menuentry 'Debian GNU/Linux, with Linux %(k)s' --class debian $menuentry_id_option 'gnulinux-%(k)s-advanced-0a1b' {
-		linux	/boot/vmlinuz-%(k)s root=UUID=0a1b ro iommu=pt quiet
-		initrd	/boot/initrd.img-%(k)s
-	}
+\tmenuentry 'Debian GNU/Linux, with Linux %(k)s' --class debian $menuentry_id_option 'gnulinux-%(k)s-advanced-0a1b' {
+\t\tlinux\t/boot/vmlinuz-%(k)s root=UUID=0a1b ro iommu=pt quiet
+\t\tinitrd\t/boot/initrd.img-%(k)s
+\t}
 }
 ### END /etc/grub.d/10_linux ###
 ''' % {'k': K2}
