@@ -39,8 +39,7 @@ from tests.sim import fusekernel, simkernel
 MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / 'plugins' / 'modules').glob('*.py')
                  if not p.name.startswith('_'))
 TESTED = ('fleet_plan', 'gpu_facts', 'gpu_mig', 'gpu_partition', 'gpu_quarantine', 'guest_check', 'iommu_check',
-          'kernel_cmdline',
-          'libvirt_domain_drain', 'libvirt_gpu_info', 'libvirt_hostdev', 'vfio_bind', 'vfio_host_config',
+          'kernel_cmdline', 'libvirt_domain_drain', 'libvirt_gpu_info', 'libvirt_hostdev', 'vfio_bind', 'vfio_host_config',
           'vmware_gpu_import')
 FQ = 'fleetgpu.passthrough.'
 
