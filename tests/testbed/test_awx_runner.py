@@ -130,7 +130,9 @@ PANIC_ARG = 'rdinit=/fleetgpu-no-such-init'
 TRIAL_SCRIPT = '/etc/grub.d/42_fleetgpu-passthrough-trial'
 DROPIN = '/etc/default/grub.d/zz-fleetgpu-passthrough.cfg'
 BOOT_CONFIG = ('cat /proc/cmdline; cat %s %s /var/lib/fleetgpu-passthrough/kernel_cmdline.json 2>/dev/null; '
-               'grep -c fleetgpu-passthrough-trial /boot/grub/grub.cfg; grep ^next_entry= /boot/grub/grubenv; true'
+               # GRUB writes next_entry= (empty) once it has used a one-time entry: the value is what counts
+               'grep -c fleetgpu-passthrough-trial /boot/grub/grub.cfg; '
+               'echo "next_entry=$(sed -n s/^next_entry=//p /boot/grub/grubenv)"'
                % (DROPIN, TRIAL_SCRIPT))
 
 
