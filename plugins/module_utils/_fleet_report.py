@@ -29,6 +29,24 @@ class ReportError(FleetGpuError):
     """The report could not be written."""
 
 
+def _partitions(fleet: FleetPlan, hname: str) -> list[dict]:
+    """Every mdev of the host (parent, type, UUID, VM): those the plan creates (placed), those a placed VM keeps or a
+    domain holds (assigned), the others (existing)."""
+    rows: dict[str, dict] = {}
+    for par in fleet.parents.get(hname, []):
+        for m in par.mdevs:
+            uuid = str(m.get('uuid')).lower()
+            rows[uuid] = {'parent': par.parent, 'type': m.get('type'), 'type_name': m.get('type_name'), 'uuid': uuid,
+                          'vm': m.get('held_by'), 'status': 'assigned' if m.get('held_by') else 'existing'}
+    for p in fleet.placements:
+        if p.host != hname:
+            continue
+        for x in p.partitions:
+            rows[x.uuid] = {'parent': x.parent, 'type': x.type, 'type_name': x.type_name, 'uuid': x.uuid, 'vm': p.vm.name,
+                            'status': 'assigned' if x.kept else 'placed'}
+    return [rows[u] for u in sorted(rows, key=lambda u: (str(rows[u]['parent']), str(rows[u]['type']), u))]
+
+
 def build(fleet: FleetPlan, mode: str) -> dict:
     """The report document (deterministic: same inputs, same bytes)."""
     placed_by_vm = {p.vm.name: p for p in fleet.placements}
@@ -68,6 +86,10 @@ def build(fleet: FleetPlan, mode: str) -> dict:
             })
         hosts.append({
             'name': hname,
+            'partitions': _partitions(fleet, hname),
+            'mdev_parents': [{'parent': par.parent, 'type': tid, 'type_name': par.types[tid].get('type_name'),
+                              'available': par.types[tid].get('available'), 'planned': par.given.get(tid, 0)}
+                             for par in fleet.parents.get(hname, []) for tid in sorted(par.types)],
             'status': host.status,
             'message': host.message or None,
             'iommu': (hinfo.get('iommu_type') or 'on') if hinfo.get('iommu_enabled') else ('off' if hinfo else None),
@@ -159,8 +181,9 @@ def render_html(doc: dict) -> str:
     out.append('</table>')
     out.append('<h2>Placement</h2><table id="placement"><tr><th>VM</th><th>host</th><th>model</th><th>devices</th></tr>')
     for p in doc['placement']:
+        what = p['model'] if p.get('model') else 'profile %s' % p.get('profile')
         out.append('<tr class="placement"><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>'
-                   % (_e(p['vm']), _e(p['host']), _e(p['model']), _e(', '.join(p['devices']))))
+                   % (_e(p['vm']), _e(p['host']), _e(what), _e(', '.join(p['devices']))))
     out.append('</table>')
     if doc['unplaced']:
         out.append('<h2 class="bad">Requests that cannot be placed</h2>')
@@ -194,6 +217,19 @@ def render_html(doc: dict) -> str:
                               _e(g['numa_node']), _e(g['driver']), _e(g['state']), _e(g['vm']), _e(g['status']),
                               _e(g['why'])))
             out.append('</table>')
+            if h['mdev_parents'] or h['partitions']:
+                out.append('<table class="mdev-parents"><tr><th>mdev parent</th><th>type</th><th>type name</th>'
+                           '<th>available</th><th>created by this plan</th></tr>')
+                for c in h['mdev_parents']:
+                    out.append('<tr><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%d</td></tr>'
+                               % (_e(c['parent']), _e(c['type']), _e(c['type_name']), _e(c['available']), c['planned']))
+                out.append('</table><table class="partitions"><tr><th>parent</th><th>type</th><th>UUID</th><th>VM</th>'
+                           '<th>status</th></tr>')
+                for x in h['partitions']:
+                    out.append('<tr class="partition %s" data-uuid="%s"><td>%s</td><td>%s</td><td>%s</td><td>%s</td><td>%s</td></tr>'
+                               % (_e(x['status']), _e(x['uuid']), _e(x['parent']), _e(x['type']), _e(x['uuid']),
+                                  _e(x['vm']), _e(x['status'])))
+                out.append('</table>')
         for kind, items in (('drift', h['drift']), ('problems', h['problems'])):
             if items:
                 out.append('<ul class="%s">%s</ul>' % (kind, ''.join('<li class="warn">%s</li>' % _e(i) for i in items)))

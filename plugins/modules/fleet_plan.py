@@ -45,7 +45,8 @@ options:
     type: raw
   vms:
     description:
-      - The VM requests, each C(name) (the libvirt domain name, unique), C(gpus) (list of C({model, count})),
+      - The VM requests, each C(name) (the libvirt domain name, unique), C(gpus) (list of C({model, count}) for whole
+        GPUs, or C({profile, count}) for mediated devices (vGPU) of a type - see below),
         C(numa) (V(required) - all GPUs on one host NUMA node, V(preferred) (default), V(any)), optional C(host)
         (pin), optional C(domain_xml) (its definition, used on the chosen host when the domain does not exist
         there), C(start) (bool), C(mode) (V(whole), the default, or V(partition)), optional C(wiring) (the
@@ -53,9 +54,20 @@ options:
         optional C(binding) (V(static), the default - the GPUs stay on vfio-pci; V(dynamic) - they stay on their
         host driver, out of the host's C(vfio_host_devices) and in its C(vfio_host_dynamic_devices), and libvirt
         moves them when the VM starts and stops).
-      - A V(partition) request (SR-IOV virtual functions or mediated devices) is never placed, and never as
-        whole GPUs, it is unplaced with the reason (no GPU of its model offers SR-IOV or mdev, or they do but
-        partitioned placement is not implemented yet).
+      - A C(gpus) entry C({profile, count}) asks for C(count) mediated devices of one type - its id (C(nvidia-222),
+        C(mbochs-2)) or its human name (C(GRID T4-4Q)), compared case-insensitively - on any mdev parent of one
+        host (the C(mdev_parents) that M(fleetgpu.passthrough.gpu_facts) reports). Placement counts each parent's
+        C(available_instances) per type and never gives a parent more than it has across the VMs of one plan; once
+        the plan gives a parent one type, its other types count as none free there (types share the parent). With
+        V(spread) a VM's mdevs go to the parents with the most free instances, with V(pack) to the fullest that still
+        has room. NUMA does not apply to them.
+      - Each mdev gets a stable UUID, derived from the parent, the type id and C(<vm>-<n>); a later run finds the
+        VM's mdevs by it (or by the domain holding them), keeps them and anchors the VM to its host. The host's part
+        of the plan lists them as C(mdevs) of the VM (C({parent, type, uuid, name})); role
+        P(fleetgpu.passthrough.libvirt_gpu#role) creates them with M(fleetgpu.passthrough.gpu_partition) and attaches
+        them. A profile that no parent of the fleet offers fails with O(mode=place), listing the types offered.
+      - A V(partition) request that asks by C(model) is never placed, and never as whole GPUs; it is unplaced with the
+        reason (ask by C(profile) instead).
     type: raw
   policy:
     description:
@@ -125,13 +137,19 @@ EXAMPLES = r'''
 
 RETURN = r'''
 placement:
-  description: One entry per VM and model.
+  description:
+    - One entry per VM and model (C(devices) are PCI addresses) or per VM and profile (C(profile); C(devices) are the
+      mdev UUIDs, C(mdevs) their parent, type, UUID and name).
   returned: always
   type: list
   elements: dict
-  sample: [{vm: train01, host: node1, model: a100, devices: ["0000:13:00.0", "0000:14:00.0"]}]
+  sample: [{vm: train01, host: node1, model: a100, devices: ["0000:13:00.0", "0000:14:00.0"]},
+           {vm: vdi01, host: node2, profile: "GRID T4-2Q", devices: ["8d6a3f0e-6c41-5d0e-9b1c-0e6a2b9f4c11"],
+            mdevs: [{parent: "0000:41:00.0", type: nvidia-223, uuid: "8d6a3f0e-6c41-5d0e-9b1c-0e6a2b9f4c11", name: vdi01-1}]}]
 hosts:
-  description: Per host, C(vfio_host_devices) (its pool GPUs), C(libvirt_gpu_domains) (its placed VMs) and C(vms).
+  description:
+    - Per host, C(vfio_host_devices) (its pool GPUs), C(libvirt_gpu_domains) (its placed VMs, each with C(gpus) for
+      whole GPUs and C(mdevs) for mediated devices) and C(vms).
   returned: always
   type: dict
 drift:

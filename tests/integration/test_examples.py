@@ -38,8 +38,8 @@ from tests.sim import fusekernel, simkernel
 
 MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / 'plugins' / 'modules').glob('*.py')
                  if not p.name.startswith('_'))
-TESTED = ('fleet_plan', 'gpu_facts', 'gpu_partition', 'gpu_quarantine', 'guest_check', 'iommu_check', 'kernel_cmdline',
-          'libvirt_domain_drain', 'libvirt_gpu_info', 'libvirt_hostdev', 'vfio_bind', 'vfio_host_config',
+TESTED = ('fleet_plan', 'gpu_facts', 'gpu_mig', 'gpu_partition', 'gpu_quarantine', 'guest_check', 'iommu_check',
+          'kernel_cmdline', 'libvirt_domain_drain', 'libvirt_gpu_info', 'libvirt_hostdev', 'vfio_bind', 'vfio_host_config',
           'vmware_gpu_import')
 FQ = 'fleetgpu.passthrough.'
 
@@ -383,3 +383,25 @@ def test_vmware_gpu_import_examples(installed_collection: Path, run_playbook, tm
     imported = tasks['Derive the VM requests of the exported VMs'][0]['result']
     assert imported['vms'] and all(v['gpus'] for v in imported['vms']), imported
     assert not changed(tasks, 'Place them as a dry run')
+
+
+def test_gpu_mig_examples(installed_collection: Path, run_playbook, tmp_path: Path) -> None:
+    # no NVIDIA GPU here: the recorded command interface (tests/fake_nvidia_smi.py) stands in for nvidia-smi
+    from tests import fake_nvidia_smi  # pylint: disable=import-outside-toplevel
+
+    smi = fake_nvidia_smi.install(str(tmp_path / 'bin'), str(tmp_path / 'smi'))
+    root = tmp_path / 'root'
+    root.mkdir()
+    text = examples_of(installed_collection, 'gpu_mig')
+    play, names = play_of(text, {}, play_vars=_vars(), defaults={FQ + 'gpu_mig': {'nvidia_smi': smi, 'root': str(root)}})
+    proc = run_playbook(play)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    tasks = ran(playbook_json(proc), names)
+    made = tasks['Two 3g.40gb instances on the first GPU, seven 1g.10gb on the second, kept across reboots'][0]['result']
+    assert made['changed'] and made['unit'] == 'fleetgpu-mig.service', made
+    assert tasks['Show the instances of each GPU'][0]['result']['msg'] == [['3g.40gb', '3g.40gb'], ['1g.10gb'] * 7]
+    gpus = fake_nvidia_smi.state(str(tmp_path / 'smi'))['gpus']
+    assert gpus[0]['mig'] is False and gpus[0]['instances'] == []          # given back by the last example
+    assert len(gpus[1]['instances']) == 7
+    unit = (root / 'etc/systemd/system/fleetgpu-mig.service').read_text()
+    assert '-i 00000000:C1:00.0 -cgi ' + ','.join(['1g.10gb'] * 7) + ' -C' in unit and '41:00.0' not in unit

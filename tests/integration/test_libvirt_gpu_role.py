@@ -228,3 +228,21 @@ def test_role_names_an_unknown_wiring_key_before_any_change(run_playbook, env, d
     out = proc.stdout + proc.stderr
     assert 'hugepage' in out and 'Traceback' not in out
     assert sources(daemon, 'gpu-train') == []
+
+
+def test_role_passes_its_unplug_timeout_to_the_live_detach(run_playbook, env, daemon) -> None:
+    """libvirt_gpu_unplug_timeout reaches libvirt_hostdev (the live detach's wait): a negative value is
+    refused by the module, naming the option, before anything is detached."""
+    vars_ = role_vars(env, daemon, REQUESTS[2:])
+    assert run_playbook(play(), extra_vars=vars_).returncode == 0
+    assert sources(daemon, 'gpu-desk') == ['0000:14:00.0']
+    bad = run_playbook(play(), extra_vars=dict(vars_, libvirt_gpu_state='absent', libvirt_gpu_where='both',
+                                               libvirt_gpu_unplug_timeout=-1))
+    assert bad.returncode != 0
+    failed = [t for t in playbook_json(bad)['tasks'] if t['status'] == 'failed']
+    assert failed and 'unplug_timeout must be 0 or more seconds, got -1' in json.dumps(failed[0]['result']), failed
+    assert sources(daemon, 'gpu-desk') == ['0000:14:00.0']
+    gone = run_playbook(play(), extra_vars=dict(vars_, libvirt_gpu_state='absent', libvirt_gpu_where='both',
+                                                libvirt_gpu_unplug_timeout=5))
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert sources(daemon, 'gpu-desk') == []

@@ -11,6 +11,7 @@ Run by tests/testbed/e2e.sh (needs root, qemu and the test-host image, which it 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -130,7 +131,9 @@ PANIC_ARG = 'rdinit=/fleetgpu-no-such-init'
 TRIAL_SCRIPT = '/etc/grub.d/42_fleetgpu-passthrough-trial'
 DROPIN = '/etc/default/grub.d/zz-fleetgpu-passthrough.cfg'
 BOOT_CONFIG = ('cat /proc/cmdline; cat %s %s /var/lib/fleetgpu-passthrough/kernel_cmdline.json 2>/dev/null; '
-               'grep -c fleetgpu-passthrough-trial /boot/grub/grub.cfg; grep ^next_entry= /boot/grub/grubenv; true'
+               # GRUB writes next_entry= (empty) once it has used a one-time entry: the value is what counts
+               'grep -c fleetgpu-passthrough-trial /boot/grub/grub.cfg; '
+               'echo "next_entry=$(sed -n s/^next_entry=//p /boot/grub/grubenv)"'
                % (DROPIN, TRIAL_SCRIPT))
 
 
@@ -149,7 +152,7 @@ def test_trial_boot_that_panics_falls_back_and_fails_the_job(pdd: Path, testhost
     """The one reboot boots the new command line once: a trial whose arguments make the kernel panic comes back
     by itself on the old entry, the job fails saying so, and nothing permanent was written (issue 15)."""
     inventory = _testbed_group_vars(pdd)
-    config = testhost.ssh(['sh', '-c', BOOT_CONFIG]).stdout
+    config = testhost.ssh(['sh', '-c', shlex.quote(BOOT_CONFIG)]).stdout
     assert PANIC_ARG not in config and 'panic=' not in config, config
     boots = _boots(_host_state(testhost))
     serial = len(_serial(testhost))
@@ -167,7 +170,7 @@ def test_trial_boot_that_panics_falls_back_and_fails_the_job(pdd: Path, testhost
     trial_lines = [line for line in console.splitlines() if 'Kernel command line:' in line and PANIC_ARG in line]
     assert len(trial_lines) == 1 and 'panic=10' in trial_lines[0], trial_lines
     # the boot configuration and the running command line are exactly as before; one boot reached user space
-    assert testhost.ssh(['sh', '-c', BOOT_CONFIG]).stdout == config
+    assert testhost.ssh(['sh', '-c', shlex.quote(BOOT_CONFIG)]).stdout == config
     assert _boots(_host_state(testhost)) == boots + 1
 
 
@@ -216,7 +219,7 @@ def test_check_job_predicts_the_converge_job(pdd: Path, testhost: launch.TestHos
     assert done == predicted, 'check mode predicted %s, the job changed %s' % (predicted, done)
     assert _boots(_host_state(testhost)) == _boots(before) + 1, 'the job did not reboot the host exactly once'
     # the host runs its trial boot (panic=10 is on the trial entry only), and the arguments are permanent now
-    boot = testhost.ssh(['sh', '-c', BOOT_CONFIG]).stdout
+    boot = testhost.ssh(['sh', '-c', shlex.quote(BOOT_CONFIG)]).stdout
     assert 'panic=10' in boot.splitlines()[0] and 'intel_iommu=on' in boot.splitlines()[0], boot
     assert 'intel_iommu=on' in testhost.ssh(['cat', DROPIN]).stdout and TRIAL_SCRIPT not in boot
     assert testhost.ssh(['test', '-e', TRIAL_SCRIPT], check=False).returncode == 1

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils._partition import stable_mdev_uuid
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._vm_wiring import WiringError, check_wiring_keys
 
 POLICIES = ('spread', 'pack')
@@ -38,6 +39,9 @@ VM_KEYS = ('name', 'gpus', 'numa', 'host', 'domain_xml', 'start', 'mode', 'wirin
 # driver and libvirt moves them (managed hostdevs) when the VM starts and stops.
 VM_BINDINGS = ('static', 'dynamic')
 VM_MODES = ('whole', 'partition')
+ASK_KEYS = ('model', 'profile', 'count')
+# labels '<vm>-<n>' looked for among a parent's existing mdevs (stable UUIDs of the VM's earlier runs)
+_MAX_LABELS = 256
 _HEX4 = re.compile(r'^[0-9a-f]{4}$')
 _ADDR = re.compile(r'^[0-9a-f]{4,5}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
 _SHORT_ADDR = re.compile(r'^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$')
@@ -187,8 +191,14 @@ def parse_models(raw: object, inventory_hosts: set[str] | None = None) -> dict[s
 
 @dataclass
 class GpuAsk:
+    """``count`` whole GPUs of ``model``, or ``count`` mediated devices of type ``profile`` (model empty)."""
+
     model: str
     count: int
+    profile: str | None = None
+
+    def describe(self) -> str:
+        return '%d x %s' % (self.count, self.model) if self.profile is None else '%d x profile %s' % (self.count, self.profile)
 
 
 @dataclass
@@ -204,8 +214,16 @@ class VmRequest:
     wiring: dict | None = None
     binding: str = 'static'
 
+    @property
+    def whole(self) -> list[GpuAsk]:
+        return [a for a in self.gpus if a.profile is None]
+
+    @property
+    def profiles(self) -> list[GpuAsk]:
+        return [a for a in self.gpus if a.profile is not None]
+
     def describe(self) -> str:
-        text = ' + '.join('%d x %s' % (g.count, g.model) for g in self.gpus)
+        text = ' + '.join(g.describe() for g in self.gpus)
         return text + (' (partitioned)' if self.mode == 'partition' else '')
 
 
@@ -257,11 +275,26 @@ def parse_vms(raw: object, models: dict[str, Model], inventory_hosts: set[str] |
             gwhere = '%s.gpus[%d]' % (where, gi)
             if not isinstance(ask, dict):
                 raise FleetInputError('%s must be a mapping {model, count}, got a %s' % (gwhere, type(ask).__name__))
+            bad_keys = sorted(str(k) for k in ask if k not in ASK_KEYS)
+            if bad_keys:
+                raise FleetInputError('%s: unknown key(s) %s (known: %s)' % (gwhere, ', '.join(bad_keys), ', '.join(ASK_KEYS)))
+            profile = ask.get('profile')
             model = ask.get('model')
-            if model not in models:
-                raise FleetInputError('%s: unknown model %r (fleetgpu_models defines: %s)'
-                                      % (gwhere, model, ', '.join(sorted(models)) or 'none'))
-            if any(a.model == model for a in asks):
+            if profile is not None:
+                if model is not None:
+                    raise FleetInputError('%s: give either model (whole GPUs) or profile (mediated devices of a type), '
+                                          'not both' % gwhere)
+                if not isinstance(profile, str) or not profile.strip():
+                    raise FleetInputError('%s.profile must be an mdev type id (e.g. nvidia-222) or its name '
+                                          '(e.g. GRID T4-4Q), got %r' % (gwhere, profile))
+                profile = profile.strip()
+                if any(a.profile is not None and a.profile.casefold() == profile.casefold() for a in asks):
+                    raise FleetInputError('%s: profile %r is listed twice; give one count' % (gwhere, profile))
+            elif model not in models:
+                raise FleetInputError('%s: unknown model %r (fleetgpu_models defines: %s)%s'
+                                      % (gwhere, model, ', '.join(sorted(models)) or 'none',
+                                         '' if model is not None else '; or give profile for mediated devices'))
+            elif any(a.model == model for a in asks):
                 raise FleetInputError('%s: model %r is listed twice; give one count' % (gwhere, model))
             count = ask.get('count', 1)
             if isinstance(count, bool) or not isinstance(count, (int, str)):
@@ -272,7 +305,7 @@ def parse_vms(raw: object, models: dict[str, Model], inventory_hosts: set[str] |
                 raise FleetInputError('%s.count %r is not a number' % (gwhere, count)) from None
             if count < 1:
                 raise FleetInputError('%s.count must be 1 or more, got %d' % (gwhere, count))
-            asks.append(GpuAsk(str(model), count))
+            asks.append(GpuAsk(str(model), count) if profile is None else GpuAsk('', count, profile=profile))
         numa = entry.get('numa', 'preferred')
         if numa not in NUMA_POLICIES:
             raise FleetInputError('%s.numa must be one of %s, got %r' % (where, ', '.join(NUMA_POLICIES), numa))
@@ -410,12 +443,142 @@ class Rejection:
 
 
 @dataclass
+class Partition:
+    """One mediated device of a VM: on which parent, of which type, its (stable) UUID."""
+
+    parent: str
+    type: str
+    type_name: str | None
+    uuid: str
+    label: str | None                     # '<vm>-<n>' (None: found held by the VM under another UUID)
+    profile: str
+    kept: bool = False                    # it exists already (not created by this plan)
+
+    def as_dict(self) -> dict:
+        out: dict = {'parent': self.parent, 'type': self.type, 'uuid': self.uuid}
+        if self.label is not None:
+            out['name'] = self.label
+        return out
+
+
+@dataclass(eq=False)
+class ParentCapacity:
+    """One mdev parent of one host (gpu_facts' ``mdev_parents``): its types' capacity, its mdevs, what the plan gives."""
+
+    host: str
+    parent: str
+    types: dict[str, dict]                # type id -> {'type_name', 'available'}
+    mdevs: list[dict]
+    given: dict[str, int] = field(default_factory=dict)  # type id -> new mdevs this plan creates
+
+    def resolve(self, profile: str) -> str | None:
+        """The type id ``profile`` names here (its id, or its human name, case-insensitively)."""
+        if profile in self.types:
+            return profile
+        folded = profile.casefold()
+        for tid in sorted(self.types):
+            name = self.types[tid].get('type_name')
+            if tid.casefold() == folded or (isinstance(name, str) and name.casefold() == folded):
+                return tid
+        return None
+
+    def free(self, type_id: str, given: dict[str, int] | None = None) -> int:
+        """Instances of ``type_id`` still free once the plan's mdevs are created. Types share a parent's resources
+        (one vGPU type per physical GPU, a shared memory pool): once the plan gives a parent one type, the others
+        count as none free there."""
+        given = self.given if given is None else given
+        if any(n for t, n in given.items() if t != type_id):
+            return 0
+        return max(0, int(self.types.get(type_id, {}).get('available') or 0) - given.get(type_id, 0))
+
+
+def _mdev_parents(facts: dict | None, host: str) -> list[ParentCapacity]:
+    raw = facts.get('mdev_parents') if isinstance(facts, dict) else None
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise FleetInputError('host %s: the gpu_passthrough facts have an mdev_parents that is not a list' % host)
+    out = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not isinstance(entry.get('parent'), str):
+            raise FleetInputError('host %s: gpu_passthrough.mdev_parents[%d] has no parent' % (host, i))
+        types: dict[str, dict] = {}
+        for t in entry.get('types') or []:
+            if isinstance(t, dict) and isinstance(t.get('type'), str):
+                avail = t.get('available_instances')
+                types[t['type']] = {'type_name': t.get('type_name'),
+                                    'available': avail if isinstance(avail, int) and not isinstance(avail, bool) else 0}
+        mdevs = [m for m in entry.get('mdevs') or [] if isinstance(m, dict) and isinstance(m.get('uuid'), str)]
+        out.append(ParentCapacity(host=host, parent=entry['parent'], types=types, mdevs=mdevs))
+    return sorted(out, key=lambda p: p.parent)
+
+
+def _vm_mdevs(vm: VmRequest, parents: list[ParentCapacity]) -> list[Partition]:
+    """The mdevs of ``parents`` that are ``vm``'s: a domain holds it, or its UUID is one the plan gives the VM."""
+    out = []
+    limit = sum(a.count for a in vm.profiles) + 16
+    for par in parents:
+        labels: dict[str, dict[str, str]] = {}
+        for m in par.mdevs:
+            tid = str(m.get('type') or '')
+            if tid not in labels:
+                labels[tid] = {stable_mdev_uuid(par.parent, tid, '%s-%d' % (vm.name, n)): '%s-%d' % (vm.name, n)
+                               for n in range(1, limit + len(par.mdevs) + 1)}
+            uuid = str(m['uuid']).lower()
+            label = labels[tid].get(uuid)
+            if label is None and m.get('held_by') != vm.name:
+                continue
+            out.append(Partition(parent=par.parent, type=tid, type_name=m.get('type_name') or par.types.get(tid, {}).get('type_name'),
+                                 uuid=uuid, label=label, profile='', kept=True))
+    return out
+
+
+def _choose_partitions(vm: VmRequest, parents: list[ParentCapacity], need: dict[str, int], taken_labels: set[str],
+                       policy: str) -> tuple[list[Partition] | None, str]:
+    """New mdevs on one host's parents for the VM's profile asks, or (None, why not). Commits nothing."""
+    given = {id(p): dict(p.given) for p in parents}
+    chosen: list[Partition] = []
+    labels = set(taken_labels)
+    for profile in sorted(need, key=str.casefold):
+        count = need[profile]
+        if count <= 0:
+            continue
+        candidates = [(p, tid) for p in parents for tid in [p.resolve(profile)] if tid is not None]
+        if not candidates:
+            offered = sorted({t for p in parents for t in p.types})
+            return None, 'profile %s: no mdev parent here offers it (types here: %s)' % (profile, ', '.join(offered) or 'none')
+        for _unit in range(count):
+            free = [(p.free(tid, given[id(p)]), p.parent, p, tid) for p, tid in candidates]
+            free = [f for f in free if f[0] > 0]
+            if not free:
+                per_parent = ', '.join('%s %s: %d' % (p.parent, tid, p.free(tid)) for p, tid in candidates)
+                return None, 'capacity: needs %d x profile %s, %d free (%s)' % (
+                    count, profile, sum(p.free(tid) for p, tid in candidates), per_parent)
+            free.sort(key=lambda f: ((-f[0] if policy == 'spread' else f[0]), f[1]))
+            _n, _name, par, tid = free[0]
+            given[id(par)][tid] = given[id(par)].get(tid, 0) + 1
+            n = 1
+            while '%s-%d' % (vm.name, n) in labels:
+                n += 1
+            label = '%s-%d' % (vm.name, n)
+            labels.add(label)
+            chosen.append(Partition(parent=par.parent, type=tid, type_name=par.types[tid].get('type_name'),
+                                    uuid=stable_mdev_uuid(par.parent, tid, label), label=label, profile=profile))
+    return chosen, ''
+
+
+def _profile_free(parents: list[ParentCapacity], profile: str) -> int:
+    return sum(p.free(tid) for p in parents for tid in [p.resolve(profile)] if tid is not None)
+
+
+@dataclass
 class Placement:
     vm: VmRequest
     host: str
     devices: dict[str, list[str]]         # model -> addresses
     kept: list[str]
     added: list[str]
+    partitions: list[Partition] = field(default_factory=list)
 
 
 @dataclass
@@ -436,13 +599,18 @@ class FleetPlan:
     unplaced: list[Unplaced] = field(default_factory=list)
     drift: dict[str, list[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    parents: dict[str, list[ParentCapacity]] = field(default_factory=dict)   # host -> its mdev parents
 
     # -- what the converge play needs -------------------------------------------------------
     def artifact(self) -> list[dict]:
-        out = []
+        out: list[dict] = []
         for p in self.placements:
             for model in sorted(p.devices):
                 out.append({'vm': p.vm.name, 'host': p.host, 'model': model, 'devices': p.devices[model]})
+            for ask in p.vm.profiles:
+                mine = [x for x in p.partitions if x.profile == ask.profile]
+                out.append({'vm': p.vm.name, 'host': p.host, 'profile': ask.profile, 'devices': [x.uuid for x in mine],
+                            'mdevs': [x.as_dict() for x in mine]})
         return out
 
     def host_plan(self, host: str) -> dict:
@@ -454,9 +622,12 @@ class FleetPlan:
         for p in self.placements:
             if p.host != host:
                 continue
-            entry: dict[str, object] = {'name': p.vm.name,
-                                        'gpus': {'addresses': sorted(a for ads in p.devices.values() for a in ads)},
-                                        'start': p.vm.start}
+            entry: dict[str, object] = {'name': p.vm.name, 'start': p.vm.start}
+            if p.vm.whole:
+                entry['gpus'] = {'addresses': sorted(a for ads in p.devices.values() for a in ads)}
+            if p.partitions:
+                # created with gpu_partition (stable UUIDs) and attached as mdev hostdevs by role libvirt_gpu
+                entry['mdevs'] = [x.as_dict() for x in p.partitions]
             if p.vm.binding == 'dynamic':
                 entry['binding'] = 'dynamic'
                 dynamic.update(a for ads in p.devices.values() for a in ads)
@@ -481,7 +652,8 @@ class FleetPlan:
                          % (u.vm.name, u.vm.describe(), u.vm.numa, ', pinned to %s' % u.vm.host if u.vm.host else '', u.why))
             if u.rejections:
                 width = max(len('host'), *(len(r.host) for r in u.rejections))
-                lines.append('  %-*s  %-28s  %s' % (width, 'host', 'free GPUs per model', 'rejected because'))
+                lines.append('  %-*s  %-28s  %s' % (width, 'host', 'free GPUs per model' + (' / profile' if u.vm.profiles else ''),
+                                                    'rejected because'))
                 for r in u.rejections:
                     free = ', '.join('%s: %d' % (m, n) for m, n in sorted(r.free.items())) or '-'
                     lines.append('  %-*s  %-28s  %s' % (width, r.host, free, r.reason))
@@ -530,7 +702,7 @@ def _has_libvirt(host: HostInput) -> bool:
 
 def _rejection(vm: VmRequest, host: HostInput, candidates: list[str] | None, drifted: dict[str, set[str]],
                drift: dict[str, list[str]], free: dict[str, list[Gpu]], free_count: dict[str, int],
-               policy: str, quarantined: list[Gpu] | None = None) -> Rejection:
+               policy: str, quarantined: list[Gpu] | None = None, parents: list[ParentCapacity] | None = None) -> Rejection:
     """Why ``host`` cannot take ``vm`` (only computed for a request that fits nowhere)."""
     quarantined = quarantined or []
     hname = host.name
@@ -543,12 +715,14 @@ def _rejection(vm: VmRequest, host: HostInput, candidates: list[str] | None, dri
     if not _has_libvirt(host):
         why = host.libvirt.get('error') if isinstance(host.libvirt, dict) else None
         return Rejection(hname, 'no libvirt%s' % (': %s' % why if why else ''), free_count)
-    bad = sorted(a.model for a in vm.gpus if a.model in drifted.get(hname, set()))
+    bad = sorted(a.model for a in vm.whole if a.model in drifted.get(hname, set()))
     if bad:
         mine = [d for d in drift.get(hname, []) if any(d.startswith('model %s:' % m) for m in bad)]
         return Rejection(hname, 'drift: ' + '; '.join(mine), free_count)
-    _chosen, why = _choose_on_host(vm, hname, free, {a.model: a.count for a in vm.gpus}, set(), policy)
-    asked = {a.model for a in vm.gpus}
+    _chosen, why = _choose_on_host(vm, hname, free, {a.model: a.count for a in vm.whole}, set(), policy)
+    if not why and vm.profiles:
+        _parts, why = _choose_partitions(vm, parents or [], {str(a.profile): a.count for a in vm.profiles}, set(), policy)
+    asked = {a.model for a in vm.whole}
     held_back = sorted(g.address for g in quarantined if g.model in asked)
     if why and held_back:
         why += '; quarantined (skipped): %s' % ', '.join(held_back)
@@ -560,7 +734,7 @@ def _partition_refusal(vm: VmRequest, gpus: dict[str, list[Gpu]]) -> str:
     capable = []
     for hname in sorted(gpus):
         for g in gpus[hname]:
-            if g.model not in {a.model for a in vm.gpus}:
+            if g.model not in {a.model for a in vm.whole}:
                 continue
             sriov_raw = g.raw.get('sriov')
             sriov = sriov_raw if isinstance(sriov_raw, dict) else {}
@@ -568,12 +742,36 @@ def _partition_refusal(vm: VmRequest, gpus: dict[str, list[Gpu]]) -> str:
             if kinds:
                 capable.append('%s %s (%s)' % (hname, g.address, '+'.join(kinds)))
     if capable:
-        return ('it asks for partitioned GPUs (mode: partition); GPUs of its model(s) offer partitions (%s), but '
-                'partitioned placement is not implemented yet, and it is not placed as whole GPUs'
-                % ', '.join(capable))
+        return ('it asks for partitioned GPUs (mode: partition) by model; GPUs of its model(s) offer partitions (%s): '
+                'ask for them by profile (gpus: [{profile: <mdev type id or name>, count: N}]); it is not placed as '
+                'whole GPUs' % ', '.join(capable))
     return ('it asks for partitioned GPUs (mode: partition), and no GPU of model(s) %s offers SR-IOV virtual functions '
-            'or mediated device types on the hosts read; the fleet has no partition support yet, and the request is '
-            'not placed as whole GPUs' % ', '.join(sorted({a.model for a in vm.gpus})))
+            'or mediated device types on the hosts read; partitions are asked for by profile (gpus: [{profile: <mdev '
+            'type>, count: N}]), and the request is not placed as whole GPUs'
+            % ', '.join(sorted({a.model for a in vm.whole})))
+
+
+def _keep_partitions(vm: VmRequest, parents: list[ParentCapacity], mine: list[Partition]) -> list[Partition]:
+    """Of the VM's existing mdevs on its host, those its profile asks still want (up to each count)."""
+    by_parent = {p.parent: p for p in parents}
+    kept: list[Partition] = []
+    for ask in vm.profiles:
+        fits = [x for x in mine if x not in kept and x.parent in by_parent
+                and by_parent[x.parent].resolve(str(ask.profile)) == x.type]
+        fits.sort(key=lambda x: (x.label is None, x.label or '', x.uuid))
+        for x in fits[:ask.count]:
+            x.profile = str(ask.profile)
+            kept.append(x)
+    return kept
+
+
+def _order_partitions(vm: VmRequest, parts: list[Partition]) -> list[Partition]:
+    order = {str(a.profile): i for i, a in enumerate(vm.profiles)}
+
+    def key(x: Partition) -> tuple:
+        n = x.label.rsplit('-', 1)[-1] if x.label else ''
+        return (order.get(x.profile, 0), int(n) if n.isdigit() else 1 << 30, x.uuid)
+    return sorted(parts, key=key)
 
 
 def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequest], policy: str = 'spread',
@@ -630,6 +828,7 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
                 gpu.reason = '%s: %s' % (state, '; '.join(row.get('state_reasons') or []) or 'no reason given')
             gpus.append(gpu)
         result.gpus[hname] = gpus
+        result.parents[hname] = _mdev_parents(host.facts, hname)
         for model in models.values():
             found = _drift(model, hname, by_addr)
             if found:
@@ -650,8 +849,16 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
             errors.append('model %s (%s) matches no GPU on any host%s' % (
                 name, models[name].describe(),
                 ' (it is mapped to %s only)' % ', '.join(sorted(models[name].hosts or {})) if models[name].hosts else ''))
+    offered = {t.casefold() for ps in result.parents.values() for par in ps
+               for tid, info in par.types.items() for t in (tid, str(info.get('type_name') or tid))}
     for vm in vms:
-        for ask in vm.gpus if vm.mode == 'whole' else []:
+        for ask in vm.profiles:
+            if reachable and str(ask.profile).casefold() not in offered:
+                types = sorted({'%s (%s)' % (tid, info.get('type_name')) if info.get('type_name') else tid
+                                for ps in result.parents.values() for par in ps for tid, info in par.types.items()})
+                errors.append('VM %r asks for profile %r, which no mdev parent of the fleet offers (types offered: %s)'
+                              % (vm.name, ask.profile, ', '.join(types) or 'none: no host reports mdev_parents'))
+        for ask in vm.whole if vm.mode == 'whole' else []:
             if reachable and ask.count > totals[ask.model] and totals[ask.model] > 0:
                 errors.append('VM %r asks for %d x %s but the fleet has only %d GPU(s) of that model (free or not)'
                               % (vm.name, ask.count, ask.model, totals[ask.model]))
@@ -675,8 +882,21 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
     def free_of(hname: str) -> dict[str, list[Gpu]]:
         return free_idx.get(hname, {})
 
-    def counts(hname: str) -> dict[str, int]:
-        return {m: len(v) for m, v in free_of(hname).items() if v}
+    def counts(hname: str, vm: VmRequest | None = None) -> dict[str, int]:
+        out = {m: len(v) for m, v in free_of(hname).items() if v}
+        for ask in vm.profiles if vm is not None else []:
+            out['profile %s' % ask.profile] = _profile_free(result.parents.get(hname, []), str(ask.profile))
+        return out
+
+    def give_partitions(parts: list[Partition]) -> None:
+        for x in parts:
+            if x.kept:
+                continue
+            for par in result.parents.get(host_of[x.uuid], []):
+                if par.parent == x.parent:
+                    par.given[x.type] = par.given.get(x.type, 0) + 1
+
+    host_of: dict[str, str] = {}
 
     def give(vm: VmRequest, gpus: list[Gpu]) -> None:
         for g in gpus:
@@ -693,51 +913,68 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
 
     anchored: list[tuple[VmRequest, str, dict[str, list[Gpu]]]] = []
     floating: list[VmRequest] = []
+    held_mdevs: dict[str, dict[str, list[Partition]]] = {}    # vm -> host -> its existing mdevs
     for vm in vms:
-        if vm.mode == 'partition':
+        if vm.mode == 'partition' and vm.whole:
             result.unplaced.append(Unplaced(vm, _partition_refusal(vm, result.gpus), []))
             continue
-        wanted = {a.model for a in vm.gpus}
+        wanted = {a.model for a in vm.whole}
         held: dict[str, dict[str, list[Gpu]]] = {}
         for g in by_holder.get(vm.name, []):
             if g.model in wanted:
                 held.setdefault(g.host, {}).setdefault(str(g.model), []).append(g)
-        if len(held) > 1:
+        if vm.profiles:
+            for hname in sorted(result.parents):
+                mine = _vm_mdevs(vm, result.parents[hname])
+                if mine:
+                    held_mdevs.setdefault(vm.name, {})[hname] = mine
+        holding = sorted(set(held) | set(held_mdevs.get(vm.name, {})))
+        if len(holding) > 1:
             result.unplaced.append(Unplaced(vm, 'it holds GPUs on several hosts (%s); a passthrough VM lives on one '
-                                                'host: remove the others by hand' % ', '.join(sorted(held)), []))
+                                                'host: remove the others by hand' % ', '.join(holding), []))
             continue
-        if held:
-            hname = next(iter(held))
+        if holding:
+            hname = holding[0]
             if vm.host is not None and vm.host != hname:
                 result.unplaced.append(Unplaced(vm, 'it is pinned to %s but already holds GPUs on %s; passthrough VMs '
                                                     'do not migrate: move it by hand or change the pin' % (vm.host, hname), []))
                 continue
-            anchored.append((vm, hname, held[hname]))
+            anchored.append((vm, hname, held.get(hname, {})))
         else:
             floating.append(vm)
 
     # 3. anchored VMs keep their GPUs (up to their count) and top up on their host
     for vm, hname, held_here in anchored:
-        kept = {a.model: sorted(held_here.get(a.model, []), key=lambda g: g.address)[:a.count] for a in vm.gpus}
-        need = {a.model: a.count - len(kept[a.model]) for a in vm.gpus}
+        kept = {a.model: sorted(held_here.get(a.model, []), key=lambda g: g.address)[:a.count] for a in vm.whole}
+        need = {a.model: a.count - len(kept[a.model]) for a in vm.whole}
+        kept_parts = _keep_partitions(vm, result.parents.get(hname, []), held_mdevs.get(vm.name, {}).get(hname, []))
+        need_parts = {str(a.profile): a.count - sum(1 for x in kept_parts if x.profile == a.profile) for a in vm.profiles}
         bad = sorted(m for m in need if m in drifted.get(hname, set()))
         if bad:
             result.unplaced.append(Unplaced(vm, 'it holds GPUs on %s, where model(s) %s drifted' % (hname, ', '.join(bad)),
                                             [Rejection(hname, 'drift: ' + '; '.join(result.drift.get(hname, [])),
-                                                       counts(hname))]))
+                                                       counts(hname, vm))]))
             continue
         nodes = {g.numa for gs in kept.values() for g in gs} if vm.numa != 'any' else set()
         chosen, why = _choose_on_host(vm, hname, free_of(hname), need, nodes, result.policy)
-        if chosen is None:
+        parts: list[Partition] | None = []
+        if chosen is not None:
+            parts, why = _choose_partitions(vm, result.parents.get(hname, []), need_parts,
+                                            {str(x.label) for x in kept_parts if x.label}, result.policy)
+        if chosen is None or parts is None:
             result.unplaced.append(Unplaced(vm, 'it already holds GPUs on %s and does not move; the rest does not fit '
-                                                'there' % hname, [Rejection(hname, why, counts(hname))]))
+                                                'there' % hname, [Rejection(hname, why, counts(hname, vm))]))
             continue
         give(vm, [g for gs in kept.values() for g in gs] + [g for gs in chosen.values() for g in gs])
+        for x in parts:
+            host_of[x.uuid] = hname
+        give_partitions(parts)
         result.placements.append(Placement(
             vm=vm, host=hname,
             devices={m: sorted(g.address for g in kept[m] + chosen.get(m, [])) for m in kept},
             kept=sorted(g.address for gs in kept.values() for g in gs),
-            added=sorted(g.address for gs in chosen.values() for g in gs)))
+            added=sorted(g.address for gs in chosen.values() for g in gs),
+            partitions=_order_partitions(vm, kept_parts + parts)))
 
     # 4. the others, in request order: the hosts that pass the cheap checks, best first by policy
     host_names = sorted(hosts)
@@ -749,7 +986,8 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
             result.unplaced.append(Unplaced(vm, 'its domain is not defined on any reachable host and it has no '
                                                 'domain_xml to define it from', []))
             continue
-        need = {a.model: a.count for a in vm.gpus}
+        need = {a.model: a.count for a in vm.whole}
+        need_parts = {str(a.profile): a.count for a in vm.profiles}
         items = list(need.items())
         spread = result.policy == 'spread'
         if vm.host is not None:
@@ -762,8 +1000,8 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
             pool = []
         ranked = []
         for hname in pool:
-            free = free_idx.get(hname)
-            if not free:
+            free = free_idx.get(hname) or {}
+            if need and not free:
                 continue
             for m, n in items:
                 if len(free.get(m, ())) < n:
@@ -771,25 +1009,35 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
             else:
                 if drifted and any(m in drifted.get(hname, ()) for m in need):
                     continue
-                total = sum(len(v) for v in free.values())
+                parts_free = [_profile_free(result.parents.get(hname, []), p) for p in need_parts]
+                if any(f < need_parts[p] for f, p in zip(parts_free, need_parts)):
+                    continue
+                total = sum(len(v) for v in free.values()) + sum(parts_free)
                 ranked.append(((-total if spread else total), hname))
         ranked.sort()
         placed = False
         for _key, hname in ranked:
             chosen, _why = _choose_on_host(vm, hname, free_of(hname), need, set(), result.policy)
-            if chosen is not None:
+            if chosen is None:
+                continue
+            parts, _why = _choose_partitions(vm, result.parents.get(hname, []), need_parts, set(), result.policy)
+            if parts is not None:
                 give(vm, [g for gs in chosen.values() for g in gs])
+                for x in parts:
+                    host_of[x.uuid] = hname
+                give_partitions(parts)
                 result.placements.append(Placement(
                     vm=vm, host=hname, devices={m: sorted(g.address for g in gs) for m, gs in chosen.items()},
-                    kept=[], added=sorted(g.address for gs in chosen.values() for g in gs)))
+                    kept=[], added=sorted(g.address for gs in chosen.values() for g in gs),
+                    partitions=_order_partitions(vm, parts)))
                 placed = True
                 break
         if not placed:
             why = 'no host fits' if vm.host is None or vm.host in hosts else \
                 'it is pinned to %s, which is not a host of this play' % vm.host
             result.unplaced.append(Unplaced(vm, why, [
-                _rejection(vm, hosts[h], candidates, drifted, result.drift, free_of(h), counts(h), result.policy,
-                           [g for g in result.gpus.get(h, []) if g.raw.get('quarantined')])
+                _rejection(vm, hosts[h], candidates, drifted, result.drift, free_of(h), counts(h, vm), result.policy,
+                           [g for g in result.gpus.get(h, []) if g.raw.get('quarantined')], result.parents.get(h, []))
                 for h in host_names]))
     result.placements.sort(key=lambda p: p.vm.index)
     return result
