@@ -53,8 +53,13 @@ RECORD_PATH = '/var/lib/fleetgpu-passthrough/partition.json'
 RECORD_VERSION = 1
 
 _UUID_RE = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z')
-_RULE_RE = re.compile(r'^ACTION=="bind", SUBSYSTEM=="pci", KERNEL=="([0-9a-f:.]+)", ATTR\{sriov_numvfs\}="(\d+)"$',
-                      re.MULTILINE)
+_RULE_RE = re.compile(r'^ACTION=="(?:add\|)?bind", SUBSYSTEM=="pci", KERNEL=="([0-9a-f:.]+)", (?:DRIVER=="\?\*", )?'
+                      r'ATTR\{sriov_numvfs\}="(\d+)"$', re.MULTILINE)
+# The collection's udev rule that starts the persisted mediated devices of a parent when it appears.
+# mdevctl ships such a rule, but Debian 12's (mdevctl 1.2.0) runs /usr/sbin/mdevctl, which the package
+# installs as /usr/bin/mdevctl: the devices it defines with --auto are then never started at boot.
+MDEV_RULE = '/etc/udev/rules.d/70-fleetgpu-passthrough-mdev.rules'
+_MDEV_RULE_RE = re.compile(r'^ACTION=="change", ENV\{MDEV_STATE\}=="registered", KERNEL=="([^"]+)"', re.MULTILINE)
 
 
 class PartitionError(FleetGpuError):
@@ -282,8 +287,30 @@ def udev_rule_text(address: PciAddress | str, numvfs: int) -> str:
     """The rule that sets ``sriov_numvfs`` when the PF's driver binds (no race: the PF driver is there)."""
     return ('# %s\n'
             '# Enables %d SR-IOV virtual function(s) on %s each time its driver binds (gpu_partition).\n'
-            'ACTION=="bind", SUBSYSTEM=="pci", KERNEL=="%s", ATTR{sriov_numvfs}="%d"\n'
+            '# On "bind", and on the "add" that udev replays at boot for a PF its driver bound before udev ran.\n'
+            'ACTION=="add|bind", SUBSYSTEM=="pci", KERNEL=="%s", DRIVER=="?*", ATTR{sriov_numvfs}="%d"\n'
             % (HEADER, numvfs, address, address, numvfs))
+
+
+def mdev_rule_text(parents: list[str], mdevctl: str) -> str | None:
+    """The rule that starts the persisted mdevs of ``parents`` when each appears: on the kernel's
+    ``MDEV_STATE=registered`` change event, and on the ``add`` event that udev replays at boot for a parent that
+    registered before udev listened (its ``mdev_supported_types`` is there then). None for no parent."""
+    if not parents:
+        return None
+    lines = ['# %s' % HEADER,
+             '# Starts the mediated devices that mdevctl keeps (--auto) when their parent appears (gpu_partition).']
+    for parent in parents:
+        lines.append('ACTION=="change", ENV{MDEV_STATE}=="registered", KERNEL=="%s", RUN+="%s start-parent-mdevs $kernel"'
+                     % (parent, mdevctl))
+        lines.append('ACTION=="add", KERNEL=="%s", TEST=="mdev_supported_types", RUN+="%s start-parent-mdevs $kernel"'
+                     % (parent, mdevctl))
+    return '\n'.join(lines) + '\n'
+
+
+def mdev_rule_parents(text: str | None) -> list[str]:
+    """The parents a rule written by :func:`mdev_rule_text` starts devices of."""
+    return sorted(set(_MDEV_RULE_RE.findall(text or '')))
 
 
 def udev_rule_count(text: str | None) -> int | None:

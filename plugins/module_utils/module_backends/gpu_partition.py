@@ -27,6 +27,7 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _files
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._errors import FleetGpuError
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import ModuleRunner, Runner
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._partition import (
+    MDEV_RULE,
     Mdev,
     MdevParent,
     PartitionError,
@@ -41,6 +42,8 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._partition im
     read_sriov,
     record_path,
     record_text,
+    mdev_rule_parents,
+    mdev_rule_text,
     stable_mdev_uuid,
     udev_rule_count,
     udev_rule_path,
@@ -287,8 +290,32 @@ class Partitioner:
                 after[row['uuid']] = row['type']
         plan.after_mdevs = sorted('%s %s' % kv for kv in after.items())
         plan.record_before, plan.record_after, plan.record_path = record, new_record, rpath
+        self._plan_mdev_rule(plan, new_record, defined)
         if new_record != record:
             plan.files.append(_files.FileChange(rpath, _files.read(rpath), record_text(new_record) if new_record else None))
+
+    def _plan_mdev_rule(self, plan: Plan, record: dict[str, dict], defined: dict[str, str]) -> None:
+        """Keep the collection's udev rule listing every parent with a persisted mdev of the collection's."""
+        rows = {row['uuid']: row for row in plan.mdevs}
+        mine = False
+        for uid, entry in record.items():
+            if entry.get('parent') != self.parent:
+                continue
+            row = rows.get(uid)
+            if row is not None and row['state'] != 'removed' and row['persistent']:
+                mine = True
+            elif row is None and uid in defined:
+                mine = True
+        path = self.path(MDEV_RULE)
+        before = _files.read(path)
+        parents = set(mdev_rule_parents(before)) - {self.parent}
+        if mine:
+            parents.add(self.parent)
+        mdevctl = next((p for p in ('/usr/bin/mdevctl', '/usr/sbin/mdevctl') if os.path.exists(self.path(p))),
+                       '/usr/bin/mdevctl')
+        after = mdev_rule_text(sorted(parents), mdevctl)
+        if after != before:
+            plan.files.append(_files.FileChange(path, before, after))
 
     def _plan_create(self, plan: Plan, parent: MdevParent, targets: list, existing: dict[str, Mdev],
                      defined: dict[str, str], record: dict[str, dict], persist: bool) -> None:

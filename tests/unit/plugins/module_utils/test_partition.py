@@ -53,7 +53,7 @@ def test_uuid_is_lowered() -> None:
 def test_udev_rule_round_trip_and_path() -> None:
     text = udev_rule_text('0000:03:00.0', 6)
     assert udev_rule_count(text) == 6
-    assert 'ACTION=="bind", SUBSYSTEM=="pci", KERNEL=="0000:03:00.0", ATTR{sriov_numvfs}="6"\n' in text
+    assert 'ACTION=="add|bind", SUBSYSTEM=="pci", KERNEL=="0000:03:00.0", DRIVER=="?*", ATTR{sriov_numvfs}="6"\n' in text
     assert text.startswith('# managed by fleetgpu.passthrough')
     assert udev_rule_count(None) is None and udev_rule_count('ACTION=="add", ATTR{sriov_numvfs}="2"') is None
     assert udev_rule_path(PciAddress.parse('03:00.0')) == \

@@ -14,6 +14,8 @@ import fusekernel  # noqa: E402  pylint: disable=wrong-import-position
 
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._hostcmd import Runner  # noqa: E402
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._partition import (  # noqa: E402
+    MDEV_RULE,
+    mdev_rule_parents,
     PartitionError,
     stable_mdev_uuid,
     udev_rule_count,
@@ -127,7 +129,7 @@ def test_sriov_check_apply_repeat_change_and_absent(kernel: dict[str, Any]) -> N
     assert all(v['driver'] == 'vfio-pci' for v in res['vfs'])     # sriov_drivers_autoprobe with the VF driver
     with open(os.path.join(root, RULE), encoding='utf-8') as handle:
         rule = handle.read()
-    assert udev_rule_count(rule) == 4 and 'ACTION=="bind"' in rule and 'KERNEL=="0000:03:00.0"' in rule
+    assert udev_rule_count(rule) == 4 and 'ACTION=="add|bind"' in rule and 'DRIVER=="?*"' in rule and 'KERNEL=="0000:03:00.0"' in rule
     # idempotent
     assert not part(kernel).plan(PF, sriov_numvfs=4).changed
     # 4 -> 2 goes through 0
@@ -214,12 +216,21 @@ def test_mdev_by_human_name_persisted_through_mdevctl(kernel: dict[str, Any]) ->
     with open(os.path.join(kernel['root'], 'var/lib/fleetgpu-passthrough/partition.json'), encoding='utf-8') as handle:
         record = json.load(handle)
     assert set(record['mdevs']) == set(uids)
-    # absent without a list: the collection's devices are stopped and undefined
+    # the collection's udev rule starts them at boot (mdevctl's own rule in Debian 12 names a path that is not there)
+    mdev_rule = os.path.join(kernel['root'], MDEV_RULE.lstrip('/'))
+    with open(mdev_rule, encoding='utf-8') as handle:
+        text = handle.read()
+    assert mdev_rule_parents(text) == [T4], text
+    assert ('ACTION=="change", ENV{MDEV_STATE}=="registered", KERNEL=="%s", RUN+="/usr/bin/mdevctl start-parent-mdevs '
+            '$kernel"' % T4) in text
+    assert 'ACTION=="add", KERNEL=="%s", TEST=="mdev_supported_types"' % T4 in text
+    # absent without a list: the collection's devices are stopped and undefined, and the rule goes with them
     p = part(kernel)
     plan = p.plan(T4, state='absent')
     assert [c[1] for c in plan.commands()] == ['stop', 'undefine', 'stop', 'undefine']
     p.apply(plan)
     assert s.listdir(s.sys('bus/mdev/devices')) == [] and s.read(avail) == '4'
+    assert not os.path.exists(mdev_rule)
     assert not os.path.exists(os.path.join(kernel['root'], 'var/lib/fleetgpu-passthrough/partition.json'))
     assert not part(kernel).plan(T4, state='absent').changed
 
