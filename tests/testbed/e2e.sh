@@ -173,7 +173,7 @@ else
   wants collection && phase collection 300 bash scripts/install-collection.sh
   if wants runtime; then
     # --durations: where the phase's time went, test by test (setup = the hosts' boot)
-    phase runtime 1800 pytest -q -rs --durations=12 -p no:cacheprovider tests/testbed/test_real_kernel.py \
+    phase runtime 2400 pytest -q -rs --durations=12 -p no:cacheprovider tests/testbed/test_real_kernel.py \
       tests/testbed/test_dynamic.py tests/testbed/test_noiommu.py tests/testbed/test_partition.py \
       tests/testbed/test_awx_runner.py tests/testbed/test_partition_after_reboot.py tests/testbed/test_guest_boot.py \
       tests/testbed/test_drain.py tests/testbed/test_testbed_role.py
