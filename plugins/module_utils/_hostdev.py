@@ -339,14 +339,13 @@ class DomainDefinition:
     def name(self) -> str:
         return self.root.findtext('name') or ''
 
+    def _subsystem(self, kind: str) -> list[Element]:
+        """The ``<hostdev mode='subsystem' type=KIND>`` elements, in document order."""
+        return [elem for elem in self.devices.findall('hostdev')
+                if elem.get('mode', 'subsystem') == 'subsystem' and elem.get('type') == kind]
+
     def hostdevs(self) -> list[Hostdev]:
-        out = []
-        for elem in self.devices.findall('hostdev'):
-            if elem.get('mode', 'subsystem') == 'subsystem' and elem.get('type') == 'pci':
-                dev = Hostdev(elem)
-                if dev.source is not None:
-                    out.append(dev)
-        return out
+        return [dev for dev in map(Hostdev, self._subsystem('pci')) if dev.source is not None]
 
     def numa_nodes(self) -> list[int]:
         """Host NUMA nodes the domain's memory is pinned to (``<numatune><memory nodeset=...>``)."""
@@ -366,13 +365,7 @@ class DomainDefinition:
 
     def mdev_hostdevs(self) -> list[MdevHostdev]:
         """The mediated-device hostdevs (``type='mdev'``) that carry a UUID."""
-        out = []
-        for elem in self.devices.findall('hostdev'):
-            if elem.get('mode', 'subsystem') == 'subsystem' and elem.get('type') == 'mdev':
-                dev = MdevHostdev(elem)
-                if dev.uuid is not None:
-                    out.append(dev)
-        return out
+        return [dev for dev in map(MdevHostdev, self._subsystem('mdev')) if dev.uuid is not None]
 
     def mdev_uuids(self) -> list[str]:
         return sorted(str(h.uuid) for h in self.mdev_hostdevs())

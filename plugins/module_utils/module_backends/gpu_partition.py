@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import os
-import xml.etree.ElementTree as ET
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:  # only for the annotation
@@ -52,9 +51,8 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._partition im
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._pci import PciAddress, PciDevice, processes_holding
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs, SysfsError, from_params, is_live_root
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_gpu_info import (
-    HAS_LIBVIRT,
-    libvirt,
     running_hostdevs,
+    running_mdevs,
 )
 
 MDEVCTL_PACKAGE = 'mdevctl'
@@ -146,7 +144,7 @@ class Partitioner:
         """Running domains (or processes) that use a mediated device."""
         users = group_holders(self.sysfs, mdev.iommu_group, self.open_devices())
         if self.libvirt_check:
-            for name in running_mdev_domains(self.libvirt_uri).get(mdev.uuid, []):
+            for name in running_mdevs(self.libvirt_uri).get(mdev.uuid, []):
                 if name not in users:
                     users.append(name)
         return users
@@ -481,50 +479,6 @@ _ERRNO_HINTS = {
     errno.ENOSPC: ' (the parent has no room left for this type)',
     errno.EEXIST: ' (a mediated device with this UUID exists already)',
 }
-
-
-def running_mdev_domains(uri: str) -> dict[str, list[str]]:
-    """mdev UUID -> names of the running domains whose live XML has it (empty when libvirt cannot be read)."""
-    found: dict[str, list[str]] = {}
-    if not HAS_LIBVIRT:
-        return found
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    try:
-        conn = libvirt.openReadOnly(uri)
-    except libvirt.libvirtError:
-        return found
-    try:
-        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-            try:
-                name, xml = dom.name(), dom.XMLDesc(0)
-            except libvirt.libvirtError:
-                continue
-            for uid in mdev_uuids_of(xml):
-                found.setdefault(uid, []).append(name)
-    except libvirt.libvirtError:
-        pass
-    finally:
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
-    return found
-
-
-def mdev_uuids_of(xml: str) -> list[str]:
-    """The UUIDs of the mdev hostdevs of a domain definition."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return []
-    out = []
-    for hostdev in root.iter('hostdev'):
-        if hostdev.get('type') != 'mdev':
-            continue
-        address = hostdev.find('source/address')
-        if address is not None and address.get('uuid'):
-            out.append(address.get('uuid', '').lower())
-    return out
 
 
 def run(module: AnsibleModule) -> dict[str, Any]:

@@ -78,13 +78,13 @@ def read(uri: str, run: Optional[Runner] = None, virsh: Optional[str] = None) ->
         conn.close()
 
 
-def running_hostdevs(uri: str) -> dict[PciAddress, list[str]]:
-    """PCI host device -> names of the running domains that hold it (their live XML).
+def running_live_xml(uri: str) -> list[tuple[str, str]]:
+    """(name, live XML) of every running domain at ``uri``.
 
     Empty when the libvirt binding is missing or the daemon does not answer: callers use this to name
-    the users of a device, not to decide that it is free.
+    the users of a device, not to decide that it is free. A domain that stops while listed is left out.
     """
-    found: dict[PciAddress, list[str]] = {}
+    found: list[tuple[str, str]] = []
     if not HAS_LIBVIRT:
         return found
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -93,10 +93,11 @@ def running_hostdevs(uri: str) -> dict[PciAddress, list[str]]:
     except libvirt.libvirtError:
         return found
     try:
-        for name, sources in running_domains(conn).items():
-            for address in sources:
-                if name not in found.setdefault(address, []):
-                    found[address].append(name)
+        for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            try:
+                found.append((dom.name(), dom.XMLDesc(0)))
+            except libvirt.libvirtError:
+                continue  # it stopped (a transient one vanished) while we listed
     except libvirt.libvirtError:
         pass
     finally:
@@ -104,6 +105,36 @@ def running_hostdevs(uri: str) -> dict[PciAddress, list[str]]:
             conn.close()
         except libvirt.libvirtError:
             pass
+    return found
+
+
+def _running_definitions(uri: str) -> list[tuple[str, DomainDefinition]]:
+    out = []
+    for name, xml in running_live_xml(uri):
+        try:
+            out.append((name, DomainDefinition(xml, read_only=True)))
+        except DomainXmlError:
+            continue
+    return out
+
+
+def running_hostdevs(uri: str) -> dict[PciAddress, list[str]]:
+    """PCI host device -> names of the running domains that hold it (their live XML); see running_live_xml."""
+    found: dict[PciAddress, list[str]] = {}
+    for name, definition in _running_definitions(uri):
+        for address in definition.sources():
+            if name not in found.setdefault(address, []):
+                found[address].append(name)
+    return found
+
+
+def running_mdevs(uri: str) -> dict[str, list[str]]:
+    """Mediated-device UUID -> names of the running domains whose live XML has it; see running_live_xml."""
+    found: dict[str, list[str]] = {}
+    for name, definition in _running_definitions(uri):
+        for uid in definition.mdev_uuids():
+            if name not in found.setdefault(uid, []):
+                found[uid].append(name)
     return found
 
 

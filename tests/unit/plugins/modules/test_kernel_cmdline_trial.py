@@ -249,3 +249,13 @@ def test_backends_without_a_oneshot_entry(env: dict, loader: str) -> None:
     assert written['changed'] is True and written['trial']['state'] == 'unsupported', written
     assert 'no one-time boot entry' in json.dumps(written.get('warnings')), written
     assert json.loads((root / RECORD).read_text())['added'] == ['intel_iommu=on']
+
+
+def test_undo_cannot_stage_or_commit_a_trial(env: dict) -> None:
+    root = env['root']
+    grub_host(root)
+    before = tree(root)
+    for trial in ('stage', 'commit'):
+        result = run_module(kernel_cmdline, {'root': str(root), 'sysfs_root': env['sysfs'], 'undo': True, 'trial': trial})
+        assert result.get('failed') is True and 'undo cannot be combined with trial %s' % trial in result['msg'], result
+    assert tree(root) == before and log(root) == []

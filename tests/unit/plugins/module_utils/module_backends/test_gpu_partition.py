@@ -21,9 +21,12 @@ from ansible_collections.fleetgpu.passthrough.plugins.module_utils._partition im
     udev_rule_count,
 )
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._sysfs import Sysfs  # noqa: E402
+from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.libvirt_gpu_info import (  # noqa: E402
+    running_hostdevs,
+    running_mdevs,
+)
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends.gpu_partition import (  # noqa: E402
     Partitioner,
-    mdev_uuids_of,
 )
 
 PF, NVME, T4 = '0000:03:00.0', '0000:00:05.0', '0000:04:00.0'
@@ -97,13 +100,18 @@ def test_stable_uuid_is_uuid5_of_parent_type_and_label() -> None:
     assert a[14] == '5'   # version 5
 
 
-def test_mdev_uuids_of_domain_xml() -> None:
-    xml = ("<domain><devices><hostdev mode='subsystem' type='mdev' model='vfio-pci'><source>"
+def test_running_domains_name_the_mdevs_and_pci_devices_they_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holders a removal names: the running domains' live XML read once (a domain whose XML does not
+    parse is left out), UUIDs in lower case, PCI sources as addresses."""
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import libvirt_gpu_info
+
+    xml = ("<domain><name>vdi01</name><devices><hostdev mode='subsystem' type='mdev' model='vfio-pci'><source>"
            "<address uuid='0F3E6B8A-3C1E-4D52-9A53-7A6C1D2E4F10'/></source></hostdev>"
            "<hostdev mode='subsystem' type='pci'><source><address domain='0' bus='1' slot='0' function='0'/></source>"
            "</hostdev></devices></domain>")
-    assert mdev_uuids_of(xml) == ['0f3e6b8a-3c1e-4d52-9a53-7a6c1d2e4f10']
-    assert mdev_uuids_of('<not xml') == []
+    monkeypatch.setattr(libvirt_gpu_info, 'running_live_xml', lambda uri: [('vdi01', xml), ('broken', '<not xml')])
+    assert running_mdevs('qemu:///system') == {'0f3e6b8a-3c1e-4d52-9a53-7a6c1d2e4f10': ['vdi01']}
+    assert {str(k): v for k, v in running_hostdevs('qemu:///system').items()} == {'0000:01:00.0': ['vdi01']}
 
 
 def test_sriov_check_apply_repeat_change_and_absent(kernel: dict[str, Any]) -> None:
