@@ -42,8 +42,9 @@ class PartitionFleet:
         self.daemons: dict[str, private.PrivateLibvirtd] = {}
         for name in HOSTS:
             self.sysfs[name] = stack.enter_context(fusekernel.simulated('partition', tmp / name / 'kernel'))
-            self.roots[name] = tmp / name / 'root'
-            self.roots[name].mkdir(parents=True)
+            # the host's root holds its /sys, as on a real host: gpu_facts reads the collection's record of the
+            # mdevs it made where gpu_partition writes it (below the parent of the sysfs root)
+            self.roots[name] = Path(self.sysfs[name]).parent
             daemon = private.PrivateLibvirtd()
             daemon.start()
             stack.callback(daemon.cleanup)
@@ -93,6 +94,16 @@ def _changed(doc: dict) -> int:
     return sum(s['changed'] for s in doc['stats'].values())
 
 
+def _changed_tasks(doc: dict) -> list:
+    """(task name without its role, host, loop item) of every changed result, in order."""
+    out = []
+    for t in doc['tasks']:
+        results = t['result']['results'] if isinstance(t['result'].get('results'), list) else [t['result']]
+        out += [(t['task'].split(' : ')[-1], t['host'], json.dumps(r.get('item'), sort_keys=True))
+                for r in results if isinstance(r, dict) and r.get('changed')]
+    return out
+
+
 def _plan(doc: dict) -> dict:
     return [t for t in doc['tasks'] if t['task'].startswith('Validate the GPU models')][0]['result']
 
@@ -138,9 +149,33 @@ def test_profiles_are_placed_created_attached_stable_and_restored(run_playbook, 
     assert 'capacity: needs 3 x profile mbochs-3, 2 free (mbochs mbochs-3: 2)' in msg, msg
     assert pfleet.mdevs('nodeA') == sorted(want[('vdi1', 'nodeA')])
 
-    # restore: the mdev hostdevs leave the domains, the mediated devices leave the hosts
+    # one more mdev made by the collection on nodeA, for no VM of the plan (gpu_partition by hand): restore
+    # removes it too, as one of "the other" mdevs; the record of what the collection made is where gpu_facts reads it
+    orphan = stable_mdev_uuid('mbochs', 'mbochs-3', 'orphan')
+    by_hand = [{'hosts': 'nodeA', 'gather_facts': False, 'tasks': [{'fleetgpu.passthrough.gpu_partition': {
+        'parent': 'mbochs', 'mdevs': [{'type': 'mbochs-3', 'name': 'orphan'}], 'persist': False,
+        'sysfs_root': pfleet.sysfs['nodeA'], 'root': str(pfleet.roots['nodeA'])}}]}]
+    proc = run_playbook(json.dumps(by_hand), inventory=pfleet.inventory(vms))
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    record = json.loads((pfleet.roots['nodeA'] / 'var/lib/fleetgpu-passthrough/partition.json').read_text())
+    assert sorted(record['mdevs']) == sorted(want[('vdi1', 'nodeA')] + [orphan])
+
+    # restore in check mode: names the changes, removes nothing
+    proc, doc = _run(run_playbook, pfleet, RESTORE, vms, ('--check', '--diff'))
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    predicted = _changed_tasks(doc)
+    assert pfleet.mdevs('nodeA') == sorted(want[('vdi1', 'nodeA')] + [orphan])
+    assert pfleet.mdev_hostdevs('nodeB') == {'vdi2': sorted(want[('vdi2', 'nodeB')])}
+    # restore: the mdev hostdevs leave the domains, the mediated devices leave the hosts; exactly the
+    # changes check mode named (the removal of the VMs' mdevs is not named twice)
     proc, doc = _run(run_playbook, pfleet, RESTORE, vms)
     assert proc.returncode == 0, proc.stdout[-4000:]
+    assert _changed_tasks(doc) == predicted
+    assert {(t, h) for t, h, _item in predicted} == {
+        (task, host) for host in HOSTS for task in ('Attach or detach the mediated devices',
+                                                    'Remove the mediated devices from the host (after they left the domains)')
+    } | {('Remove the other mediated devices the collection created', 'nodeA')}
+    assert not (pfleet.roots['nodeA'] / 'var/lib/fleetgpu-passthrough/partition.json').exists()
     assert all(pfleet.mdevs(h) == [] for h in HOSTS)
     assert pfleet.mdev_hostdevs('nodeA') == {'vdi1': []} and pfleet.mdev_hostdevs('nodeB') == {'vdi2': []}
     proc, doc = _run(run_playbook, pfleet, RESTORE, vms)
