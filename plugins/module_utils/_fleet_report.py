@@ -31,13 +31,15 @@ class ReportError(FleetGpuError):
 
 def _partitions(fleet: FleetPlan, hname: str) -> list[dict]:
     """Every mdev of the host (parent, type, UUID, VM): those the plan creates (placed), those a placed VM keeps or a
-    domain holds (assigned), the others (existing)."""
+    domain holds, running or in its definition (assigned), the others (existing)."""
     rows: dict[str, dict] = {}
     for par in fleet.parents.get(hname, []):
         for m in par.mdevs:
             uuid = str(m.get('uuid')).lower()
+            # who holds it: the running domain using it, else the domains whose definitions name it
+            vm = m.get('held_by') or ', '.join(m.get('domains') or []) or None
             rows[uuid] = {'parent': par.parent, 'type': m.get('type'), 'type_name': m.get('type_name'), 'uuid': uuid,
-                          'vm': m.get('held_by'), 'status': 'assigned' if m.get('held_by') else 'existing'}
+                          'vm': vm, 'status': 'assigned' if vm else 'existing'}
     for p in fleet.placements:
         if p.host != hname:
             continue

@@ -62,8 +62,8 @@ options:
         V(spread) a VM's mdevs go to the parents with the most free instances, with V(pack) to the fullest that still
         has room. NUMA does not apply to them.
       - Each mdev gets a stable UUID, derived from the parent, the type id and C(<vm>-<n>); a later run finds the
-        VM's mdevs by it (or by the domain holding them), keeps them and anchors the VM to its host. The host's part
-        of the plan lists them as C(mdevs) of the VM (C({parent, type, uuid, name})); role
+        VM's mdevs by it (or by its domain holding them, running or in its definition), keeps them and anchors the
+        VM to its host. The host's part of the plan lists them as C(mdevs) of the VM (C({parent, type, uuid, name})); role
         P(fleetgpu.passthrough.libvirt_gpu#role) creates them with M(fleetgpu.passthrough.gpu_partition) and attaches
         them. A profile that no parent of the fleet offers fails with O(mode=place), listing the types offered.
       - A V(partition) request that asks by C(model) is never placed, and never as whole GPUs; it is unplaced with the

@@ -175,6 +175,8 @@ ansible_facts:
             - C(held_by) is who has the device's C(/dev/vfio/<group>) open - the libvirt domain name of a QEMU
               process (from its C(-name guest=) argument), or C(PID (command)) for another process - or null.
               This module does not ask libvirt; a domain that is defined but not running holds nothing here.
+              P(fleetgpu.passthrough.libvirt_gpu_info#module)'s C(mdev_assignments) names the domains whose
+              definitions hold each mdev, running or not; the fleet's plan and report use both.
           type: list
           elements: dict
           returned: always

@@ -112,6 +112,14 @@ domains:
       description: Host PCI addresses in its persistent or running definition.
       type: list
       elements: str
+    mdevs:
+      description:
+        - UUIDs (lower case) of the mediated devices (C(<hostdev type='mdev'>)) in its persistent or running
+          definition; a domain that is not running names its mdevs here although it holds none in the kernel
+          (P(fleetgpu.passthrough.gpu_facts#module)'s C(held_by)).
+      type: list
+      elements: str
+      version_added: 0.1.0
     config_hostdevs:
       description:
         - The PCI hostdevs of its persistent definition (empty for a transient domain), each as
@@ -127,7 +135,7 @@ domains:
       type: list
       elements: int
   sample:
-    - {name: train01, state: running, active: true, persistent: true, hostdevs: ["0000:41:00.0", "0000:41:00.1"],
+    - {name: train01, state: running, active: true, persistent: true, hostdevs: ["0000:41:00.0", "0000:41:00.1"], mdevs: [],
        config_hostdevs: [{address: "0000:41:00.0", guest_address: "0000:07:00.0", managed: false, multifunction: true,
                           rom: null}, {address: "0000:41:00.1", guest_address: "0000:07:00.1", managed: false,
                                        multifunction: false, rom: null}],
@@ -140,6 +148,14 @@ assignments:
   returned: always
   type: dict
   sample: {"0000:41:00.0": ["train01"], "0000:41:00.1": ["train01"]}
+  version_added: 0.1.0
+mdev_assignments:
+  description:
+    - Mediated device UUID -> names of the domains whose persistent or running definition holds it, running or not.
+    - Empty when RV(available) is false.
+  returned: always
+  type: dict
+  sample: {"8d6a3f0e-6c41-5d0e-9b1c-0e6a2b9f4c11": ["vdi01"]}
   version_added: 0.1.0
 '''
 

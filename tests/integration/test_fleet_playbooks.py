@@ -406,7 +406,10 @@ def test_libvirt_gpu_info_reads_every_domain_and_survives_no_libvirt(run_playboo
     xml = private.domain_xml('info1').replace(
         '<devices>', '<numatune><memory mode="strict" nodeset="1"/></numatune><devices>').replace(
         '</devices>', '<hostdev mode="subsystem" type="pci" managed="no"><source>'
-                      '<address domain="0x0000" bus="0x41" slot="0x00" function="0x0"/></source></hostdev></devices>')
+                      '<address domain="0x0000" bus="0x41" slot="0x00" function="0x0"/></source></hostdev>'
+                      # a mediated device (defined only: libvirt looks for it when the domain starts)
+                      '<hostdev mode="subsystem" type="mdev" model="vfio-pci"><source>'
+                      '<address uuid="4B20D080-1B54-4048-85B3-A6A62D165C01"/></source></hostdev></devices>')
     daemon.define('info1', xml)
     daemon.define('info2')
     play = '''
@@ -428,12 +431,15 @@ def test_libvirt_gpu_info_reads_every_domain_and_survives_no_libvirt(run_playboo
     assert info['available'] is True and info['changed'] is False
     assert info['domains'] == [
         {'name': 'info1', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': ['0000:41:00.0'],
+         'mdevs': ['4b20d080-1b54-4048-85b3-a6a62d165c01'],
          'config_hostdevs': [{'address': '0000:41:00.0', 'guest_address': '0000:02:00.0', 'managed': False,
                               'multifunction': False, 'rom': None}],
          'numa_nodes': [1]},
-        {'name': 'info2', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': [], 'config_hostdevs': [],
+        {'name': 'info2', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': [], 'mdevs': [],
+         'config_hostdevs': [],
          'numa_nodes': []}]
     assert info['via'] == 'python' and info['python_modules_missing'] == []
+    assert info['mdev_assignments'] == {'4b20d080-1b54-4048-85b3-a6a62d165c01': ['info1']}
     none = tasks(doc, 'none')[0]
     assert none['status'] == 'ok' and none['result']['available'] is False and none['result']['domains'] == []
     assert 'no libvirt at qemu:///system?socket=' in none['result']['error']
@@ -458,5 +464,6 @@ def test_libvirt_gpu_info_reads_every_domain_and_survives_no_libvirt(run_playboo
     assert virsh['via'] == 'virsh' and virsh['python_modules_missing'] == ['libvirt', 'lxml'], virsh
     assert virsh['available'] is True and virsh['error'] is None
     assert virsh['domains'] == binding['domains'], (virsh['domains'], binding['domains'])
+    assert virsh['mdev_assignments'] == binding['mdev_assignments'] == {'4b20d080-1b54-4048-85b3-a6a62d165c01': ['info1']}
     assert [(d['name'], d['state'], d['active']) for d in virsh['domains']] == [
         ('info1', 'shut off', False), ('info2', 'running', True)]

@@ -492,7 +492,11 @@ class ParentCapacity:
         return max(0, int(self.types.get(type_id, {}).get('available') or 0) - given.get(type_id, 0))
 
 
-def _mdev_parents(facts: dict | None, host: str) -> list[ParentCapacity]:
+def _mdev_parents(facts: dict | None, host: str, libvirt_info: dict | None = None) -> list[ParentCapacity]:
+    """The host's mdev parents; each mdev also gets ``domains``, the domains whose definitions name it (from
+    libvirt_gpu_info's ``mdev_assignments``: a VM that is not running holds its mdevs there, not in the kernel)."""
+    assigned = libvirt_info.get('mdev_assignments') if isinstance(libvirt_info, dict) else None
+    assigned = assigned if isinstance(assigned, dict) else {}
     raw = facts.get('mdev_parents') if isinstance(facts, dict) else None
     if raw is None:
         return []
@@ -508,13 +512,15 @@ def _mdev_parents(facts: dict | None, host: str) -> list[ParentCapacity]:
                 avail = t.get('available_instances')
                 types[t['type']] = {'type_name': t.get('type_name'),
                                     'available': avail if isinstance(avail, int) and not isinstance(avail, bool) else 0}
-        mdevs = [m for m in entry.get('mdevs') or [] if isinstance(m, dict) and isinstance(m.get('uuid'), str)]
+        mdevs = [dict(m, domains=sorted(str(d) for d in assigned.get(m['uuid'].lower()) or []))
+                 for m in entry.get('mdevs') or [] if isinstance(m, dict) and isinstance(m.get('uuid'), str)]
         out.append(ParentCapacity(host=host, parent=entry['parent'], types=types, mdevs=mdevs))
     return sorted(out, key=lambda p: p.parent)
 
 
 def _vm_mdevs(vm: VmRequest, parents: list[ParentCapacity]) -> list[Partition]:
-    """The mdevs of ``parents`` that are ``vm``'s: a domain holds it, or its UUID is one the plan gives the VM."""
+    """The mdevs of ``parents`` that are ``vm``'s: its domain holds it (running, or in its definition), or its UUID is
+    one the plan gives the VM."""
     out = []
     limit = sum(a.count for a in vm.profiles) + 16
     for par in parents:
@@ -526,7 +532,7 @@ def _vm_mdevs(vm: VmRequest, parents: list[ParentCapacity]) -> list[Partition]:
                                for n in range(1, limit + len(par.mdevs) + 1)}
             uuid = str(m['uuid']).lower()
             label = labels[tid].get(uuid)
-            if label is None and m.get('held_by') != vm.name:
+            if label is None and m.get('held_by') != vm.name and vm.name not in m['domains']:
                 continue
             out.append(Partition(parent=par.parent, type=tid, type_name=m.get('type_name') or par.types.get(tid, {}).get('type_name'),
                                  uuid=uuid, label=label, profile='', kept=True))
@@ -828,7 +834,7 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
                 gpu.reason = '%s: %s' % (state, '; '.join(row.get('state_reasons') or []) or 'no reason given')
             gpus.append(gpu)
         result.gpus[hname] = gpus
-        result.parents[hname] = _mdev_parents(host.facts, hname)
+        result.parents[hname] = _mdev_parents(host.facts, hname, host.libvirt)
         for model in models.values():
             found = _drift(model, hname, by_addr)
             if found:

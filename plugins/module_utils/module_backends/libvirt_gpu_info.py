@@ -40,12 +40,12 @@ Runner = Callable[[list], Tuple[int, str, str]]
 
 
 def read(uri: str, run: Optional[Runner] = None, virsh: Optional[str] = None) -> dict[str, object]:
-    """{available, uri, error, via, python_modules_missing, python_interpreter, assignments, domains: [{name, state,
-    active, persistent, hostdevs, config_hostdevs, numa_nodes}]}."""
+    """{available, uri, error, via, python_modules_missing, python_interpreter, assignments, mdev_assignments,
+    domains: [{name, state, active, persistent, hostdevs, mdevs, config_hostdevs, numa_nodes}]}."""
     missing = [name for name, ok in (('libvirt', HAS_LIBVIRT), ('lxml', HAS_LXML)) if not ok]
     out: dict[str, object] = {'available': False, 'uri': uri, 'error': None, 'domains': [], 'via': None,
                               'python_modules_missing': missing, 'python_interpreter': sys.executable,
-                              'assignments': {}}
+                              'assignments': {}, 'mdev_assignments': {}}
     if missing:
         if run is not None and virsh:
             return _read_virsh(out, uri, run, virsh)
@@ -72,6 +72,7 @@ def read(uri: str, run: Optional[Runner] = None, virsh: Optional[str] = None) ->
                 rows.append(row)
         out['domains'] = sorted(rows, key=lambda d: str(d['name']))
         out['assignments'] = _assignments(rows)
+        out['mdev_assignments'] = _assignments(rows, 'mdevs')
         out['available'] = True
         return out
     finally:
@@ -172,16 +173,18 @@ def _domain(dom: Domain) -> dict[str, object] | None:
     except libvirt.libvirtError:
         return None  # the domain vanished while we listed
     hostdevs: set[str] = set()
+    mdevs: set[str] = set()
     config: list[dict[str, object]] = []
     numa: list[int] = []
     for index, xml in enumerate(xmls):
         defn = DomainDefinition(xml)
         hostdevs.update(str(a) for a in defn.sources())
+        mdevs.update(u.lower() for u in defn.mdev_uuids())
         numa = numa or defn.numa_nodes()
         if persistent and index == 0:
             config = _config_hostdevs(defn)
     return {'name': name, 'state': _STATES.get(state, 'unknown'), 'active': active, 'persistent': persistent,
-            'hostdevs': sorted(hostdevs), 'config_hostdevs': config, 'numa_nodes': numa}
+            'hostdevs': sorted(hostdevs), 'mdevs': sorted(mdevs), 'config_hostdevs': config, 'numa_nodes': numa}
 
 
 def _config_hostdevs(defn: DomainDefinition) -> list[dict[str, object]]:
@@ -190,12 +193,12 @@ def _config_hostdevs(defn: DomainDefinition) -> list[dict[str, object]]:
     return [h.to_dict() for h in defn.hostdevs() if h.source is not None]
 
 
-def _assignments(rows: list[dict[str, object]]) -> dict[str, list[str]]:
-    """Host PCI address -> names of the domains whose definition or running state holds it (the same map
-    libvirt_hostdev returns as ``assignments``)."""
+def _assignments(rows: list[dict[str, object]], key: str = 'hostdevs') -> dict[str, list[str]]:
+    """Host PCI address (``key`` hostdevs) or mdev UUID (``key`` mdevs) -> names of the domains whose definition or
+    running state holds it (for PCI, the same map libvirt_hostdev returns as ``assignments``)."""
     out: dict[str, set[str]] = {}
     for row in rows:
-        held = row['hostdevs']
+        held = row[key]
         for addr in held if isinstance(held, list) else []:
             out.setdefault(str(addr), set()).add(str(row['name']))
     return {addr: sorted(names) for addr, names in sorted(out.items())}
@@ -229,6 +232,7 @@ def _read_virsh(out: dict[str, object], uri: str, run: Runner, virsh: str) -> di
         return out
     out['domains'] = sorted(rows, key=lambda d: str(d['name']))
     out['assignments'] = _assignments(rows)
+    out['mdev_assignments'] = _assignments(rows, 'mdevs')
     out['available'] = True
     return out
 
@@ -246,6 +250,7 @@ def _domain_virsh(base: list, name: str, run: Runner) -> dict[str, object] | Non
     active = fields.get('id', '-') != '-'   # a running (or preserved crashed) domain has an id
     persistent = fields.get('persistent') == 'yes'
     hostdevs: set[str] = set()
+    mdevs: set[str] = set()
     config: list[dict[str, object]] = []
     numa: list[int] = []
     for args in ((['dumpxml', '--inactive', name],) if persistent else ()) + ((['dumpxml', name],) if active else ()):
@@ -257,8 +262,9 @@ def _domain_virsh(base: list, name: str, run: Runner) -> dict[str, object] | Non
         except DomainXmlError as exc:
             raise _VirshReadError('the definition of %r: %s' % (name, exc)) from None
         hostdevs.update(str(a) for a in defn.sources())
+        mdevs.update(u.lower() for u in defn.mdev_uuids())
         numa = numa or defn.numa_nodes()
         if '--inactive' in args:
             config = _config_hostdevs(defn)
     return {'name': name, 'state': state, 'active': active, 'persistent': persistent,
-            'hostdevs': sorted(hostdevs), 'config_hostdevs': config, 'numa_nodes': numa}
+            'hostdevs': sorted(hostdevs), 'mdevs': sorted(mdevs), 'config_hostdevs': config, 'numa_nodes': numa}

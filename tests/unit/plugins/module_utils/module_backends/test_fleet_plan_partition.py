@@ -7,7 +7,7 @@ import pytest
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import fleet_plan as fleet
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils import _fleet_report as report
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils._partition import stable_mdev_uuid
-from tests.unit.plugins.module_utils.module_backends.test_fleet_plan import MODELS, XML, gpu, host, run, vm, where
+from tests.unit.plugins.module_utils.module_backends.test_fleet_plan import MODELS, XML, dom, gpu, host, run, vm, where
 
 
 def test_partition_on_gpus_without_sriov_or_mdev_is_refused_naming_the_request() -> None:
@@ -162,6 +162,31 @@ def test_mdev_held_by_the_domain_anchors_it_to_its_host() -> None:
     assert p.placements[0].host == 'n1' and p.placements[0].partitions[0].uuid == held[0]['uuid']
     assert p.host_plan('n1')['libvirt_gpu_domains'][0]['mdevs'] == [{'parent': 'mbochs', 'type': 'mbochs-2',
                                                                     'uuid': held[0]['uuid']}]
+
+
+def test_mdev_in_a_stopped_domains_definition_anchors_it_and_the_report_names_it() -> None:
+    # a UUID the plan would not derive, held by no running process: only the definition of v1 (not running) names it
+    uid = '0d2c6a62-0000-4000-8000-000000000002'
+    defined = [{'uuid': uid, 'type': 'mbochs-2', 'type_name': None, 'parent': 'mbochs', 'held_by': None,
+                'persistent': True, 'collection': False}]
+    hosts = [phost('n1', [parent('mbochs', {'mbochs-2': 0}, mdevs=defined)], domains=[dom('v1')]),
+             phost('n2', [parent('mbochs', {'mbochs-2': 8})])]
+    # without libvirt's word the mdev is no one's: n1 has no free instance, and v1 is defined there only
+    p = prun(hosts, [pvm('v1')], strict=False)
+    assert p.placements == [] and 'capacity: needs 1 x profile mbochs-2, 0 free' in p.unplaced[0].rejections[0].reason
+    assert hosts[0].libvirt is not None
+    hosts[0].libvirt['mdev_assignments'] = {uid: ['v1']}
+    p = prun(hosts, [pvm('v1')])
+    assert p.placements[0].host == 'n1' and [x.uuid for x in p.placements[0].partitions] == [uid]
+    assert p.placements[0].partitions[0].kept
+    [row] = [h for h in report.build(p, 'place')['hosts'] if h['name'] == 'n1'][0]['partitions']
+    assert (row['uuid'], row['vm'], row['status']) == (uid, 'v1', 'assigned')
+    # another domain's definition names it: the report says whose, and v1 does not take it
+    hosts[0].libvirt['mdev_assignments'] = {uid: ['other']}
+    p = prun(hosts, [pvm('v1')], strict=False)
+    assert p.placements == []
+    [row] = [h for h in report.build(p, 'report')['hosts'] if h['name'] == 'n1'][0]['partitions']
+    assert (row['vm'], row['status']) == ('other', 'assigned')
 
 
 def test_whole_gpus_and_profiles_in_one_request_go_to_one_host() -> None:

@@ -10,6 +10,7 @@ import pytest
 from ansible_collections.fleetgpu.passthrough.plugins.module_utils.module_backends import libvirt_gpu_info as _libvirt_info
 
 URI = 'qemu:///system'
+MDEV = "<hostdev mode='subsystem' type='mdev' model='vfio-pci'><source><address uuid='%s'/></source></hostdev>"
 
 
 @pytest.fixture()
@@ -47,7 +48,8 @@ def test_a_domain_that_vanishes_while_listed_is_left_out_and_a_transient_one_is_
     run, calls = _runner({
         'list --all --name': (0, 'kept\ngone\nlive\n\n', ''),
         'dominfo kept': (0, 'Id:             -\nName:           kept\nState:          shut off\nPersistent:     yes\n', ''),
-        'dumpxml --inactive kept': (0, xml, ''),
+        # a stopped domain's definition also names a mediated device (upper case in the XML, as libvirt keeps it)
+        'dumpxml --inactive kept': (0, xml.replace('</devices>', MDEV % 'B3A1C7E2-0000-4000-8000-00000000000A' + '</devices>'), ''),
         'dominfo gone': (1, '', "error: failed to get domain 'gone'"),
         'dominfo live': (0, 'Id:             7\nName:           live\nState:          running\nPersistent:     no\n', ''),
         'dumpxml live': (0, xml.replace('kept', 'live').replace("bus='0x81'", "bus='0x82'"), ''),
@@ -56,14 +58,16 @@ def test_a_domain_that_vanishes_while_listed_is_left_out_and_a_transient_one_is_
     assert out['available'] is True and out['error'] is None
     assert out['domains'] == [
         {'name': 'kept', 'state': 'shut off', 'active': False, 'persistent': True, 'hostdevs': ['0000:81:00.0'],
+         'mdevs': ['b3a1c7e2-0000-4000-8000-00000000000a'],
          'config_hostdevs': [{'address': '0000:81:00.0', 'guest_address': None, 'managed': False,
                               'multifunction': False, 'rom': None}],
          'numa_nodes': []},
         # a transient running domain: only its live definition exists (no persistent hostdevs)
-        {'name': 'live', 'state': 'running', 'active': True, 'persistent': False, 'hostdevs': ['0000:82:00.0'],
+        {'name': 'live', 'state': 'running', 'active': True, 'persistent': False, 'hostdevs': ['0000:82:00.0'], 'mdevs': [],
          'config_hostdevs': [], 'numa_nodes': []}]
     # which domain holds which device, in the same read
     assert out['assignments'] == {'0000:81:00.0': ['kept'], '0000:82:00.0': ['live']}
+    assert out['mdev_assignments'] == {'b3a1c7e2-0000-4000-8000-00000000000a': ['kept']}
     assert ['dumpxml', 'kept'] not in calls   # a domain that is not running has no live definition to read
     assert ['dumpxml', '--inactive', 'live'] not in calls
 
