@@ -26,8 +26,9 @@
 #                    then site.yml in check + diff mode and for real (the check must predict
 #                    exactly the tasks the real job changes; its trial boot is committed)
 #                    test_partition_after_reboot.py: after that job's reboots the VFs and mdevs
-#                    are back, the domain's hostdevs resolve and it starts again; gpu_partition
-#                    state=absent then leaves no VF, mdev, udev rule or mdevctl definition
+#                    are back, the domain's hostdevs resolve and it starts again; restore.yml
+#                    (check mode, real, again) with the VM's fleet request then leaves no VF,
+#                    mdev, udev rule or mdevctl definition
 #                    test_guest_boot.py: a guest in a libvirt domain on the intel host (the
 #                    host's kernel, a busybox initramfs, nested TCG) lists the PCI devices it
 #                    sees: the GPU and its audio function on one guest slot, the 64-bit PCI

@@ -46,8 +46,10 @@ VF = VFS[0]
 PARENT = 'mbochs'
 TYPE = 'mbochs-medium'                    # 16 MB each
 BIG = 'mbochs-large'                      # 64 MB each
-LABELS = ['fleetgpu-partition-0', 'fleetgpu-partition-1']
 DOMAIN = 'fleetgpu-partition'
+# the names the fleet gives the mdevs of a VM DOMAIN asking for a profile (fleet_plan: <vm>-<n>): the
+# same stable UUIDs, so that playbooks/restore.yml with that request finds them after the reboot
+LABELS = ['%s-1' % DOMAIN, '%s-2' % DOMAIN]
 # the test's stand-in for a vendor driver package: mbochs loaded at every boot
 MODULES_LOAD = '/etc/modules-load.d/fleetgpu-test-mbochs.conf'
 MDEVS = [{'type': TYPE, 'name': label} for label in LABELS]

@@ -21,7 +21,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -54,10 +54,21 @@ def hosts(testbed_hosts: Dict[str, launch.TestHost]) -> Iterator[Dict[str, launc
 
 
 def _play(host: launch.TestHost, tmp_path: Path, tasks: List[dict], name: str = 'play') -> dict:
-    inv = tmp_path / ('%s-inventory.yml' % name)
-    host.write_inventory(inv, group='gpu_hosts')
     book = tmp_path / ('%s.yml' % name)
     book.write_text(json.dumps([{'name': name, 'hosts': 'gpu_hosts', 'gather_facts': False, 'tasks': tasks}]))
+    return playbook_json(_playbook(host, tmp_path, book, name=name))
+
+
+def _playbook(host: launch.TestHost, tmp_path: Path, book: Path, extra_vars: Optional[dict] = None,
+              args: Sequence[str] = (), name: str = 'play') -> subprocess.CompletedProcess:
+    """``book`` against ``host`` (group gpu_hosts) with ``extra_vars``, as a user runs it; the JSON callback's output."""
+    inv = tmp_path / ('%s-inventory.yml' % name)
+    host.write_inventory(inv, group='gpu_hosts')
+    argv = [tool('ansible-playbook'), str(book), '-i', str(inv)] + list(args)
+    if extra_vars is not None:
+        path = tmp_path / ('%s-vars.json' % name)
+        path.write_text(json.dumps(extra_vars))
+        argv += ['-e', '@%s' % path]
     env = playbook_env(REPO / '.cache' / 'collections', {
         'ANSIBLE_CALLBACK_PLUGINS': str(REPO / 'tests' / 'callback_plugins'),
         'ANSIBLE_STDOUT_CALLBACK': 'fleetgpu_json',
@@ -65,9 +76,8 @@ def _play(host: launch.TestHost, tmp_path: Path, tasks: List[dict], name: str = 
         'ANSIBLE_HOST_KEY_CHECKING': 'False',
         'ANSIBLE_TIMEOUT': '30',
     })
-    proc = subprocess.run([tool('ansible-playbook'), str(book), '-i', str(inv)], capture_output=True, text=True,
-                          env=env, timeout=PLAY_TIMEOUT, cwd=str(tmp_path), check=False)
-    return playbook_json(proc)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=PLAY_TIMEOUT, cwd=str(tmp_path),
+                          check=False)
 
 
 def _result(doc: dict, task: str) -> dict:
