@@ -135,8 +135,9 @@ def test_vfs_and_mdevs_came_back_after_the_reboot_and_removal_leaves_nothing(hos
     assert sorted((x['uuid'], x['type'], x['vm'], x['status']) for x in reports['restore']) == sorted(
         (u, TYPE, DOMAIN, 'assigned') for u in uuids), reports['restore']
     # what restore did: detached the mdev from the VM, removed both mdevs, set the VF count back to 0
-    assert {t for t, _item in done} >= {'Attach or detach the mediated devices', 'Remove the mediated devices from the host (after they left the domains)',
-                                       'Set the SR-IOV VF counts the collection set back to 0 (and remove their boot-time rule)'}, done
+    assert {t for t, _item in done} >= {
+        'Attach or detach the mediated devices', 'Remove the mediated devices from the host (after they left the domains)',
+        'Set the SR-IOV VF counts the collection set back to 0 (and remove their boot-time rule)'}, done
     assert predicted == done, (predicted, done)
     assert again == [], again
     removed = [r for t in runs['restore'][1]['tasks'] if t['task'].split(' : ')[-1].startswith('Remove the mediated devices from the host')
