@@ -34,7 +34,8 @@
 #                    sees: the GPU and its audio function on one guest slot, the 64-bit PCI
 #                    window (a few minutes); then, in the same running guest, libvirt_hostdev
 #                    where=live hot-plugs a second GPU (02:00.0) and unplugs it again: the QEMU
-#                    monitor lists it after the attach and not after the detach
+#                    monitor lists it after the attach and not after the detach; the same for
+#                    an mbochs mdev that gpu_partition creates and removes
 #                    test_drain.py: a running domain holding the GPU on the intel host (no guest
 #                    OS): libvirt_domain_drain refuses, times out naming it, powers it off with
 #                    force; the role's drain refuses the reboot; state started runs it again

@@ -23,7 +23,12 @@ ati-vga at 02:00.0 (put on vfio-pci by the same ``vfio_bind`` task as the GPU; n
 site.yml, given back at the end otherwise) goes into the running domain with ``libvirt_hostdev``
 ``where: live``; QEMU's monitor (``info pci``) and the live XML have it. The live detach returns once the guest kernel has released the device (ACPI
 PCI hot-plug of i440fx's bus 0, ``acpiphp``, built into the kernel: no userspace needed); the
-monitor and the live XML no longer have it, and a second detach changes nothing.
+monitor and the live XML no longer have it, and a second detach changes nothing. Then the same
+for a mediated device: ``mbochs`` is loaded, ``gpu_partition`` creates one ``mbochs-small`` mdev
+in the running kernel only (``persist: false``), ``libvirt_hostdev`` hot-plugs it (``display:
+false``; a second attach changes nothing), QEMU has one PCI function more and the live XML the
+mdev; the live detach returns once the guest released it, QEMU and the live XML are as before, and
+``gpu_partition`` removes the mdev.
 
 Nested TCG is slow (the test host is itself emulated): the guest needs minutes to reach
 ``/init``. The kernel command line leaves out work this guest never needs (crypto self-tests,
@@ -61,6 +66,8 @@ GPU, AUDIO = '0000:01:00.0', '0000:01:00.1'
 GPU_IDS, AUDIO_IDS = ('0x1234', '0x1111'), ('0x8086', '0x293e')
 #: The GPU hot-plugged into the running guest (ati-vga rv100; radeon kept away on the test host).
 LIVE_GPU, LIVE_GPU_IDS = '0000:02:00.0', '1002:5159'
+#: The mediated device hot-plugged into the running guest (the kernel's sample driver mbochs, in the test-host image).
+MDEV_TYPE = 'mbochs-small'
 #: Seconds the live detach may wait for the guest to release the device (nested TCG is slow).
 UNPLUG_TIMEOUT = 240
 #: Whether the boot test's vfio_bind moved LIVE_GPU to vfio-pci (then the hot-plug test gives it back).
@@ -239,6 +246,9 @@ def host(testbed_hosts: Dict[str, launch.TestHost]) -> Iterator[launch.TestHost]
     _virsh(testhost, 'destroy', DOMAIN, check=False)
     _virsh(testhost, 'undefine', DOMAIN, check=False)
     testhost.ssh(['rm', '-f', INITRD], check=False)
+    # the mdev test's device and driver, whatever happened (nothing to do when it passed)
+    testhost.ssh(["sh -c 'for d in /sys/bus/mdev/devices/*; do [ -e $d/remove ] && echo 1 > $d/remove; done; "
+                  "modprobe -r mbochs'"], check=False)
 
 
 def test_the_guest_kernel_sees_the_gpu_and_its_audio_function_on_one_slot(host, tmp_path):
@@ -408,3 +418,65 @@ def test_a_second_gpu_is_hot_plugged_into_the_running_guest_and_unplugged_again(
         assert res['restore']['result']['changed'] is True, res['restore']
     # The persistent definition was never touched by the live changes.
     assert LIVE_GPU not in _live_sources(_virsh(host, 'dumpxml', '--inactive', DOMAIN))
+
+
+def _live_mdevs(xml: str) -> List[str]:
+    """UUIDs of the mediated-device hostdevs in a domain XML."""
+    return [addr.get('uuid', '').lower() for addr in ET.fromstring(xml).findall("./devices/hostdev[@type='mdev']/source/address")]
+
+
+def test_an_mdev_is_hot_plugged_into_the_running_guest_and_unplugged_again(host, tmp_path):
+    """The same guest: a mediated device (``mbochs``, created by gpu_partition in the running kernel only) goes in with
+    ``libvirt_hostdev`` ``where: live`` and comes out again once the guest released it; then it is removed."""
+    if _virsh(host, 'domstate', DOMAIN, check=False).strip() != 'running':
+        pytest.fail('the guest of the boot test is not running: this test hot-plugs into it (run the file whole)')
+    from ansible_collections.fleetgpu.passthrough.plugins.module_utils._partition import stable_mdev_uuid  # pylint: disable=import-outside-toplevel
+    uuid = stable_mdev_uuid('mbochs', MDEV_TYPE, DOMAIN)
+    started = time.monotonic()
+    mdev = {'parent': 'mbochs', 'mdevs': [{'type': MDEV_TYPE, 'name': DOMAIN}], 'persist': False}
+    live = {'domain': DOMAIN, 'devices': [{'mdev': uuid, 'display': False}], 'where': 'live'}
+    detach = dict(live, state='absent', unplug_timeout=UNPLUG_TIMEOUT)
+    virsh = 'virsh -q -c qemu:///system '
+    read = {'cmd': "%sqemu-monitor-command %s --hmp 'info pci' && echo %s && %sdumpxml %s" % (
+        virsh, DOMAIN, SPLIT, virsh, DOMAIN)}
+    tasks = [
+        {'name': 'load mbochs', 'ansible.builtin.command': {'argv': ['modprobe', 'mbochs']}, 'changed_when': False},
+        {'name': 'before', 'ansible.builtin.shell': read, 'changed_when': False},
+        {'name': 'create', 'fleetgpu.passthrough.gpu_partition': mdev},
+        {'name': 'attach', 'fleetgpu.passthrough.libvirt_hostdev': live},
+        {'name': 'attach again', 'fleetgpu.passthrough.libvirt_hostdev': live},
+        {'name': 'attached', 'ansible.builtin.shell': read, 'changed_when': False},
+        {'name': 'detach', 'fleetgpu.passthrough.libvirt_hostdev': detach},
+        {'name': 'detached', 'ansible.builtin.shell': read, 'changed_when': False},
+        {'name': 'remove', 'fleetgpu.passthrough.gpu_partition': dict(mdev, state='absent')},
+        {'name': 'unload mbochs', 'ansible.builtin.command': {'argv': ['modprobe', '-r', 'mbochs']}, 'changed_when': False},
+    ]
+    for task in tasks:
+        task['vars'] = {'ansible_pipelining': True}  # one SSH command per task
+    doc = _play(host, tmp_path, tasks, 'hotplug-mdev')
+    res = {task['name']: _result(doc, task['name']) for task in tasks}
+    for name, task in res.items():
+        assert task['status'] == 'ok', (name, task)
+    print('live attach and detach of mdev %s (%s): %.0f s for the play; the live detach task %.0f s'
+          % (uuid, MDEV_TYPE, time.monotonic() - started, _stamp(res['detached'], 'start') - _stamp(res['attached'], 'end')))
+    views = {}
+    for name in ('before', 'attached', 'detached'):
+        info, _sep, xml = res[name]['result']['stdout'].partition(SPLIT)
+        views[name] = (info.count('PCI device'), _live_mdevs(xml), sorted(_live_sources(xml)))
+
+    assert res['create']['result']['changed'] is True, res['create']
+    # attached: one more PCI function in QEMU, the mdev in the live XML; a second attach changes nothing
+    assert res['attach']['result']['changed'] is True, res['attach']
+    assert res['attach']['result']['live'] == [{'address': None, 'mdev': uuid, 'action': 'added'}], res['attach']
+    again = res['attach again']['result']
+    assert again['changed'] is False and again['live'] == [{'address': None, 'mdev': uuid, 'action': 'unchanged'}], again
+    assert views['attached'][0] == views['before'][0] + 1 and views['attached'][1] == [uuid], views
+    # detached once the guest released it: QEMU and the live XML are as before; the GPUs stay
+    done = res['detach']['result']
+    assert done['changed'] is True and done['unplug_pending'] is False, done
+    assert done['live'] == [{'address': None, 'mdev': uuid, 'action': 'removed'}], done
+    assert views['detached'] == views['before'] and views['before'][1] == [], views
+    assert res['remove']['result']['changed'] is True, res['remove']
+    # the persistent definition never had it; the mdev is gone from the host
+    assert _live_mdevs(_virsh(host, 'dumpxml', '--inactive', DOMAIN)) == []
+    assert uuid not in host.ssh(['ls', '/sys/bus/mdev/devices'], check=False).stdout
