@@ -518,24 +518,59 @@ def _mdev_parents(facts: dict | None, host: str, libvirt_info: dict | None = Non
     return sorted(out, key=lambda p: p.parent)
 
 
-def _vm_mdevs(vm: VmRequest, parents: list[ParentCapacity]) -> list[Partition]:
-    """The mdevs of ``parents`` that are ``vm``'s: its domain holds it (running, or in its definition), or its UUID is
-    one the plan gives the VM."""
-    out = []
+@dataclass
+class MdevIndex:
+    """The existing mdevs of the fleet, indexed once per plan: by UUID, by the domain holding them (running or
+    defined), and the (parent name, type) pairs they are of with the most mdevs one parent of the pair has. Parent
+    names repeat across hosts (the same PCI address on identical hosts, ``mbochs``), so a VM's stable UUIDs are
+    derived per pair, not per host: the cost does not grow with the number of hosts."""
+
+    parents: dict[str, list[ParentCapacity]] = field(default_factory=dict)
+    by_uuid: dict[str, list[tuple[str, ParentCapacity, dict]]] = field(default_factory=dict)
+    by_domain: dict[str, list[tuple[str, ParentCapacity, dict]]] = field(default_factory=dict)
+    pairs: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, parents: dict[str, list[ParentCapacity]]) -> 'MdevIndex':
+        index = cls(parents=parents)
+        for hname in sorted(parents):
+            for par in parents[hname]:
+                for m in par.mdevs:
+                    entry = (hname, par, m)
+                    index.by_uuid.setdefault(str(m['uuid']).lower(), []).append(entry)
+                    for holder in sorted({str(m['held_by'])} if m.get('held_by') else set()) + list(m['domains']):
+                        index.by_domain.setdefault(holder, []).append(entry)
+                    pair = (par.parent, str(m.get('type') or ''))
+                    index.pairs[pair] = max(index.pairs.get(pair, 0), len(par.mdevs))
+        return index
+
+
+def _vm_mdevs(vm: VmRequest, index: MdevIndex) -> dict[str, list[Partition]]:
+    """Host -> the mdevs there that are ``vm``'s: its domain holds it (running, or in its definition), or its UUID is
+    one the plan gives the VM (``<vm>-<n>``). In each host's parent and mdev order."""
     limit = sum(a.count for a in vm.profiles) + 16
-    for par in parents:
-        labels: dict[str, dict[str, str]] = {}
-        for m in par.mdevs:
-            tid = str(m.get('type') or '')
-            if tid not in labels:
-                labels[tid] = {stable_mdev_uuid(par.parent, tid, '%s-%d' % (vm.name, n)): '%s-%d' % (vm.name, n)
-                               for n in range(1, limit + len(par.mdevs) + 1)}
-            uuid = str(m['uuid']).lower()
-            label = labels[tid].get(uuid)
-            if label is None and m.get('held_by') != vm.name and vm.name not in m['domains']:
-                continue
-            out.append(Partition(parent=par.parent, type=tid, type_name=m.get('type_name') or par.types.get(tid, {}).get('type_name'),
-                                 uuid=uuid, label=label, profile='', kept=True))
+    mine: dict[int, str | None] = {}          # id(mdev dict) -> its label
+    hosts: set[str] = set()
+    for (parent, tid), most in sorted(index.pairs.items()):
+        for n in range(1, limit + most + 1):
+            label = '%s-%d' % (vm.name, n)
+            for hname, par, m in index.by_uuid.get(stable_mdev_uuid(parent, tid, label), []):
+                if par.parent == parent and str(m.get('type') or '') == tid:
+                    mine[id(m)] = label
+                    hosts.add(hname)
+    for hname, _par, m in index.by_domain.get(vm.name, []):
+        mine.setdefault(id(m), None)
+        hosts.add(hname)
+    out: dict[str, list[Partition]] = {}
+    for hname in sorted(hosts):
+        for par in index.parents[hname]:
+            for m in par.mdevs:
+                if id(m) not in mine:
+                    continue
+                tid = str(m.get('type') or '')
+                out.setdefault(hname, []).append(Partition(
+                    parent=par.parent, type=tid, type_name=m.get('type_name') or par.types.get(tid, {}).get('type_name'),
+                    uuid=str(m['uuid']).lower(), label=mine[id(m)], profile='', kept=True))
     return out
 
 
@@ -920,6 +955,7 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
     anchored: list[tuple[VmRequest, str, dict[str, list[Gpu]]]] = []
     floating: list[VmRequest] = []
     held_mdevs: dict[str, dict[str, list[Partition]]] = {}    # vm -> host -> its existing mdevs
+    mdev_index = MdevIndex.build(result.parents)
     for vm in vms:
         if vm.mode == 'partition' and vm.whole:
             result.unplaced.append(Unplaced(vm, _partition_refusal(vm, result.gpus), []))
@@ -930,10 +966,9 @@ def plan(hosts: dict[str, HostInput], models: dict[str, Model], vms: list[VmRequ
             if g.model in wanted:
                 held.setdefault(g.host, {}).setdefault(str(g.model), []).append(g)
         if vm.profiles:
-            for hname in sorted(result.parents):
-                mine = _vm_mdevs(vm, result.parents[hname])
-                if mine:
-                    held_mdevs.setdefault(vm.name, {})[hname] = mine
+            mine_by_host = _vm_mdevs(vm, mdev_index)
+            if mine_by_host:
+                held_mdevs[vm.name] = mine_by_host
         holding = sorted(set(held) | set(held_mdevs.get(vm.name, {})))
         if len(holding) > 1:
             result.unplaced.append(Unplaced(vm, 'it holds GPUs on several hosts (%s); a passthrough VM lives on one '

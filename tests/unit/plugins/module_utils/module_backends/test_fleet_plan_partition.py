@@ -152,6 +152,22 @@ def test_second_run_keeps_the_vms_mdevs_and_changes_nothing() -> None:
     assert all(x.kept for x in second.placements[0].partitions)
 
 
+def test_mdevs_on_same_named_parents_of_many_hosts_stay_with_their_vms() -> None:
+    # the same parent name on every host (identical hosts): each VM's stable UUIDs are found on its own host only
+    def made(vm: str, n: int) -> dict:
+        return {'uuid': stable_mdev_uuid('mbochs', 'mbochs-2', '%s-%d' % (vm, n)), 'type': 'mbochs-2', 'type_name': None,
+                'parent': 'mbochs', 'held_by': None, 'persistent': True, 'collection': True}
+    hosts = [phost('n1', [parent('mbochs', {'mbochs-2': 0}, mdevs=[made('v2', 1), made('v2', 2)])]),
+             phost('n2', [parent('mbochs', {'mbochs-2': 1}, mdevs=[made('v1', 1)])]),
+             phost('n3', [parent('mbochs', {'mbochs-2': 8})])]
+    p = prun(hosts, [pvm('v1', count=2), pvm('v2', count=2), pvm('v3', count=1)])
+    got = {pl.vm.name: (pl.host, [(x.uuid, x.label, x.kept) for x in pl.partitions]) for pl in p.placements}
+    assert got['v1'] == ('n2', [(made('v1', 1)['uuid'], 'v1-1', True),
+                                (stable_mdev_uuid('mbochs', 'mbochs-2', 'v1-2'), 'v1-2', False)])
+    assert got['v2'] == ('n1', [(made('v2', 1)['uuid'], 'v2-1', True), (made('v2', 2)['uuid'], 'v2-2', True)])
+    assert got['v3'][0] == 'n3'
+
+
 def test_mdev_held_by_the_domain_anchors_it_to_its_host() -> None:
     held = [{'uuid': '0d2c6a62-0000-4000-8000-000000000001', 'type': 'mbochs-2', 'type_name': None, 'parent': 'mbochs',
              'held_by': 'v1', 'persistent': False, 'collection': False}]
